@@ -1,0 +1,29 @@
+"""sft-callbacks: TrainerCallbacks that make TRL SFT learn more from the same data.
+
+Public API (everything else is internal):
+
+- :class:`TrainingDynamicsCallback`: per-sample loss / accuracy / entropy from the Trainer's own forward passes.
+- :class:`SamplingPolicyCallback`: base class for callbacks that steer which rows are drawn.
+- :class:`AdaptiveSampler`, :func:`combine_weights`: the weighted sampler and the rule that combines policies.
+"""
+
+from .base import SamplingPolicyCallback, SFTCallback
+from .dynamics import TrainingDynamicsCallback, annotate_dataset, dynamics_frame
+from .sampling import AdaptiveSampler
+from .session import PolicyContext
+from .weights import check_weights, combine_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptiveSampler",
+    "PolicyContext",
+    "SFTCallback",
+    "SamplingPolicyCallback",
+    "TrainingDynamicsCallback",
+    "annotate_dataset",
+    "check_weights",
+    "combine_weights",
+    "dynamics_frame",
+    "__version__",
+]

@@ -1,0 +1,177 @@
+"""The base class of every sft-callbacks callback, and the contract a sampling policy implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from .session import PolicyContext, Session
+
+
+class SFTCallback(TrainerCallback, ExportableState):
+    """A [`~transformers.TrainerCallback`] that joins the trainer's shared sft-callbacks session.
+
+    Every callback of this package derives from it, so that any subset of them, in any order, shares one
+    :class:`~sft_callbacks.tracking.SampleTracker` and one :class:`~sft_callbacks.sampling.AdaptiveSampler`.
+    Its state (and, for the first of our callbacks, the tracker's statistics and the sampler's schedule) is
+    saved in checkpoints through ``ExportableState`` and restored by ``trainer.train(resume_from_checkpoint=...)``.
+
+    After training, :meth:`dynamics` and :meth:`to_dataset` give the per-sample statistics.
+    """
+
+    needs_sampler = False
+
+    def __init__(self, **config: Any):
+        self._init_kwargs = dict(config)
+        self._session: Session | None = None
+        self._last_state = None
+        self._sft_restore = None
+
+    # -- policy contract (overridden by sampling policies) -----------------------------------------------
+    @property
+    def policy_name(self) -> str:
+        return type(self).__name__
+
+    def policy_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        """Per-row sampling weights (length ``ctx.num_rows``), or ``None`` to keep the previous ones.
+
+        ``reason`` is ``"step"`` (a periodic sync), ``"evaluate"`` (after an evaluation) or ``"epoch"``.
+        """
+        return None
+
+    def policy_state(self) -> dict:
+        """JSON-serialisable state of the policy, saved in checkpoints."""
+        return {}
+
+    def load_policy_state(self, state: dict) -> None:
+        """Restore what :meth:`policy_state` returned."""
+
+    # -- events -----------------------------------------------------------------------------------------
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has not been attached to a trainer yet: pass it in "
+                "`callbacks=[...]` of the Trainer / SFTTrainer and call `trainer.train()` first"
+            )
+        return self._session
+
+    def _is_driver(self) -> bool:
+        return self._session is not None and self._session.driver is self
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self._session = Session.for_model(model)
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        self._session = Session.for_model(model)
+        self._session.join(self, args, state, model, train_dataloader)
+        self._last_state = state
+        if self._is_driver():
+            self._session.tracker.step = state.global_step + 1
+            self._session.tracker.epoch = int(state.epoch + 1e-9) if state.epoch else 0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self._is_driver():
+            self._session.tracker.epoch = int(state.epoch + 1e-9) if state.epoch else 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._last_state = state
+        if not self._is_driver():
+            return
+        session = self._session
+        session.tracker.step = state.global_step + 1
+        if (
+            state.global_step % session.sync_every == 0
+            or control.should_log
+            or control.should_evaluate
+            or control.should_save
+            or control.should_training_stop
+            or state.global_step >= state.max_steps
+        ):
+            session.tracker.flush()
+            session.update_weights(state, "step")
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self._is_driver():
+            self._session.tracker.flush()
+            self._session.update_weights(state, "epoch")
+
+    def on_evaluate(self, args, state, control, metrics=None, eval_dataloader=None, **kwargs):
+        self._last_state = state
+        if not self._is_driver():
+            return
+        name = _eval_name(metrics or {})
+        dataset = getattr(eval_dataloader, "dataset", None)
+        import datasets
+
+        if not isinstance(dataset, datasets.Dataset):
+            dataset = None
+        self._session.tracker.flush_eval(dataset, name, state.global_step)
+        self._session.update_weights(state, "evaluate")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._is_driver() and logs is not None:
+            self._session.log(logs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._is_driver():
+            self._session.tracker.flush()
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        payload: dict[str, Any] = {"policy": self.policy_state()}
+        if self._is_driver():
+            payload["session"] = self._session.state_dict(self._last_state)
+        return {"args": dict(self._init_kwargs), "attributes": {"_sft_restore": payload}}
+
+    # -- results ----------------------------------------------------------------------------------------
+    def dynamics(self):
+        """Per-sample training dynamics as a pandas DataFrame indexed by the row of your training dataset.
+
+        See :func:`sft_callbacks.dynamics.dynamics_frame` for the columns.
+        """
+        from .dynamics import dynamics_frame
+
+        return dynamics_frame(self.session.tracker)
+
+    def to_dataset(self, dataset):
+        """Your training ``dataset`` with the training-dynamics columns added (same rows, same order)."""
+        from .dynamics import annotate_dataset
+
+        return annotate_dataset(dataset, self.dynamics())
+
+
+def _eval_name(metrics: dict) -> str:
+    for key in metrics:
+        if key.endswith("_loss") and key.startswith("eval"):
+            return key[: -len("_loss")]
+    return "eval"
+
+
+class SamplingPolicyCallback(SFTCallback):
+    """Base class for a callback that steers which training rows are drawn.
+
+    Subclass it and implement :meth:`compute_weights`; the session calls it at every sync point (every
+    ``sync_every`` steps, when the Trainer logs, evaluates or saves, and at epoch ends), multiplies the weights of
+    all active policies, caps the max/min ratio and schedules the result on the sampler. The new weights are
+    drawn from at most ``lag`` micro-batches later (see README, "When do new weights take effect").
+
+    Example:
+        >>> class PreferShort(SamplingPolicyCallback):
+        ...     def compute_weights(self, ctx, reason):
+        ...         lengths = np.asarray(ctx.dataset["input_ids"], dtype=object)
+        ...         return 1.0 / np.array([len(x) for x in lengths], dtype=float)
+    """
+
+    needs_sampler = True
+
+    def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        """Per-row weights (length ``ctx.num_rows``) or ``None`` to keep the previous ones."""
+        raise NotImplementedError
+
+    def policy_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        return self.compute_weights(ctx, reason)

@@ -1,0 +1,183 @@
+"""TrainingDynamicsCallback: records per-sample training dynamics, and turns them into a table or dataset columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .base import SFTCallback
+from .tracking import SampleTracker
+
+DYNAMICS_COLUMNS = (
+    "times_seen",
+    "loss_last",
+    "loss_mean",
+    "loss_first",
+    "loss_per_epoch",
+    "token_accuracy",
+    "token_accuracy_mean",
+    "entropy_mean",
+    "last_step",
+    "n_trained_tokens",
+    "dropped",
+    "n_duplicates",
+)
+
+
+def dynamics_frame(tracker: SampleTracker) -> pd.DataFrame:
+    """Per-sample statistics of ``tracker`` as a DataFrame indexed by the user's training-dataset row.
+
+    Columns: ``times_seen`` (training forward passes that included the row), ``loss_last`` / ``loss_mean`` /
+    ``loss_first`` (mean NLL over the row's trained tokens: latest, average over passes, first),
+    ``loss_per_epoch`` (list: mean loss in each epoch, NaN where not seen), ``token_accuracy`` (latest top-1
+    accuracy on trained tokens) and ``token_accuracy_mean``, ``entropy_mean`` (NaN where the forward gives no
+    entropy, e.g. the plain Trainer), ``last_step`` (optimizer step it was last seen, -1 never),
+    ``n_trained_tokens``, ``dropped`` (True for rows TRL dropped during preparation, e.g. left without a trained
+    token by truncation: their statistics are NaN) and ``n_duplicates`` (rows with identical tokens share one
+    set of statistics; this counts the rows in the group).
+
+    With ``packing=True`` the dataloader draws packs, not rows: the frame is then indexed by packed sample
+    (``sample``), with a ``pack`` column, since the user's row of a packed sample is not recorded by TRL.
+
+    Example:
+        >>> cb = TrainingDynamicsCallback()  # doctest: +SKIP
+        >>> trainer = SFTTrainer(..., callbacks=[cb]); trainer.train()  # doctest: +SKIP
+        >>> cb.dynamics().sort_values("loss_mean").tail()  # doctest: +SKIP
+    """
+    index, stats = tracker.index, tracker.stats
+    if index is None or stats is None:
+        raise RuntimeError("no statistics yet: the callback has not seen a training run")
+    a = stats.arrays
+    seen = a["times_seen"] > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss_mean = np.where(seen, a["loss_sum"] / a["times_seen"], np.nan)
+        acc_mean = np.where(seen, a["acc_sum"] / a["times_seen"], np.nan)
+        ent_mean = np.where(seen, a["entropy_sum"] / a["times_seen"], np.nan)
+        ent_mean = np.where(np.isnan(a["entropy_last"]), np.nan, ent_mean)
+    epochs = sorted(stats.epoch_sum)
+    if epochs:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_epoch = np.stack(
+                [np.where(stats.epoch_count[e] > 0, stats.epoch_sum[e] / stats.epoch_count[e], np.nan) for e in epochs], 1
+            )
+    else:
+        per_epoch = np.zeros((len(index.keys), 0), dtype=np.float32)
+    per_uid = {
+        "times_seen": a["times_seen"].astype(np.int64),
+        "loss_last": a["loss_last"],
+        "loss_mean": loss_mean.astype(np.float32),
+        "loss_first": a["loss_first"],
+        "token_accuracy": a["acc_last"],
+        "token_accuracy_mean": acc_mean.astype(np.float32),
+        "entropy_mean": ent_mean.astype(np.float32),
+        "last_step": a["last_step"].astype(np.int64),
+        "n_trained_tokens": index.n_trained,
+    }
+    if index.packed:
+        uid = index.seq_uid
+        frame = pd.DataFrame({k: v[uid] for k, v in per_uid.items()})
+        frame.insert(0, "pack", index.seq_row)
+        frame["loss_per_epoch"] = list(per_epoch[uid])
+        frame.index.name = "sample"
+        return frame
+    n_user = index.num_user_rows
+    user_uid = np.full(n_user, -1, dtype=np.int64)
+    row_uid = index.row_uid()
+    user_uid[index.row_user] = row_uid
+    dropped = user_uid < 0
+    safe = np.where(dropped, 0, user_uid)
+    cols = {}
+    for k, v in per_uid.items():
+        col = v[safe] if len(v) else np.zeros(n_user, dtype=v.dtype)
+        if np.issubdtype(col.dtype, np.floating):
+            col = np.where(dropped, np.nan, col).astype(col.dtype)
+        elif k == "last_step":
+            col = np.where(dropped, -1, col)
+        else:
+            col = np.where(dropped, 0, col)
+        cols[k] = col
+    group_size = np.bincount(row_uid, minlength=len(index.keys))
+    cols["n_duplicates"] = np.where(dropped, 0, group_size[safe] if len(group_size) else 0).astype(np.int64)
+    cols["dropped"] = dropped
+    pe = per_epoch[safe] if len(per_epoch) else np.zeros((n_user, per_epoch.shape[1]), np.float32)
+    pe = np.where(dropped[:, None], np.nan, pe)
+    cols["loss_per_epoch"] = list(pe.astype(np.float32))
+    frame = pd.DataFrame(cols)[list(DYNAMICS_COLUMNS)]
+    frame.index.name = "row"
+    return frame
+
+
+def annotate_dataset(dataset, frame: pd.DataFrame, prefix: str = ""):
+    """Add the columns of a dynamics ``frame`` to ``dataset`` (a ``datasets.Dataset``), row by row.
+
+    Raises ``ValueError`` if the dataset's length differs from the frame's (it must be the dataset passed to the
+    trainer) or if a column name is already taken.
+
+    Example:
+        >>> annotated = annotate_dataset(train_dataset, cb.dynamics())  # doctest: +SKIP
+    """
+    import datasets
+
+    if "pack" in frame.columns:
+        raise ValueError(
+            "with packing=True statistics are per packed sample, and TRL does not record which of your rows each "
+            "packed sample came from; use `.dynamics()` (indexed by packed sample) instead"
+        )
+    if len(dataset) != len(frame):
+        raise ValueError(
+            f"the dataset has {len(dataset)} rows but the statistics cover {len(frame)}: pass the same dataset "
+            "you gave the trainer as train_dataset"
+        )
+    taken = [prefix + c for c in frame.columns if prefix + c in dataset.column_names]
+    if taken:
+        raise ValueError(f"the dataset already has columns {taken}; pass prefix='sft_' to avoid the clash")
+    cols = {}
+    for c in frame.columns:
+        v = frame[c]
+        cols[prefix + c] = [np.asarray(x, dtype=np.float32).tolist() for x in v] if c == "loss_per_epoch" else v.to_numpy()
+    extra = datasets.Dataset.from_dict(cols)
+    if getattr(dataset, "_indices", None) is not None:
+        dataset = dataset.flatten_indices()
+    return datasets.concatenate_datasets([dataset, extra], axis=1)
+
+
+class TrainingDynamicsCallback(SFTCallback):
+    """A [`~transformers.TrainerCallback`] that records per-sample training dynamics, at no extra forward pass.
+
+    Add it to an unchanged ``SFTTrainer`` (or ``Trainer``) script. While training it reads, from the forward the
+    Trainer already runs, each training row's mean NLL over its trained tokens (TRL's completion-only /
+    assistant-only masking included), token accuracy and entropy; evaluation rows are captured the same way.
+    It changes nothing about training: it does not replace the sampler.
+
+    Per-step cost: a few element-wise ops on the batch's device and no host synchronisation; statistics are
+    copied to the host and merged across processes every ``sync_every`` steps and when the Trainer logs,
+    evaluates or saves. Memory: 52 bytes per training row plus 6 bytes per row per epoch.
+
+    Args:
+        sync_every (`int`, defaults to 10): optimizer steps between merges of the statistics (besides logging,
+            evaluation and checkpoint steps). Sampling policies see statistics as of the last merge.
+        max_weight_ratio (`float`, defaults to 1000.0): cap on the largest/smallest positive sampling weight
+            when sampling policies are active (see :func:`~sft_callbacks.weights.combine_weights`).
+
+    Example:
+        >>> from trl import SFTConfig, SFTTrainer  # doctest: +SKIP
+        >>> cb = TrainingDynamicsCallback()  # doctest: +SKIP
+        >>> trainer = SFTTrainer(model=model, args=SFTConfig(...), train_dataset=train, callbacks=[cb])  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+        >>> cb.dynamics().nlargest(5, "loss_mean")  # doctest: +SKIP
+        >>> annotated = cb.to_dataset(train)  # your rows + times_seen, loss_mean, ...  # doctest: +SKIP
+    """
+
+    def __init__(self, *, sync_every: int = 10, max_weight_ratio: float = 1000.0):
+        if sync_every < 1:
+            raise ValueError("sync_every must be >= 1")
+        if max_weight_ratio < 1:
+            raise ValueError("max_weight_ratio must be >= 1")
+        super().__init__(sync_every=sync_every, max_weight_ratio=max_weight_ratio)
+        self.sync_every = sync_every
+        self.max_weight_ratio = max_weight_ratio
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self.session.sync_every = self.sync_every
+        self.session.max_weight_ratio = self.max_weight_ratio

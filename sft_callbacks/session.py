@@ -1,0 +1,354 @@
+"""One tracker and one sampler per trainer, shared by every sft-callbacks callback listed on it.
+
+Callbacks never see the Trainer, but every event hands them the same model object, so the session is keyed by
+the model. The first of our callbacks to receive ``on_train_begin`` in a ``train()`` call drives the session for
+that call (flushes statistics, asks the policies for weights, schedules them on the sampler, logs); the others
+only contribute their policy. This makes the behaviour independent of how many of our callbacks are listed, in
+which order, and of the Trainer replacing callback objects when it restores them from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .sampling import AdaptiveSampler
+from .tracking import SampleTracker
+from .weights import check_weights, combine_weights, uid_to_rows
+
+logger = logging.getLogger(__name__)
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def find_trainer():
+    """The ``transformers.Trainer`` whose method is running up the call stack, or ``None``.
+
+    Used only to log through ``trainer.log`` so that every ``report_to`` integration records our metrics.
+    """
+    from transformers import Trainer
+
+    frame = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < 40:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, Trainer):
+            return obj
+        frame = frame.f_back
+        depth += 1
+    return None
+
+
+@dataclass
+class PolicyContext:
+    """What a sampling policy sees when asked for weights.
+
+    Attributes:
+        stats: per-sample statistics (:class:`~sft_callbacks.tracking.SampleStats`), indexed by sample id.
+        index: the :class:`~sft_callbacks.tracking.RowIndex` (sample id <-> dataloader row <-> user row).
+        num_rows: rows of the dataloader's dataset (the sampler's index space).
+        step: optimizer steps done; max_steps: planned total; epoch: current epoch.
+        dataset: the dataset the dataloader indexes (TRL's prepared dataset).
+        args: the ``TrainingArguments``; eval_results: latest per-sample evaluation results by eval name.
+    """
+
+    stats: Any
+    index: Any
+    num_rows: int
+    step: int
+    max_steps: int
+    epoch: int
+    dataset: Any
+    args: Any
+    eval_results: dict
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return min(1.0, self.step / self.max_steps) if self.max_steps > 0 else 0.0
+
+    def rows_from_samples(self, sample_weights: np.ndarray) -> np.ndarray:
+        """Turn per-sample weights into per-row weights (a pack gets the mean of its samples)."""
+        return uid_to_rows(sample_weights, self.index.seq_uid, self.index.seq_row, self.num_rows)
+
+
+def user_row_mapping(dataset, args) -> tuple[np.ndarray | None, int | None]:
+    """Which row of the user's dataset each dataloader row is, and how many rows the user's dataset had.
+
+    TRL's ``SFTTrainer`` maps the user's dataset (row order kept), then may ``filter`` (rows left without a
+    trained token after truncation) and ``shuffle``; both keep an indices mapping onto the mapped table, whose
+    rows are the user's rows. The plain ``Trainer`` uses the user's dataset as it is.
+    """
+    try:
+        from trl import SFTConfig
+    except ImportError:  # pragma: no cover - trl is a dependency
+        SFTConfig = ()
+    indices = getattr(dataset, "_indices", None)
+    if "seq_lengths" in dataset.column_names:
+        return None, None
+    prepared = isinstance(args, SFTConfig) and not (args.dataset_kwargs or {}).get("skip_prepare_dataset", False)
+    transformed = prepared and (args.max_length is not None or getattr(args, "shuffle_dataset", False))
+    if transformed and indices is not None:
+        rows = indices.column(0).to_numpy().astype(np.int64)
+        return rows, int(dataset.data.num_rows)
+    return np.arange(len(dataset), dtype=np.int64), len(dataset)
+
+
+class Session:
+    """Shared state of all sft-callbacks callbacks on one trainer: the tracker, the sampler, the policies."""
+
+    def __init__(self):
+        self.tracker = SampleTracker()
+        self.sampler: AdaptiveSampler | None = None
+        self.members: list = []  # callbacks active in the current train() call, in handler order
+        self.driver = None
+        self.dataset = None
+        self.args = None
+        self.max_weight_ratio: float | None = 1000.0
+        self.weight_floor = 0.0
+        self.sync_every = 10
+        self.lag_micro_batches = 0
+        self.steps_per_epoch = 1
+        self.world_size = 1
+        self.batch_size = 1
+        self.weight_updates = 0
+        self.last_policy_weights: dict[str, np.ndarray] = {}
+        self.policy_metrics: dict[str, float] = {}
+        self._train_key = None
+        self._restore: dict | None = None
+        self._trainer_ref = None
+        self._in_log = False
+
+    @classmethod
+    def for_model(cls, model) -> Session:
+        """The session of the trainer that owns ``model`` (created on first use)."""
+        session = _SESSIONS.get(model)
+        if session is None:
+            session = cls()
+            _SESSIONS[model] = session
+        return session
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def join(self, callback, args, state, model, train_dataloader) -> None:
+        """Called by each of our callbacks at ``on_train_begin``; the first one sets the session up."""
+        key = id(train_dataloader)
+        if self._train_key != key:
+            self._train_key = key
+            self.members = []
+            self.driver = callback
+            self._setup(args, state, model, train_dataloader)
+        if callback not in self.members:
+            self.members.append(callback)
+        if callback.needs_sampler and self.sampler is None:
+            self._install_sampler(args, train_dataloader)
+        restore = getattr(callback, "_sft_restore", None)
+        if restore:
+            session_state = restore.get("session")
+            if session_state is not None:
+                self.load_state_dict(session_state)
+            callback.load_policy_state(restore.get("policy") or {})
+            callback._sft_restore = None
+
+    def _setup(self, args, state, model, train_dataloader) -> None:
+        import datasets
+
+        dataset = getattr(train_dataloader, "dataset", None)
+        if not isinstance(dataset, datasets.Dataset):
+            raise ValueError(
+                "sft-callbacks needs a map-style `datasets.Dataset` as train_dataset (got "
+                f"{type(dataset).__name__}). Per-sample statistics and weighted sampling index rows; an "
+                "IterableDataset / streaming dataset has none. Load the dataset without `streaming=True` "
+                "(or call `.take(n)` and `Dataset.from_generator`)."
+            )
+        self.world_size = max(1, int(getattr(args, "world_size", 1)))
+        self.batch_size = int(args.per_device_train_batch_size)
+        if len(dataset) < self.batch_size * self.world_size:
+            raise ValueError(
+                f"the training dataset has {len(dataset)} rows, fewer than one batch "
+                f"({self.batch_size} per device x {self.world_size} processes); add data or lower "
+                "`per_device_train_batch_size`"
+            )
+        self.dataset = dataset
+        self.args = args
+        row_user, n_user = user_row_mapping(dataset, args)
+        self.tracker.index_train(dataset, row_user, n_user)
+        self.tracker.attach(model)
+        ga = max(1, int(args.gradient_accumulation_steps))
+        self.steps_per_epoch = max(1, math.ceil(len(train_dataloader) / ga))
+        workers = int(args.dataloader_num_workers or 0)
+        prefetch = int(args.dataloader_prefetch_factor or 2) if workers > 0 else 0
+        # Micro-batches the dataloader can have drawn beyond the last finished step: the next step's
+        # accumulation batches, accelerate's one-batch look-ahead, the workers' prefetch queue, and one spare.
+        self.lag_micro_batches = ga + 2 + workers * prefetch
+        self.sampler = None
+        self._trainer_ref = None
+        trainer = find_trainer()
+        if trainer is not None:
+            self._trainer_ref = weakref.ref(trainer)
+
+    def _install_sampler(self, args, train_dataloader) -> None:
+        from accelerate.data_loader import get_sampler
+
+        original = get_sampler(train_dataloader)
+        num_samples = len(original) if original is not None else len(self.dataset)
+        if original is not None and type(original).__name__ == "LengthGroupedSampler":
+            logger.warning("sft-callbacks replaces the length-grouped sampler (`group_by_length=True`) with weighted sampling")
+        seed = args.data_seed if getattr(args, "data_seed", None) is not None else args.seed
+        sampler = AdaptiveSampler(len(self.dataset), num_samples, seed=seed, lazy_chunk=self.batch_size)
+        train_dataloader.set_sampler(sampler)
+        self.sampler = sampler
+        if self._restore is not None:
+            self._apply_sampler_restore()
+
+    def _apply_sampler_restore(self) -> None:
+        state = self._restore.pop("sampler", None) if self._restore else None
+        if state is not None and self.sampler is not None:
+            self.sampler.load_state_dict(state)
+
+    # -- positions --------------------------------------------------------------------------------------
+    def consumed_position(self, state) -> int:
+        """Stream position of the first sample of the next micro-batch, from the optimizer step count."""
+        epoch = int(self.tracker.epoch)
+        in_epoch = max(0, state.global_step - epoch * self.steps_per_epoch)
+        micro = in_epoch * max(1, int(self.args.gradient_accumulation_steps))
+        per_micro = self.batch_size * self.world_size
+        base = epoch * (len(self.sampler) if self.sampler is not None else len(self.dataset))
+        return base + micro * per_micro
+
+    def effective_position(self, state) -> int:
+        """Position from which weights decided now are drawn: ``lag_micro_batches`` micro-batches ahead."""
+        return self.consumed_position(state) + self.lag_micro_batches * self.batch_size * self.world_size
+
+    # -- policies ---------------------------------------------------------------------------------------
+    def context(self, state) -> PolicyContext:
+        return PolicyContext(
+            stats=self.tracker.stats,
+            index=self.tracker.index,
+            num_rows=len(self.dataset),
+            step=state.global_step,
+            max_steps=state.max_steps,
+            epoch=int(self.tracker.epoch),
+            dataset=self.dataset,
+            args=self.args,
+            eval_results=self.tracker.eval_results,
+        )
+
+    def update_weights(self, state, reason: str) -> np.ndarray | None:
+        """Ask every sampling policy for weights, combine them and schedule them on the sampler."""
+        if self.sampler is None:
+            return None
+        ctx = self.context(state)
+        vectors = []
+        changed = False
+        for cb in self.members:
+            if not cb.needs_sampler:
+                continue
+            w = cb.policy_weights(ctx, reason)
+            name = cb.policy_name
+            if w is None:
+                w = self.last_policy_weights.get(name)
+            else:
+                w = check_weights(w, ctx.num_rows, f"{type(cb).__name__}.policy_weights")
+                self.last_policy_weights[name] = w
+                changed = True
+            if w is not None:
+                vectors.append((name, w))
+        if not changed or not vectors:
+            return None
+        combined = combine_weights(vectors, ctx.num_rows, floor=self.weight_floor, max_ratio=self.max_weight_ratio)
+        at = self.effective_position(state)
+        if at < self.sampler.produced:
+            logger.warning(
+                "sft-callbacks: the dataloader ran %d positions further ahead than expected; new weights apply "
+                "from position %d instead of %d (the index stream may then differ between runs)",
+                self.sampler.produced - at,
+                self.sampler.produced,
+                at,
+            )
+            at = self.sampler.produced
+        self.sampler.schedule(combined, at)
+        self.sampler.prune(self.consumed_position(state))
+        self.weight_updates += 1
+        return combined
+
+    # -- metrics ----------------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """The ``sft/...`` metrics logged through the Trainer."""
+        tr = self.tracker
+        out: dict[str, float] = {}
+        if tr.stats is not None:
+            seen = tr.stats.times_seen > 0
+            out["sft/tracker/samples_seen"] = float(seen.sum())
+            out["sft/tracker/coverage"] = float(seen.mean()) if seen.size else 0.0
+            if seen.any():
+                out["sft/tracker/loss_last_mean"] = float(np.nanmean(tr.stats.loss_last[seen]))
+            out["sft/tracker/nonfinite"] = float(tr.nonfinite)
+            out["sft/tracker/unmatched"] = float(tr.unmatched)
+        if self.sampler is not None:
+            w = self.sampler.current_weights
+            pos = w[w > 0]
+            out["sft/sampler/weight_updates"] = float(self.weight_updates)
+            out["sft/sampler/active_fraction"] = float(pos.size / w.size)
+            if pos.size:
+                out["sft/sampler/max_min_ratio"] = float(pos.max() / pos.min())
+                p = pos / pos.sum()
+                # Effective sample size fraction: 1 for uniform weights, smaller when sampling concentrates.
+                out["sft/sampler/ess_fraction"] = float(1.0 / (np.square(p).sum() * w.size))
+        out.update(self.policy_metrics)
+        return out
+
+    def log(self, logs: dict) -> None:
+        """Log our metrics as their own record through ``trainer.log`` (or into ``logs`` without a trainer)."""
+        if self._in_log or any(k.startswith("sft/") for k in logs):
+            return
+        metrics = self.metrics()
+        if not metrics:
+            return
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is None:
+            logs.update(metrics)
+            return
+        self._in_log = True
+        try:
+            # The base class's log: TRL's override would fold its pending metrics into our record.
+            from transformers import Trainer
+
+            Trainer.log(trainer, metrics)
+        finally:
+            self._in_log = False
+
+    # -- checkpointing ----------------------------------------------------------------------------------
+    def state_dict(self, state=None) -> dict:
+        from_position = self.consumed_position(state) if (state is not None and self.sampler is not None) else 0
+        return {
+            "tracker": self.tracker.state_dict(),
+            "sampler": self.sampler.state_dict(from_position) if self.sampler is not None else None,
+            "weight_updates": self.weight_updates,
+            "last_policy_weights": {k: _enc(v) for k, v in self.last_policy_weights.items()},
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        self.tracker.load_state_dict(d["tracker"])
+        self.weight_updates = int(d.get("weight_updates", 0))
+        self.last_policy_weights = {k: _dec(v) for k, v in d.get("last_policy_weights", {}).items()}
+        self._restore = {"sampler": d.get("sampler")} if d.get("sampler") is not None else None
+        if self.sampler is not None:
+            self._apply_sampler_restore()
+
+
+def _enc(a):
+    from .sampling import encode_array
+
+    return encode_array(np.asarray(a, dtype=np.float32))
+
+
+def _dec(d):
+    from .sampling import decode_array
+
+    return decode_array(d).astype(np.float64)

@@ -1,0 +1,399 @@
+"""SampleTracker: per-sample statistics captured from the forward passes the Trainer already makes.
+
+A forward hook on the model reads, per sequence of the batch, the summed NLL over exactly the trained tokens
+(TRL's fused head gives per-token ``log_probs`` and ``label_mask``; with the plain Trainer they come from the
+logits), the number of correct top-1 predictions, the summed entropy where the forward gives it, and the
+sequence's content key (see :mod:`sft_callbacks.row_keys`). Everything stays on the device until a flush
+(log / eval / save / epoch end), when the buffered records are copied once, merged across processes and folded
+into flat per-row arrays. The hook never adds a forward pass and never synchronises the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import row_keys
+from .sampling import decode_array, encode_array
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RowIndex:
+    """Maps content keys to dataset rows.
+
+    ``keys`` are the sorted unique keys; ``seq_uid[i]`` is the key index of sequence ``i`` (a row, or a segment of a
+    pack), ``seq_row[i]`` the dataloader row it sits in, and ``row_user[r]`` the user's dataset row of
+    dataloader row ``r`` (``None`` for packed data, where a row is a pack of several samples).
+    """
+
+    keys: np.ndarray
+    seq_uid: np.ndarray
+    seq_row: np.ndarray
+    n_trained: np.ndarray
+    num_rows: int
+    packed: bool
+    row_user: np.ndarray | None = None
+    num_user_rows: int | None = None
+
+    @classmethod
+    def from_dataset(cls, dataset, row_user: np.ndarray | None, num_user_rows: int | None) -> RowIndex:
+        rows, keys, n_trained = [], [], []
+        for r, k, n in row_keys.iter_dataset_keys(dataset):
+            rows.append(r)
+            keys.append(k)
+            n_trained.append(n)
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+        n_trained = np.concatenate(n_trained) if n_trained else np.zeros(0, np.int64)
+        uniq, seq_uid = np.unique(keys, return_inverse=True)
+        n_uid = np.zeros(len(uniq), dtype=np.int64)
+        n_uid[seq_uid] = n_trained
+        packed = "seq_lengths" in dataset.column_names
+        return cls(
+            keys=uniq,
+            seq_uid=seq_uid.astype(np.int64),
+            seq_row=rows.astype(np.int64),
+            n_trained=n_uid,
+            num_rows=len(dataset),
+            packed=packed,
+            row_user=None if packed else row_user,
+            num_user_rows=None if packed else num_user_rows,
+        )
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Key index of each key, -1 where the key is not in the dataset."""
+        if len(self.keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        pos = np.searchsorted(self.keys, keys)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        return np.where(self.keys[pos] == keys, pos, -1)
+
+    def row_uid(self) -> np.ndarray:
+        """For unpacked data: key index of every dataloader row."""
+        out = np.empty(self.num_rows, dtype=np.int64)
+        out[self.seq_row] = self.seq_uid
+        return out
+
+
+# Fixed per-key statistics (bytes): times_seen 4, last_step 4, loss_last 4, loss_first 4, loss_sum 8,
+# acc_last 4, acc_sum 4, entropy_last 4, entropy_sum 4 = 40; plus the key 8 and n_trained 4 in RowIndex.
+_STAT_FIELDS = {
+    "times_seen": np.uint32,
+    "last_step": np.int32,
+    "loss_last": np.float32,
+    "loss_first": np.float32,
+    "loss_sum": np.float64,
+    "acc_last": np.float32,
+    "acc_sum": np.float32,
+    "entropy_last": np.float32,
+    "entropy_sum": np.float32,
+}
+
+
+@dataclass
+class SampleStats:
+    """Flat per-key arrays of training statistics (see ``_STAT_FIELDS``) plus per-epoch loss sums and counts."""
+
+    size: int
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    epoch_sum: dict[int, np.ndarray] = field(default_factory=dict)
+    epoch_count: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, dtype in _STAT_FIELDS.items():
+            if name not in self.arrays:
+                fill = np.nan if np.issubdtype(dtype, np.floating) and name not in ("loss_sum", "acc_sum", "entropy_sum") else 0
+                if name == "last_step":
+                    fill = -1
+                self.arrays[name] = np.full(self.size, fill, dtype=dtype)
+
+    def __getattr__(self, name):
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
+
+    @property
+    def nbytes_fixed(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def apply(self, uid: np.ndarray, loss: np.ndarray, acc: np.ndarray, ent: np.ndarray, step: np.ndarray, epoch: np.ndarray):
+        """Fold observations (in order) into the arrays. ``uid`` must be valid key indices."""
+        if len(uid) == 0:
+            return
+        a = self.arrays
+        np.add.at(a["times_seen"], uid, 1)
+        np.add.at(a["loss_sum"], uid, loss)
+        np.add.at(a["acc_sum"], uid, np.nan_to_num(acc))
+        np.add.at(a["entropy_sum"], uid, np.nan_to_num(ent))
+        # First and last occurrence of each key within this batch of observations, in order.
+        _, first = np.unique(uid, return_index=True)
+        _, rev = np.unique(uid[::-1], return_index=True)
+        last = len(uid) - 1 - rev
+        u_first, u_last = uid[first], uid[last]
+        never = np.isnan(a["loss_first"][u_first])
+        a["loss_first"][u_first[never]] = loss[first[never]]
+        a["loss_last"][u_last] = loss[last]
+        a["acc_last"][u_last] = acc[last]
+        a["entropy_last"][u_last] = ent[last]
+        a["last_step"][u_last] = step[last]
+        for e in np.unique(epoch):
+            sel = epoch == e
+            if int(e) not in self.epoch_sum:
+                self.epoch_sum[int(e)] = np.zeros(self.size, dtype=np.float32)
+                self.epoch_count[int(e)] = np.zeros(self.size, dtype=np.uint16)
+            np.add.at(self.epoch_sum[int(e)], uid[sel], loss[sel])
+            np.add.at(self.epoch_count[int(e)], uid[sel], 1)
+
+    def state_dict(self) -> dict:
+        return {
+            "size": self.size,
+            "arrays": {k: encode_array(v) for k, v in self.arrays.items()},
+            "epochs": {str(e): [encode_array(self.epoch_sum[e]), encode_array(self.epoch_count[e])] for e in self.epoch_sum},
+        }
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> SampleStats:
+        stats = cls(size=int(d["size"]), arrays={k: decode_array(v) for k, v in d["arrays"].items()})
+        for e, (s, c) in d["epochs"].items():
+            stats.epoch_sum[int(e)] = decode_array(s)
+            stats.epoch_count[int(e)] = decode_array(c)
+        return stats
+
+
+def _is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def _gather(obj):
+    """Every process's ``obj``, in rank order (a list of one outside distributed runs)."""
+    if not _is_distributed():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+class SampleTracker:
+    """Captures per-sample loss, token accuracy and entropy from the Trainer's own forward passes.
+
+    One tracker per trainer (the session owns it). ``attach(model)`` registers a forward hook;
+    ``index_train(dataset, ...)`` learns the keys of the training rows; ``flush()`` folds the buffered
+    observations into :attr:`stats` (collectively: every process must call it at the same point).
+
+    Per-step cost: a handful of element-wise ops over the ``(B, T)`` batch on its device (the key hash and
+    per-row sums of tensors the forward computed anyway) and no host synchronisation. With the plain
+    ``Trainer`` (no fused head), per-token log-probabilities are taken from the logits (one ``cross_entropy``
+    with ``reduction="none"``, as the model's loss does).
+
+    Example:
+        >>> tracker = SampleTracker()
+        >>> tracker.stats is None
+        True
+    """
+
+    def __init__(self):
+        self.index: RowIndex | None = None
+        self.stats: SampleStats | None = None
+        self.step = 0
+        self.epoch = 0
+        self.micro_batches = 0  # training micro-batches seen by this process in the current epoch
+        self.nonfinite = 0
+        self.unmatched = 0
+        self.observed = 0
+        self._pending: list[tuple] = []
+        self._eval_pending: list[tuple] = []
+        self._handle = None
+        self._model = None
+        self.eval_results: dict[str, dict] = {}
+
+    # -- hook --------------------------------------------------------------------------------------------
+    def attach(self, model: torch.nn.Module) -> None:
+        """Register the forward hook on ``model`` (idempotent)."""
+        if self._handle is not None and self._model is model:
+            return
+        self.detach()
+        self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
+        self._model = model
+
+    def detach(self) -> None:
+        """Remove the forward hook."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+        self._model = None
+
+    @torch.no_grad()
+    def _hook(self, module, args, kwargs, output):
+        record = self._record(kwargs, output)
+        if record is None:
+            return
+        if module.training:
+            self.micro_batches += 1
+            self._pending.append((*record, self.step, self.epoch))
+        else:
+            self._eval_pending.append((*record, self.step, self.epoch))
+
+    def _record(self, kwargs, output):
+        input_ids = kwargs.get("input_ids")
+        labels = kwargs.get("labels")
+        if input_ids is None or labels is None or input_ids.dim() != 2:
+            return None
+        log_probs = getattr(output, "log_probs", None)
+        if log_probs is not None and getattr(output, "label_mask", None) is not None:
+            mask = output.label_mask
+            logp = log_probs.detach().float()
+            entropy = output.entropy.detach().float() if getattr(output, "entropy", None) is not None else None
+            top1 = output.is_top1.float() if getattr(output, "is_top1", None) is not None else None
+        else:
+            logits = getattr(output, "logits", None)
+            if logits is None or logits.shape[:2] != input_ids.shape:
+                return None
+            target = labels[:, 1:]
+            mask = target != -100
+            flat = logits[:, :-1].detach().float()
+            logp = -F.cross_entropy(
+                flat.reshape(-1, flat.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+            ).view(target.shape)
+            top1 = (flat.argmax(-1) == target) & mask
+            top1 = top1.float()
+            entropy = None
+        maskf = mask.float()
+        attention_mask = kwargs.get("attention_mask")
+        position_ids = kwargs.get("position_ids")
+        if attention_mask is None and position_ids is not None and input_ids.shape[0] == 1:
+            cu = kwargs.get("cu_seq_lens_q")
+            n_seg = int(cu.numel() - 1) if cu is not None else int((position_ids[0] == 0).sum())
+            raw, length = row_keys.raw_keys_segments(input_ids, labels, position_ids, n_seg)
+            seg = row_keys.segment_ids(position_ids)[1:]
+
+            def per_seq(x):
+                out = torch.zeros(n_seg, dtype=torch.float32, device=x.device)
+                return out.index_add_(0, seg, x[0])
+
+        else:
+            if attention_mask is not None and attention_mask.dim() != 2:
+                return None  # 4D custom masks: no per-row identity to recover
+            raw, length = row_keys.raw_keys_padded(input_ids, labels, attention_mask)
+
+            def per_seq(x):
+                return x.sum(1)
+
+        nan = torch.full_like(raw, float("nan"), dtype=torch.float32)
+        floats = torch.stack(
+            [
+                per_seq(-logp * maskf),
+                per_seq(maskf),
+                per_seq(top1 * maskf) if top1 is not None else nan,
+                per_seq(entropy * maskf) if entropy is not None else nan,
+            ]
+        )
+        return torch.stack([raw, length]), floats
+
+    # -- indexing ------------------------------------------------------------------------------------------
+    def index_train(self, dataset, row_user: np.ndarray | None = None, num_user_rows: int | None = None) -> RowIndex:
+        """Learn the content keys of the training rows; keeps statistics of keys already known."""
+        index = RowIndex.from_dataset(dataset, row_user, num_user_rows)
+        if self.stats is not None and self.index is not None and np.array_equal(self.index.keys, index.keys):
+            self.index = index
+            return index
+        self.index = index
+        self.stats = SampleStats(len(index.keys))
+        return index
+
+    # -- flushing -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _drain(pending: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not pending:
+            return (np.zeros(0, np.uint64), np.zeros((4, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        ints = torch.cat([p[0] for p in pending], dim=1).cpu().numpy()
+        floats = torch.cat([p[1] for p in pending], dim=1).cpu().numpy()
+        steps = np.concatenate([np.full(p[0].shape[1], p[2], dtype=np.int64) for p in pending])
+        epochs = np.concatenate([np.full(p[0].shape[1], p[3], dtype=np.int64) for p in pending])
+        pending.clear()
+        keys = row_keys.finalize_keys(ints[0], ints[1])
+        keep = floats[1] > 0  # sequences with no trained token (padding segments) carry no signal
+        return keys[keep], floats[:, keep], steps[keep], epochs[keep]
+
+    def flush(self) -> int:
+        """Fold buffered training observations into :attr:`stats`, merged across processes. Returns how many."""
+        local = self._drain(self._pending)
+        parts = _gather(local)
+        keys = np.concatenate([p[0] for p in parts])
+        floats = np.concatenate([p[1] for p in parts], axis=1)
+        steps = np.concatenate([p[2] for p in parts])
+        epochs = np.concatenate([p[3] for p in parts])
+        if self.index is None or len(keys) == 0:
+            return 0
+        loss = floats[0] / floats[1]
+        finite = np.isfinite(loss)
+        self.nonfinite += int((~finite).sum())
+        uid = self.index.lookup(keys)
+        known = finite & (uid >= 0)
+        self.unmatched += int((finite & (uid < 0)).sum())
+        ntok = floats[1][known]
+        self.stats.apply(
+            uid[known],
+            loss[known],
+            floats[2][known] / ntok,
+            floats[3][known] / ntok,
+            steps[known],
+            epochs[known],
+        )
+        self.observed += int(known.sum())
+        return int(known.sum())
+
+    def flush_eval(self, dataset, name: str, step: int) -> dict | None:
+        """Fold buffered evaluation observations into per-row results for eval dataset ``name``."""
+        local = self._drain(self._eval_pending)
+        parts = _gather(local)
+        keys = np.concatenate([p[0] for p in parts])
+        floats = np.concatenate([p[1] for p in parts], axis=1)
+        if dataset is None or len(keys) == 0:
+            return None
+        index = RowIndex.from_dataset(dataset, None, None)
+        uid = index.lookup(keys)
+        loss = floats[0] / floats[1]
+        ok = (uid >= 0) & np.isfinite(loss)
+        self.nonfinite += int((~np.isfinite(loss)).sum())
+        # Every eval row is seen once per evaluation (distributed samplers may repeat a few): keep the last.
+        row_loss = np.full(len(index.keys), np.nan, dtype=np.float32)
+        row_acc = np.full(len(index.keys), np.nan, dtype=np.float32)
+        row_loss[uid[ok]] = loss[ok]
+        row_acc[uid[ok]] = (floats[2] / floats[1])[ok]
+        result = {
+            "step": step,
+            "loss_by_uid": row_loss,
+            "acc_by_uid": row_acc,
+            "row_uid": index.row_uid() if not index.packed else None,
+            "n_tokens_by_uid": index.n_trained,
+        }
+        self.eval_results[name] = result
+        return result
+
+    # -- checkpointing ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "stats": self.stats.state_dict() if self.stats is not None else None,
+            "keys": encode_array(self.index.keys) if self.index is not None else None,
+            "counters": {"nonfinite": self.nonfinite, "unmatched": self.unmatched, "observed": self.observed},
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("stats") is None:
+            return
+        keys = decode_array(d["keys"])
+        if self.index is not None and not np.array_equal(keys, self.index.keys):
+            raise ValueError(
+                "the checkpoint's statistics were recorded on a different training dataset (row keys differ); "
+                "resume with the same dataset and tokenizer settings"
+            )
+        self.stats = SampleStats.from_state_dict(d["stats"])
+        for k, v in d.get("counters", {}).items():
+            setattr(self, k, int(v))
