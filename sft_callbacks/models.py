@@ -166,6 +166,7 @@ def build_tiny_llama(
     num_heads: int = 4,
     max_position_embeddings: int = 512,
     seed: int = 0,
+    attn_implementation: str = "sdpa",
 ) -> transformers.LlamaForCausalLM:
     """A small randomly initialised fp32 ``LlamaForCausalLM`` sized for ``tokenizer``.
 
@@ -192,6 +193,7 @@ def build_tiny_llama(
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
+    config._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.LlamaForCausalLM(config)

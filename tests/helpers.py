@@ -1,0 +1,32 @@
+"""Helpers shared by the tests (data builders, independent reference computations)."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import torch
+
+from sft_callbacks.demo_data import load_demo_dataset
+
+
+def sft_rows(n: int, seed: int = 0) -> datasets.Dataset:
+    """``n`` demo rows (several domains) with a ``uid`` column that TRL keeps through preparation."""
+    ds = load_demo_dataset("train").shuffle(seed=seed).select(range(n)).flatten_indices()
+    ds = ds.remove_columns([c for c in ds.column_names if c not in ("prompt", "completion", "domain")])
+    return ds.add_column("uid", list(range(n)))
+
+
+@torch.no_grad()
+def reference_losses(model, input_ids_rows, labels_rows):
+    """Independent per-row mean NLL and token accuracy over the trained tokens: one plain forward per row."""
+    model.eval()
+    out = []
+    for ids, labels in zip(input_ids_rows, labels_rows):
+        ids_t = torch.tensor([ids])
+        logits = model(input_ids=ids_t).logits[0, :-1].float()
+        target = torch.tensor(labels[1:])
+        mask = target != -100
+        logp = torch.log_softmax(logits, -1)[mask].gather(1, target[mask][:, None])[:, 0]
+        acc = (logits[mask].argmax(-1) == target[mask]).float().mean()
+        out.append((float(-logp.mean()), float(acc)))
+    return np.array(out)
