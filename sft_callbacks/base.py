@@ -68,6 +68,8 @@ class SFTCallback(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         self._session = Session.for_model(model)
+        if self._sft_restore is None and state.global_step > 0:
+            self._sft_restore = self._saved_payload(state)
         self._session.join(self, args, state, model, train_dataloader)
         self._last_state = state
         if self._is_driver():
@@ -122,6 +124,20 @@ class SFTCallback(TrainerCallback, ExportableState):
             self._session.tracker.flush()
 
     # -- checkpoints ------------------------------------------------------------------------------------
+    def _saved_payload(self, state) -> dict | None:
+        """Our payload in a resumed ``TrainerState`` (loaded from the checkpoint's trainer_state.json).
+
+        Read here rather than relying on ``args.restore_callback_states_from_checkpoint`` (off by default), so
+        resuming always continues the same statistics and index stream.
+        """
+        entry = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(entry, list):
+            same = [m for m in self._session.members if type(m) is type(self)] if self._session else []
+            entry = entry[len(same)] if len(same) < len(entry) else None
+        if not isinstance(entry, dict):
+            return None
+        return (entry.get("attributes") or {}).get("_sft_restore")
+
     def state(self) -> dict:
         payload: dict[str, Any] = {"policy": self.policy_state()}
         if self._is_driver():

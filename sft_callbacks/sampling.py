@@ -70,9 +70,10 @@ class _WeightVersion:
 
     def __init__(self, start: int, weights: np.ndarray):
         self.start = start
-        self.weights = weights.astype(np.float32)
-        # float64 cumulative sums keep rows of relative weight ~1e-12 drawable at 1e8 rows.
-        self.cumsum = np.cumsum(weights, dtype=np.float64)
+        # Stored as float32 (what checkpoints keep), summed from those exact values, so a restored schedule
+        # draws bit-identically; float64 sums keep tiny weights drawable at 1e8 rows.
+        self.weights = np.asarray(weights, dtype=np.float32)
+        self.cumsum = np.cumsum(self.weights, dtype=np.float64)
 
 
 class AdaptiveSampler(torch.utils.data.Sampler[int]):
@@ -153,7 +154,16 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
 
     def weights_at(self, position: int) -> np.ndarray:
         """The (float32) weights active at stream ``position``."""
-        return self._versions[bisect_right(self._starts, int(position)) - 1].weights
+        return self._versions[self._version_index(int(position))].weights
+
+    def _version_index(self, position: int) -> int:
+        vi = bisect_right(self._starts, position) - 1
+        if vi < 0:
+            raise ValueError(
+                f"stream position {position} comes before {self._starts[0]}: the weights for it were pruned "
+                "after it was consumed, so it can no longer be drawn"
+            )
+        return vi
 
     @property
     def current_weights(self) -> np.ndarray:
@@ -169,11 +179,11 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
 
     # -- drawing ---------------------------------------------------------------------------------------
     def draw(self, start: int, stop: int) -> np.ndarray:
-        """Indices for stream positions ``start..stop-1`` (pure: no state changes)."""
+        """Indices for stream positions ``start..stop-1`` (no state changes; positions must not be pruned)."""
         out = np.empty(stop - start, dtype=np.int64)
         pos = start
         while pos < stop:
-            vi = bisect_right(self._starts, pos) - 1
+            vi = self._version_index(pos)
             end = min(stop, pos + self.chunk_size)
             if vi + 1 < len(self._starts):
                 end = min(end, self._starts[vi + 1])

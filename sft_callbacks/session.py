@@ -262,6 +262,8 @@ class Session:
         if not changed or not vectors:
             return None
         combined = combine_weights(vectors, ctx.num_rows, floor=self.weight_floor, max_ratio=self.max_weight_ratio)
+        if np.array_equal(combined.astype(np.float32), self.sampler.current_weights):
+            return None  # nothing changed: keep the schedule as it is
         at = self.effective_position(state)
         if at < self.sampler.produced:
             logger.warning(
