@@ -8,7 +8,7 @@ Public API (everything else is internal):
 """
 
 from .base import SamplingPolicyCallback, SFTCallback
-from .dynamics import TrainingDynamicsCallback, annotate_dataset, dynamics_frame
+from .dynamics import TrainingDynamicsCallback, annotate_dataset, dynamics_frame, eval_frame
 from .sampling import AdaptiveSampler
 from .session import PolicyContext
 from .weights import check_weights, combine_weights
@@ -25,5 +25,6 @@ __all__ = [
     "check_weights",
     "combine_weights",
     "dynamics_frame",
+    "eval_frame",
     "__version__",
 ]

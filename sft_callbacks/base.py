@@ -23,6 +23,7 @@ class SFTCallback(TrainerCallback, ExportableState):
     """
 
     needs_sampler = False
+    needs_loss_weighting = False
 
     def __init__(self, **config: Any):
         self._init_kwargs = dict(config)
@@ -39,6 +40,13 @@ class SFTCallback(TrainerCallback, ExportableState):
         """Per-row sampling weights (length ``ctx.num_rows``), or ``None`` to keep the previous ones.
 
         ``reason`` is ``"step"`` (a periodic sync), ``"evaluate"`` (after an evaluation) or ``"epoch"``.
+        """
+        return None
+
+    def policy_loss_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        """Per-sample loss weights (length ``len(ctx.index.keys)``, indexed like ``ctx.stats``) or ``None``.
+
+        Only called when ``needs_loss_weighting`` is True. A weight of 1 leaves a sample's loss unchanged.
         """
         return None
 
@@ -76,6 +84,10 @@ class SFTCallback(TrainerCallback, ExportableState):
             self._session.tracker.step = state.global_step + 1
             self._session.tracker.epoch = int(state.epoch + 1e-9) if state.epoch else 0
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._is_driver():
+            self._session.begin_policies(state)  # loss weighting without a sampler: before the first forward
+
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self._is_driver():
             self._session.tracker.epoch = int(state.epoch + 1e-9) if state.epoch else 0
@@ -95,12 +107,12 @@ class SFTCallback(TrainerCallback, ExportableState):
             or state.global_step >= state.max_steps
         ):
             session.tracker.flush()
-            session.update_weights(state, "step")
+            session.update_policies(state, "step")
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self._is_driver():
             self._session.tracker.flush()
-            self._session.update_weights(state, "epoch")
+            self._session.update_policies(state, "epoch")
 
     def on_evaluate(self, args, state, control, metrics=None, eval_dataloader=None, **kwargs):
         self._last_state = state
@@ -112,8 +124,8 @@ class SFTCallback(TrainerCallback, ExportableState):
 
         if not isinstance(dataset, datasets.Dataset):
             dataset = None
-        self._session.tracker.flush_eval(dataset, name, state.global_step)
-        self._session.update_weights(state, "evaluate")
+        self._session.tracker.flush_eval(dataset, name, state.global_step, args)
+        self._session.update_policies(state, "evaluate")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._is_driver() and logs is not None:
@@ -153,6 +165,16 @@ class SFTCallback(TrainerCallback, ExportableState):
         from .dynamics import dynamics_frame
 
         return dynamics_frame(self.session.tracker)
+
+    def eval_dynamics(self, name: str = "eval"):
+        """Per-sample results of the latest evaluation, indexed by the row of your eval dataset.
+
+        Columns ``loss``, ``token_accuracy``, ``step`` (when it ran), ``dropped``. ``name`` is the metric
+        prefix of the evaluation (``"eval"``, or ``"eval_<key>"`` for a dict of eval datasets).
+        """
+        from .dynamics import eval_frame
+
+        return eval_frame(self.session.tracker, name)
 
     def to_dataset(self, dataset):
         """Your training ``dataset`` with the training-dynamics columns added (same rows, same order)."""

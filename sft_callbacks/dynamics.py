@@ -107,6 +107,41 @@ def dynamics_frame(tracker: SampleTracker) -> pd.DataFrame:
     return frame
 
 
+def eval_frame(tracker: SampleTracker, name: str = "eval") -> pd.DataFrame:
+    """The latest evaluation's per-sample loss and token accuracy, indexed by the user's eval-dataset row.
+
+    Captured from the evaluation the Trainer runs anyway (no extra pass). Rows TRL dropped are ``dropped``.
+
+    Example:
+        >>> cb.eval_dynamics().loss.mean()  # doctest: +SKIP
+    """
+    result = tracker.eval_results.get(name)
+    if result is None:
+        known = ", ".join(sorted(tracker.eval_results)) or "none yet"
+        raise KeyError(f"no evaluation named {name!r} was captured (captured: {known})")
+    index = result["index"]
+    uid = index.seq_uid
+    if index.packed or index.row_user is None:
+        frame = pd.DataFrame({"loss": result["loss_by_uid"][uid], "token_accuracy": result["acc_by_uid"][uid]})
+        frame["step"] = result["step"]
+        frame.index.name = "sample"
+        return frame
+    user_uid = np.full(index.num_user_rows, -1, dtype=np.int64)
+    user_uid[index.row_user] = index.row_uid()
+    dropped = user_uid < 0
+    safe = np.where(dropped, 0, user_uid)
+    frame = pd.DataFrame(
+        {
+            "loss": np.where(dropped, np.nan, result["loss_by_uid"][safe]),
+            "token_accuracy": np.where(dropped, np.nan, result["acc_by_uid"][safe]),
+            "step": result["step"],
+            "dropped": dropped,
+        }
+    )
+    frame.index.name = "row"
+    return frame
+
+
 def annotate_dataset(dataset, frame: pd.DataFrame, prefix: str = ""):
     """Add the columns of a dynamics ``frame`` to ``dataset`` (a ``datasets.Dataset``), row by row.
 

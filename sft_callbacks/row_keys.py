@@ -18,6 +18,9 @@ import torch
 from .sampling import splitmix64
 
 _MULT_SEED = np.uint64(0x5DEECE66D1234567)
+# Mixes the length into the key; the same wrapping product is computed on the device and on the host.
+_LENGTH_MULT = np.uint64(0x9E3779B97F4A7C15)
+_LENGTH_MULT_I64 = int(_LENGTH_MULT.view(np.int64))
 _tables: dict[tuple[str, int], torch.Tensor] = {}
 
 
@@ -45,9 +48,29 @@ def _device_table(n: int, device: torch.device) -> torch.Tensor:
 
 
 def finalize_keys(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Mix the raw multilinear sums with the sequence lengths into the final ``uint64`` keys."""
+    """Mix the raw multilinear sums with the sequence lengths into the final ``uint64`` keys (host side)."""
     raw = np.asarray(raw).view(np.uint64) if np.asarray(raw).dtype == np.int64 else np.asarray(raw, dtype=np.uint64)
-    return splitmix64(raw ^ splitmix64(np.asarray(lengths, dtype=np.uint64)))
+    with np.errstate(over="ignore"):
+        return raw ^ (np.asarray(lengths, dtype=np.uint64) * _LENGTH_MULT)
+
+
+def _finalize_on_device(raw: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    # int64 wraps like uint64 bit for bit; the host reads the result with ``.view(np.uint64)``.
+    return raw ^ (lengths * _LENGTH_MULT_I64)
+
+
+@torch.no_grad()
+def padded_keys(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Final keys ``(B,)`` (int64 bits of the uint64 key) of a padded ``(B, T)`` batch, on its device."""
+    return _finalize_on_device(*raw_keys_padded(input_ids, labels, attention_mask))
+
+
+@torch.no_grad()
+def segment_keys(
+    input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor, num_segments: int
+) -> torch.Tensor:
+    """Final keys ``(num_segments,)`` of a padding-free / packed ``(1, N)`` row, on its device."""
+    return _finalize_on_device(*raw_keys_segments(input_ids, labels, position_ids, num_segments))
 
 
 @torch.no_grad()

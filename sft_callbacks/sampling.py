@@ -119,6 +119,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         self._versions: list[_WeightVersion] = [_WeightVersion(0, np.ones(self.num_rows))]
         self._starts: list[int] = [0]
         self.produced = 0  # highest stream position handed out so far (+1)
+        self.before_iter = None  # called with the epoch before an epoch's first draw (the session's hook)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -196,6 +197,8 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         return out
 
     def __iter__(self) -> Iterator[int]:
+        if self.before_iter is not None:
+            self.before_iter(self.epoch)
         base = self.epoch * self.num_samples
         k = 0
         while k < self.num_samples:

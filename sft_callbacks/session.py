@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .sampling import AdaptiveSampler
-from .tracking import SampleTracker
+from .tracking import SampleTracker, user_row_mapping
 from .weights import check_weights, combine_weights, uid_to_rows
 
 logger = logging.getLogger(__name__)
@@ -78,28 +78,6 @@ class PolicyContext:
         return uid_to_rows(sample_weights, self.index.seq_uid, self.index.seq_row, self.num_rows)
 
 
-def user_row_mapping(dataset, args) -> tuple[np.ndarray | None, int | None]:
-    """Which row of the user's dataset each dataloader row is, and how many rows the user's dataset had.
-
-    TRL's ``SFTTrainer`` maps the user's dataset (row order kept), then may ``filter`` (rows left without a
-    trained token after truncation) and ``shuffle``; both keep an indices mapping onto the mapped table, whose
-    rows are the user's rows. The plain ``Trainer`` uses the user's dataset as it is.
-    """
-    try:
-        from trl import SFTConfig
-    except ImportError:  # pragma: no cover - trl is a dependency
-        SFTConfig = ()
-    indices = getattr(dataset, "_indices", None)
-    if "seq_lengths" in dataset.column_names:
-        return None, None
-    prepared = isinstance(args, SFTConfig) and not (args.dataset_kwargs or {}).get("skip_prepare_dataset", False)
-    transformed = prepared and (args.max_length is not None or getattr(args, "shuffle_dataset", False))
-    if transformed and indices is not None:
-        rows = indices.column(0).to_numpy().astype(np.int64)
-        return rows, int(dataset.data.num_rows)
-    return np.arange(len(dataset), dtype=np.int64), len(dataset)
-
-
 class Session:
     """Shared state of all sft-callbacks callbacks on one trainer: the tracker, the sampler, the policies."""
 
@@ -119,6 +97,8 @@ class Session:
         self.batch_size = 1
         self.weight_updates = 0
         self.last_policy_weights: dict[str, np.ndarray] = {}
+        self.last_loss_weights: dict[str, np.ndarray] = {}
+        self._begun = False
         self.policy_metrics: dict[str, float] = {}
         self._train_key = None
         self._restore: dict | None = None
@@ -143,9 +123,12 @@ class Session:
             self._train_key = key
             self.members = []
             self.driver = callback
+            self._begun = False
+            self._state = state
             self._setup(args, state, model, train_dataloader)
         if callback not in self.members:
             self.members.append(callback)
+        self.validate_loss_weighting(args)
         if callback.needs_sampler and self.sampler is None:
             self._install_sampler(args, train_dataloader)
         restore = getattr(callback, "_sft_restore", None)
@@ -202,6 +185,7 @@ class Session:
             logger.warning("sft-callbacks replaces the length-grouped sampler (`group_by_length=True`) with weighted sampling")
         seed = args.data_seed if getattr(args, "data_seed", None) is not None else args.seed
         sampler = AdaptiveSampler(len(self.dataset), num_samples, seed=seed, lazy_chunk=self.batch_size)
+        sampler.before_iter = lambda epoch: self.begin_policies(self._state)
         train_dataloader.set_sampler(sampler)
         self.sampler = sampler
         if self._restore is not None:
@@ -240,11 +224,18 @@ class Session:
             eval_results=self.tracker.eval_results,
         )
 
-    def update_weights(self, state, reason: str) -> np.ndarray | None:
-        """Ask every sampling policy for weights, combine them and schedule them on the sampler."""
-        if self.sampler is None:
-            return None
+    def update_policies(self, state, reason: str, at_position: int | None = None) -> None:
+        """Ask every policy for sampling and loss weights; combine and apply them.
+
+        Sampling weights are scheduled at ``at_position`` (default: :meth:`effective_position`); loss weights
+        apply from the next training forward.
+        """
+        if self.dataset is None:
+            return
         ctx = self.context(state)
+        self._update_loss_weights(ctx, reason)
+        if self.sampler is None:
+            return
         vectors = []
         changed = False
         for cb in self.members:
@@ -261,11 +252,11 @@ class Session:
             if w is not None:
                 vectors.append((name, w))
         if not changed or not vectors:
-            return None
+            return
         combined = combine_weights(vectors, ctx.num_rows, floor=self.weight_floor, max_ratio=self.max_weight_ratio)
         if np.array_equal(combined.astype(np.float32), self.sampler.current_weights):
-            return None  # nothing changed: keep the schedule as it is
-        at = self.effective_position(state)
+            return  # nothing changed: keep the schedule as it is
+        at = self.effective_position(state) if at_position is None else at_position
         if at < self.sampler.produced:
             logger.warning(
                 "sft-callbacks: the dataloader ran %d positions further ahead than expected; new weights apply "
@@ -278,7 +269,67 @@ class Session:
         self.sampler.schedule(combined, at)
         self.sampler.prune(self.consumed_position(state))
         self.weight_updates += 1
-        return combined
+
+    def _update_loss_weights(self, ctx: PolicyContext, reason: str) -> None:
+        vectors = []
+        changed = False
+        n = len(ctx.index.keys)
+        for cb in self.members:
+            if not cb.needs_loss_weighting:
+                continue
+            w = cb.policy_loss_weights(ctx, reason)
+            name = cb.policy_name
+            if w is None:
+                w = self.last_loss_weights.get(name)
+            else:
+                w = np.asarray(w, dtype=np.float64).reshape(-1)
+                if w.shape[0] != n:
+                    raise ValueError(
+                        f"{type(cb).__name__}.policy_loss_weights returned {w.shape[0]} weights for {n} samples"
+                    )
+                if not np.isfinite(w).all() or (w < 0).any():
+                    raise ValueError(
+                        f"{type(cb).__name__}.policy_loss_weights returned NaN, inf or negative loss weights"
+                    )
+                self.last_loss_weights[name] = w
+                changed = True
+            if w is not None:
+                vectors.append(w)
+        if changed and vectors:
+            self.tracker.set_loss_weights(np.prod(vectors, axis=0))
+
+    def begin_policies(self, state) -> None:
+        """First policy call of a ``train()``: before the first draw (sampler) or the first forward."""
+        if self._begun:
+            return
+        self._begun = True
+        if state.global_step > 0:
+            return  # resumed: the checkpoint holds the schedule and loss weights in force
+        at = self.sampler.produced if self.sampler is not None else None
+        self.update_policies(state, "train_begin", at_position=at)
+
+    def validate_loss_weighting(self, args) -> None:
+        """Refuse training setups whose loss would not go through the hook's per-token scaling."""
+        if not any(cb.needs_loss_weighting for cb in self.members):
+            return
+        if getattr(args, "loss_type", "nll") == "dft":
+            raise ValueError(
+                "per-sample loss weighting scales the fused head's log-probabilities, which SFTTrainer's "
+                "loss_type='dft' also exponentiates; the result would not be a weighted loss. Use loss_type='nll' "
+                "or turn loss weighting off"
+            )
+        if getattr(args, "use_liger_kernel", False):
+            raise ValueError("per-sample loss weighting does not work with use_liger_kernel=True (its fused loss "
+                             "never exposes per-token log-probabilities); set use_liger_kernel=False")
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is not None and (
+            getattr(trainer, "compute_loss_func", None) is not None or getattr(trainer, "label_smoother", None) is not None
+        ):
+            raise ValueError(
+                "per-sample loss weighting needs the Trainer's standard loss: with compute_loss_func or label "
+                "smoothing the loss is computed outside the model's forward and would ignore the weights; remove "
+                "them or turn loss weighting off"
+            )
 
     # -- metrics ----------------------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
@@ -338,12 +389,16 @@ class Session:
             "sampler": self.sampler.state_dict(from_position) if self.sampler is not None else None,
             "weight_updates": self.weight_updates,
             "last_policy_weights": {k: _enc(v) for k, v in self.last_policy_weights.items()},
+            "last_loss_weights": {k: _enc(v) for k, v in self.last_loss_weights.items()},
         }
 
     def load_state_dict(self, d: dict) -> None:
         self.tracker.load_state_dict(d["tracker"])
         self.weight_updates = int(d.get("weight_updates", 0))
         self.last_policy_weights = {k: _dec(v) for k, v in d.get("last_policy_weights", {}).items()}
+        self.last_loss_weights = {k: _dec(v) for k, v in d.get("last_loss_weights", {}).items()}
+        if self.last_loss_weights:
+            self.tracker.set_loss_weights(np.prod(list(self.last_loss_weights.values()), axis=0))
         self._restore = {"sampler": d.get("sampler")} if d.get("sampler") is not None else None
         if self.sampler is not None:
             self._apply_sampler_restore()

@@ -167,6 +167,28 @@ class SampleStats:
         return stats
 
 
+def user_row_mapping(dataset, args) -> tuple[np.ndarray | None, int | None]:
+    """Which row of the user's dataset each dataloader row is, and how many rows the user's dataset had.
+
+    TRL's ``SFTTrainer`` maps the user's dataset (row order kept), then may ``filter`` (rows left without a
+    trained token after truncation) and ``shuffle``; both keep an indices mapping onto the mapped table, whose
+    rows are the user's rows. The plain ``Trainer`` uses the user's dataset as it is.
+    """
+    try:
+        from trl import SFTConfig
+    except ImportError:  # pragma: no cover - trl is a dependency
+        SFTConfig = ()
+    indices = getattr(dataset, "_indices", None)
+    if "seq_lengths" in dataset.column_names:
+        return None, None
+    prepared = isinstance(args, SFTConfig) and not (args.dataset_kwargs or {}).get("skip_prepare_dataset", False)
+    transformed = prepared and (args.max_length is not None or getattr(args, "shuffle_dataset", False))
+    if transformed and indices is not None:
+        rows = indices.column(0).to_numpy().astype(np.int64)
+        return rows, int(dataset.data.num_rows)
+    return np.arange(len(dataset), dtype=np.int64), len(dataset)
+
+
 def _is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
@@ -211,7 +233,10 @@ class SampleTracker:
         self._eval_pending: list[tuple] = []
         self._handle = None
         self._model = None
+        self._loss_weights: np.ndarray | None = None
+        self._loss_tables: dict = {}
         self.eval_results: dict[str, dict] = {}
+        self._eval_indices: dict[str, tuple] = {}
 
     # -- hook --------------------------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> None:
@@ -229,18 +254,23 @@ class SampleTracker:
         self._handle = None
         self._model = None
 
-    @torch.no_grad()
     def _hook(self, module, args, kwargs, output):
-        record = self._record(kwargs, output)
+        with torch.no_grad():
+            record = self._record(kwargs, output)
         if record is None:
-            return
+            return None
+        keys, floats, to_tokens = record
         if module.training:
             self.micro_batches += 1
-            self._pending.append((*record, self.step, self.epoch))
+            self._pending.append((keys, floats, self.step, self.epoch))
+            if self._loss_weights is not None:
+                return self._weight_loss(kwargs, output, to_tokens(self._sample_weights(keys)))
         else:
-            self._eval_pending.append((*record, self.step, self.epoch))
+            self._eval_pending.append((keys, floats, self.step, self.epoch))
+        return None
 
     def _record(self, kwargs, output):
+        """``(keys, [nll_sum, n_tokens, n_correct, entropy_sum], to_tokens)`` per sequence, or ``None``."""
         input_ids = kwargs.get("input_ids")
         labels = kwargs.get("labels")
         if input_ids is None or labels is None or input_ids.dim() != 2:
@@ -261,8 +291,7 @@ class SampleTracker:
             logp = -F.cross_entropy(
                 flat.reshape(-1, flat.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
             ).view(target.shape)
-            top1 = (flat.argmax(-1) == target) & mask
-            top1 = top1.float()
+            top1 = ((flat.argmax(-1) == target) & mask).float()
             entropy = None
         maskf = mask.float()
         attention_mask = kwargs.get("attention_mask")
@@ -270,22 +299,28 @@ class SampleTracker:
         if attention_mask is None and position_ids is not None and input_ids.shape[0] == 1:
             cu = kwargs.get("cu_seq_lens_q")
             n_seg = int(cu.numel() - 1) if cu is not None else int((position_ids[0] == 0).sum())
-            raw, length = row_keys.raw_keys_segments(input_ids, labels, position_ids, n_seg)
+            keys = row_keys.segment_keys(input_ids, labels, position_ids, n_seg)
             seg = row_keys.segment_ids(position_ids)[1:]
 
             def per_seq(x):
                 out = torch.zeros(n_seg, dtype=torch.float32, device=x.device)
                 return out.index_add_(0, seg, x[0])
 
+            def to_tokens(w):
+                return w[seg][None, :]
+
         else:
             if attention_mask is not None and attention_mask.dim() != 2:
                 return None  # 4D custom masks: no per-row identity to recover
-            raw, length = row_keys.raw_keys_padded(input_ids, labels, attention_mask)
+            keys = row_keys.padded_keys(input_ids, labels, attention_mask)
 
             def per_seq(x):
                 return x.sum(1)
 
-        nan = torch.full_like(raw, float("nan"), dtype=torch.float32)
+            def to_tokens(w):
+                return w[:, None]
+
+        nan = torch.full_like(keys, float("nan"), dtype=torch.float32)
         floats = torch.stack(
             [
                 per_seq(-logp * maskf),
@@ -294,7 +329,50 @@ class SampleTracker:
                 per_seq(entropy * maskf) if entropy is not None else nan,
             ]
         )
-        return torch.stack([raw, length]), floats
+        return keys, floats, to_tokens
+
+    # -- loss weighting ------------------------------------------------------------------------------------
+    def set_loss_weights(self, sample_weights: np.ndarray | None) -> None:
+        """Per-sample loss weights (indexed like :attr:`stats`), applied from the next training forward.
+
+        A weight scales the sample's per-token log-probabilities inside the forward's output, so the Trainer's
+        own loss (summed over tokens, divided by the tokens of the whole optimizer step) stays exactly
+        normalised under gradient accumulation and across processes. ``None`` turns weighting off.
+        """
+        self._loss_weights = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float32)
+        self._loss_tables = {}
+
+    def _sample_weights(self, keys: torch.Tensor) -> torch.Tensor:
+        table = self._loss_tables.get(keys.device)
+        if table is None:
+            signed = self.index.keys.view(np.int64)
+            order = np.argsort(signed, kind="stable")
+            table = (
+                torch.from_numpy(signed[order].copy()).to(keys.device),
+                torch.from_numpy(self._loss_weights[order].copy()).to(keys.device),
+            )
+            self._loss_tables[keys.device] = table
+        sorted_keys, weights = table
+        pos = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
+        return torch.where(sorted_keys[pos] == keys, weights[pos], torch.ones_like(weights[pos]))
+
+    @staticmethod
+    def _weight_loss(kwargs, output, token_weights: torch.Tensor):
+        log_probs = getattr(output, "log_probs", None)
+        if log_probs is not None:
+            # TRL's SFTTrainer computes its loss from these: -(log_probs).sum() / num_items_in_batch.
+            output.log_probs = log_probs * token_weights.to(log_probs.dtype)
+            return output
+        logits, labels = output.logits, kwargs["labels"]
+        target = labels[:, 1:]
+        nll = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+        ).view(target.shape)
+        n_items = kwargs.get("num_items_in_batch")
+        denom = n_items if n_items is not None else (target != -100).sum()
+        # The transformers causal-LM loss: summed token NLL over the step's label-token count.
+        output.loss = (nll * token_weights).sum() / denom
+        return output
 
     # -- indexing ------------------------------------------------------------------------------------------
     def index_train(self, dataset, row_user: np.ndarray | None = None, num_user_rows: int | None = None) -> RowIndex:
@@ -312,12 +390,11 @@ class SampleTracker:
     def _drain(pending: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if not pending:
             return (np.zeros(0, np.uint64), np.zeros((4, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
-        ints = torch.cat([p[0] for p in pending], dim=1).cpu().numpy()
+        keys = torch.cat([p[0] for p in pending]).cpu().numpy().view(np.uint64)
         floats = torch.cat([p[1] for p in pending], dim=1).cpu().numpy()
-        steps = np.concatenate([np.full(p[0].shape[1], p[2], dtype=np.int64) for p in pending])
-        epochs = np.concatenate([np.full(p[0].shape[1], p[3], dtype=np.int64) for p in pending])
+        steps = np.concatenate([np.full(p[0].shape[0], p[2], dtype=np.int64) for p in pending])
+        epochs = np.concatenate([np.full(p[0].shape[0], p[3], dtype=np.int64) for p in pending])
         pending.clear()
-        keys = row_keys.finalize_keys(ints[0], ints[1])
         keep = floats[1] > 0  # sequences with no trained token (padding segments) carry no signal
         return keys[keep], floats[:, keep], steps[keep], epochs[keep]
 
@@ -349,7 +426,7 @@ class SampleTracker:
         self.observed += int(known.sum())
         return int(known.sum())
 
-    def flush_eval(self, dataset, name: str, step: int) -> dict | None:
+    def flush_eval(self, dataset, name: str, step: int, args=None) -> dict | None:
         """Fold buffered evaluation observations into per-row results for eval dataset ``name``."""
         local = self._drain(self._eval_pending)
         parts = _gather(local)
@@ -357,7 +434,14 @@ class SampleTracker:
         floats = np.concatenate([p[1] for p in parts], axis=1)
         if dataset is None or len(keys) == 0:
             return None
-        index = RowIndex.from_dataset(dataset, None, None)
+        cached = self._eval_indices.get(name)
+        fingerprint = getattr(dataset, "_fingerprint", None)
+        if cached is not None and cached[0] == fingerprint and fingerprint is not None:
+            index = cached[1]
+        else:  # keys of the eval rows are computed once per eval dataset
+            row_user, n_user = user_row_mapping(dataset, args) if args is not None else (None, None)
+            index = RowIndex.from_dataset(dataset, row_user, n_user)
+            self._eval_indices[name] = (fingerprint, index)
         uid = index.lookup(keys)
         loss = floats[0] / floats[1]
         ok = (uid >= 0) & np.isfinite(loss)
@@ -371,8 +455,7 @@ class SampleTracker:
             "step": step,
             "loss_by_uid": row_loss,
             "acc_by_uid": row_acc,
-            "row_uid": index.row_uid() if not index.packed else None,
-            "n_tokens_by_uid": index.n_trained,
+            "index": index,
         }
         self.eval_results[name] = result
         return result

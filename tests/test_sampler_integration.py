@@ -8,7 +8,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from sft_callbacks import AdaptiveSampler, SamplingPolicyCallback, TrainingDynamicsCallback
-from sft_callbacks.row_keys import finalize_keys, raw_keys_padded
+from sft_callbacks.row_keys import padded_keys
 
 from .helpers import sft_rows
 
@@ -60,9 +60,9 @@ class BatchRecorder:
     def _hook(self, module, args, kwargs, output):
         if not module.training:
             return
-        raw, length = raw_keys_padded(kwargs["input_ids"], kwargs["labels"], kwargs.get("attention_mask"))
+        keys = padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs.get("attention_mask"))
         index = self.session_of().tracker.index
-        uid = index.lookup(finalize_keys(raw.numpy(), length.numpy()))
+        uid = index.lookup(keys.numpy().view(np.uint64))
         uid_to_row = np.empty(len(index.keys), dtype=np.int64)
         uid_to_row[index.seq_uid] = index.seq_row
         self.batches.append(uid_to_row[uid].tolist())

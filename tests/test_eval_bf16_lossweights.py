@@ -1,0 +1,138 @@
+"""Evaluation capture, bf16, and per-sample loss weighting through the hook (exact normalisation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from sft_callbacks import SFTCallback, TrainingDynamicsCallback
+
+from .helpers import reference_losses, sft_rows
+
+
+def _config(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=0.0, report_to=[],
+        use_cpu=True, save_strategy="no", logging_steps=1, max_length=96, seed=0, activation_checkpointing=False,
+    )
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def test_eval_losses_captured_from_the_trainers_evaluation(tmp_path, tokenizer, make_model):
+    train, val = sft_rows(32), sft_rows(24, seed=1)
+    model = make_model()
+    cb = TrainingDynamicsCallback()
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, eval_strategy="steps", eval_steps=2,
+                                                  per_device_eval_batch_size=5),
+                         train_dataset=train, eval_dataset=val, processing_class=tokenizer, callbacks=[cb])
+    trainer.train()
+    frame = cb.eval_dynamics()
+    assert len(frame) == len(val) and (frame.step == 4).all()
+    kept = frame[~frame.dropped]
+    prepared = trainer.eval_dataset
+    by_uid = {u: i for i, u in enumerate(prepared["uid"])}
+    rows = [prepared[by_uid[int(u)]] for u in kept.index]
+    ref = reference_losses(model, [r["input_ids"] for r in rows], [r["labels"] for r in rows])
+    np.testing.assert_allclose(kept["loss"].to_numpy(), ref[:, 0], atol=1e-4)
+    # Rebuilding the Trainer's eval_loss from them: token-normalised NLL per sequential batch of 5, averaged
+    # with the batch sizes as weights (the Trainer repeats each batch loss batch_size times).
+    eval_loss = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h][-1]
+    loss_by_user = kept["loss"].to_dict()
+    losses = np.array([loss_by_user[u] for u in prepared["uid"]])
+    ntok = np.array([sum(x != -100 for x in labels[1:]) for labels in prepared["labels"]])
+    batch_losses = [(losses[i : i + 5] * ntok[i : i + 5]).sum() / ntok[i : i + 5].sum() for i in range(0, len(losses), 5)]
+    sizes = [len(losses[i : i + 5]) for i in range(0, len(losses), 5)]
+    assert np.isclose(np.average(batch_losses, weights=sizes), eval_loss, atol=1e-5)
+    with pytest.raises(KeyError, match="no evaluation named"):
+        cb.eval_dynamics("eval_other")
+
+
+def test_bf16_losses_match_autocast_reference(tmp_path, tokenizer, make_model):
+    model = make_model()
+    cb = TrainingDynamicsCallback()
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, bf16=True), train_dataset=sft_rows(32),
+                         processing_class=tokenizer, callbacks=[cb])
+    trainer.train()
+    frame = cb.dynamics()
+    seen = frame[frame.times_seen > 0]
+    prepared = trainer.train_dataset
+    by_uid = {u: i for i, u in enumerate(prepared["uid"])}
+    rows = [prepared[by_uid[int(u)]] for u in seen.index]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = reference_losses(model, [r["input_ids"] for r in rows], [r["labels"] for r in rows])
+    assert np.isfinite(seen.loss_last).all()
+    np.testing.assert_allclose(seen["loss_last"].to_numpy(), ref[:, 0], atol=3e-2)
+
+
+class WeightByRow(SFTCallback):
+    """Loss weight per sample from a function of the user's row number (test policy)."""
+
+    needs_loss_weighting = True
+
+    def __init__(self, mode: str = "half"):
+        super().__init__(mode=mode)
+        self.mode = mode
+
+    def policy_loss_weights(self, ctx, reason):
+        n = len(ctx.index.keys)
+        if self.mode == "half":
+            return np.full(n, 0.5)
+        uid_user = np.zeros(n, dtype=np.int64)
+        uid_user[ctx.index.row_uid()] = ctx.index.row_user
+        return np.where(uid_user % 2 == 0, 2.0, 0.25)
+
+
+def _step_losses(trainer):
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("extra", [{}, {"padding_free": True, "max_length": None}])
+def test_constant_loss_weight_scales_the_trainers_loss_exactly(tmp_path, tokenizer, make_model, extra):
+    data = sft_rows(32)
+    base = SFTTrainer(model=make_model(), args=_config(tmp_path / "a", **extra), train_dataset=data,
+                      processing_class=tokenizer)
+    base.train()
+    weighted = SFTTrainer(model=make_model(), args=_config(tmp_path / "b", **extra), train_dataset=data,
+                          processing_class=tokenizer, callbacks=[TrainingDynamicsCallback(), WeightByRow("half")])
+    weighted.train()
+    np.testing.assert_allclose(_step_losses(weighted), 0.5 * np.array(_step_losses(base)), rtol=1e-5)
+
+
+def test_per_sample_loss_weights_keep_the_step_normalisation_under_grad_accumulation(tmp_path, tokenizer, make_model):
+    data = sft_rows(32)
+    model = make_model()
+    cbs = [TrainingDynamicsCallback(), WeightByRow("parity")]
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, gradient_accumulation_steps=2), train_dataset=data,
+                         processing_class=tokenizer, callbacks=cbs)
+    seen = []  # per micro-batch: (unweighted NLL sums, token counts, uid), read before our hook scales them
+
+    def record(module, args, kwargs, output):
+        if module.training:
+            from sft_callbacks.row_keys import padded_keys
+
+            mask = output.label_mask
+            index = cbs[0].session.tracker.index
+            uid = index.lookup(padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs["attention_mask"]).numpy().view(np.uint64))
+            seen.append(((-output.log_probs.detach() * mask).sum(1).numpy(), mask.sum(1).numpy(), uid))
+
+    model.register_forward_hook(record, with_kwargs=True)  # registered first: runs before ours
+    trainer.train()
+    index = cbs[0].session.tracker.index
+    uid_user = np.zeros(len(index.keys), dtype=np.int64)
+    uid_user[index.row_uid()] = index.row_user
+    expected = []
+    for step in range(4):
+        nll, ntok, uid = (np.concatenate(x) for x in zip(*seen[2 * step : 2 * step + 2]))
+        w = np.where(uid_user[uid] % 2 == 0, 2.0, 0.25)
+        expected.append((w * nll).sum() / ntok.sum())  # Trainer: token-sum over the whole optimizer step
+    np.testing.assert_allclose(_step_losses(trainer), expected, rtol=1e-5)
+
+
+def test_dft_loss_is_refused_with_loss_weighting(tmp_path, tokenizer, make_model):
+    trainer = SFTTrainer(model=make_model(), args=_config(tmp_path, loss_type="dft"), train_dataset=sft_rows(16),
+                         processing_class=tokenizer, callbacks=[WeightByRow()])
+    with pytest.raises(ValueError, match="loss_type='dft'"):
+        trainer.train()
