@@ -52,17 +52,19 @@ class RowIndex:
         keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
         n_trained = np.concatenate(n_trained) if n_trained else np.zeros(0, np.int64)
         uniq, seq_uid = np.unique(keys, return_inverse=True)
-        n_uid = np.zeros(len(uniq), dtype=np.int64)
+        # int32 indices while they fit: part of the per-sample memory budget.
+        idx_dtype = np.int32 if max(len(dataset), len(keys)) < 2**31 else np.int64
+        n_uid = np.zeros(len(uniq), dtype=np.int32)
         n_uid[seq_uid] = n_trained
         packed = "seq_lengths" in dataset.column_names
         return cls(
             keys=uniq,
-            seq_uid=seq_uid.astype(np.int64),
-            seq_row=rows.astype(np.int64),
+            seq_uid=seq_uid.astype(idx_dtype),
+            seq_row=rows.astype(idx_dtype),
             n_trained=n_uid,
             num_rows=len(dataset),
             packed=packed,
-            row_user=None if packed else row_user,
+            row_user=None if packed or row_user is None else row_user.astype(idx_dtype),
             num_user_rows=None if packed else num_user_rows,
         )
 
@@ -73,6 +75,11 @@ class RowIndex:
         pos = np.searchsorted(self.keys, keys)
         pos = np.minimum(pos, len(self.keys) - 1)
         return np.where(self.keys[pos] == keys, pos, -1)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held: ``per_sample`` (key + trained-token count) and ``mapping`` (row <-> sample <-> user row)."""
+        mapping = self.seq_uid.nbytes + self.seq_row.nbytes + (self.row_user.nbytes if self.row_user is not None else 0)
+        return {"per_sample": self.keys.nbytes + self.n_trained.nbytes, "mapping": mapping}
 
     def row_uid(self) -> np.ndarray:
         """For unpacked data: key index of every dataloader row."""
@@ -121,7 +128,13 @@ class SampleStats:
 
     @property
     def nbytes_fixed(self) -> int:
+        """Bytes of the fixed per-sample arrays (not the per-epoch history)."""
         return sum(a.nbytes for a in self.arrays.values())
+
+    @property
+    def nbytes_history(self) -> int:
+        """Bytes of the per-epoch loss sums and counts."""
+        return sum(a.nbytes for a in self.epoch_sum.values()) + sum(a.nbytes for a in self.epoch_count.values())
 
     def apply(self, uid: np.ndarray, loss: np.ndarray, acc: np.ndarray, ent: np.ndarray, step: np.ndarray, epoch: np.ndarray):
         """Fold observations (in order) into the arrays. ``uid`` must be valid key indices."""
@@ -330,6 +343,14 @@ class SampleTracker:
             ]
         )
         return keys, floats, to_tokens
+
+    def memory_per_sample(self) -> dict[str, float]:
+        """Bytes per training sample: ``fixed`` statistics (incl. key), ``mapping`` (index arrays), ``history``."""
+        n = max(1, len(self.index.keys)) if self.index is not None else 1
+        idx = self.index.nbytes() if self.index is not None else {"per_sample": 0, "mapping": 0}
+        stats_fixed = self.stats.nbytes_fixed if self.stats is not None else 0
+        history = self.stats.nbytes_history if self.stats is not None else 0
+        return {"fixed": (stats_fixed + idx["per_sample"]) / n, "mapping": idx["mapping"] / n, "history": history / n}
 
     # -- loss weighting ------------------------------------------------------------------------------------
     def set_loss_weights(self, sample_weights: np.ndarray | None) -> None:

@@ -84,6 +84,9 @@ def test_sft_losses_match_independent_forward(name, tmp_path, tokenizer, make_mo
     assert frame.times_seen.sum() == args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
     assert cb.session.tracker.unmatched == 0
     assert np.isfinite(seen["entropy_mean"]).all()
+    mem = cb.session.tracker.memory_per_sample()
+    assert mem["fixed"] <= 52 and mem["fixed"] + mem["mapping"] <= 64  # flat arrays, <= 64 bytes per sample
+    assert mem["history"] == 6  # one epoch: float32 loss sum + uint16 count
 
 
 def test_plain_trainer_losses_match(tmp_path, tokenizer, make_model, small_sft):
