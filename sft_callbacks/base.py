@@ -34,7 +34,9 @@ class SFTCallback(TrainerCallback, ExportableState):
     # -- policy contract (overridden by sampling policies) -----------------------------------------------
     @property
     def policy_name(self) -> str:
-        return type(self).__name__
+        """Name of this policy in logs and checkpoints (class name, ``#k`` for the k-th extra of a class)."""
+        slot = getattr(self, "_policy_slot", 0)
+        return type(self).__name__ if slot == 0 else f"{type(self).__name__}#{slot}"
 
     def policy_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
         """Per-row sampling weights (length ``ctx.num_rows``), or ``None`` to keep the previous ones.

@@ -127,6 +127,9 @@ class Session:
             self._state = state
             self._setup(args, state, model, train_dataloader)
         if callback not in self.members:
+            # A unique name per policy, stable across runs: the class name, numbered when listed twice.
+            same = sum(type(m) is type(callback) for m in self.members)
+            callback._policy_slot = same
             self.members.append(callback)
         self.validate_loss_weighting(args)
         if callback.needs_sampler and self.sampler is None:
@@ -236,21 +239,12 @@ class Session:
         self._update_loss_weights(ctx, reason)
         if self.sampler is None:
             return
-        vectors = []
-        changed = False
-        for cb in self.members:
-            if not cb.needs_sampler:
-                continue
-            w = cb.policy_weights(ctx, reason)
-            name = cb.policy_name
-            if w is None:
-                w = self.last_policy_weights.get(name)
-            else:
-                w = check_weights(w, ctx.num_rows, f"{type(cb).__name__}.policy_weights")
-                self.last_policy_weights[name] = w
-                changed = True
-            if w is not None:
-                vectors.append((name, w))
+        vectors, changed = self._collect(
+            "needs_sampler",
+            lambda cb: cb.policy_weights(ctx, reason),
+            lambda cb, w: check_weights(w, ctx.num_rows, f"{type(cb).__name__}.policy_weights"),
+            self.last_policy_weights,
+        )
         if not changed or not vectors:
             return
         combined = combine_weights(vectors, ctx.num_rows, floor=self.weight_floor, max_ratio=self.max_weight_ratio)
@@ -270,33 +264,32 @@ class Session:
         self.sampler.prune(self.consumed_position(state))
         self.weight_updates += 1
 
-    def _update_loss_weights(self, ctx: PolicyContext, reason: str) -> None:
-        vectors = []
-        changed = False
-        n = len(ctx.index.keys)
+    def _collect(self, flag: str, ask, validate, last: dict) -> tuple[list, bool]:
+        """``(name, weights)`` of every member with ``flag`` set; a member returning ``None`` keeps its last."""
+        vectors, changed = [], False
         for cb in self.members:
-            if not cb.needs_loss_weighting:
+            if not getattr(cb, flag):
                 continue
-            w = cb.policy_loss_weights(ctx, reason)
-            name = cb.policy_name
+            w = ask(cb)
             if w is None:
-                w = self.last_loss_weights.get(name)
+                w = last.get(cb.policy_name)
             else:
-                w = np.asarray(w, dtype=np.float64).reshape(-1)
-                if w.shape[0] != n:
-                    raise ValueError(
-                        f"{type(cb).__name__}.policy_loss_weights returned {w.shape[0]} weights for {n} samples"
-                    )
-                if not np.isfinite(w).all() or (w < 0).any():
-                    raise ValueError(
-                        f"{type(cb).__name__}.policy_loss_weights returned NaN, inf or negative loss weights"
-                    )
-                self.last_loss_weights[name] = w
+                w = validate(cb, w)
+                last[cb.policy_name] = w
                 changed = True
             if w is not None:
-                vectors.append(w)
+                vectors.append((cb.policy_name, w))
+        return vectors, changed
+
+    def _update_loss_weights(self, ctx: PolicyContext, reason: str) -> None:
+        vectors, changed = self._collect(
+            "needs_loss_weighting",
+            lambda cb: cb.policy_loss_weights(ctx, reason),
+            lambda cb, w: check_weights(w, len(ctx.index.keys), f"{type(cb).__name__}.policy_loss_weights"),
+            self.last_loss_weights,
+        )
         if changed and vectors:
-            self.tracker.set_loss_weights(np.prod(vectors, axis=0))
+            self.tracker.set_loss_weights(np.prod([w for _, w in vectors], axis=0))
 
     def begin_policies(self, state) -> None:
         """First policy call of a ``train()``: before the first draw (sampler) or the first forward."""
