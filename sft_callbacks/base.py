@@ -45,6 +45,10 @@ class SFTCallback(TrainerCallback, ExportableState):
         """
         return None
 
+    def required_columns(self) -> list[str]:
+        """Columns of the training dataset this callback reads; checked when training begins."""
+        return []
+
     def policy_loss_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
         """Per-sample loss weights (length ``len(ctx.index.keys)``, indexed like ``ctx.stats``) or ``None``.
 

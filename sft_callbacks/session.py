@@ -54,8 +54,10 @@ class PolicyContext:
         index: the :class:`~sft_callbacks.tracking.RowIndex` (sample id <-> dataloader row <-> user row).
         num_rows: rows of the dataloader's dataset (the sampler's index space).
         step: optimizer steps done; max_steps: planned total; epoch: current epoch.
-        dataset: the dataset the dataloader indexes (TRL's prepared dataset).
+        dataset: the dataset the dataloader indexes (TRL's prepared dataset, model columns only).
         args: the ``TrainingArguments``; eval_results: latest per-sample evaluation results by eval name.
+        columns: the training rows with all their columns (your columns survive TRL's preparation), same row
+            order as ``dataset``; read them with :meth:`column`.
     """
 
     stats: Any
@@ -67,6 +69,13 @@ class PolicyContext:
     dataset: Any
     args: Any
     eval_results: dict
+    columns: Any = None
+
+    def column(self, name: str) -> list:
+        """Values of column ``name`` of your training dataset for every dataloader row."""
+        if self.columns is None or name not in self.columns.column_names:
+            raise KeyError(f"the training dataset has no column {name!r}")
+        return self.columns[name]
 
     @property
     def progress(self) -> float:
@@ -87,6 +96,7 @@ class Session:
         self.members: list = []  # callbacks active in the current train() call, in handler order
         self.driver = None
         self.dataset = None
+        self.columns = None
         self.args = None
         self.max_weight_ratio: float | None = 1000.0
         self.weight_floor = 0.0
@@ -126,6 +136,14 @@ class Session:
             self._begun = False
             self._state = state
             self._setup(args, state, model, train_dataloader)
+        missing = [c for c in callback.required_columns() if c not in self.columns.column_names]
+        if missing:
+            packed = " (with packing=True TRL keeps only input_ids/labels/seq_lengths; use padding_free instead)" \
+                if "seq_lengths" in self.dataset.column_names else ""
+            raise ValueError(
+                f"{type(callback).__name__} was told to use column(s) {missing}, but the training dataset has "
+                f"{sorted(self.columns.column_names)}{packed}; add the column to your dataset or fix the name"
+            )
         if callback not in self.members:
             # A unique name per policy, stable across runs: the class name, numbered when listed twice.
             same = sum(type(m) is type(callback) for m in self.members)
@@ -178,6 +196,9 @@ class Session:
         trainer = find_trainer()
         if trainer is not None:
             self._trainer_ref = weakref.ref(trainer)
+        # The dataloader's copy lost the non-model columns; the trainer's train_dataset still has them, row for row.
+        full = getattr(trainer, "train_dataset", None)
+        self.columns = full if isinstance(full, datasets.Dataset) and len(full) == len(dataset) else dataset
 
     def _install_sampler(self, args, train_dataloader) -> None:
         from accelerate.data_loader import get_sampler
@@ -225,6 +246,7 @@ class Session:
             dataset=self.dataset,
             args=self.args,
             eval_results=self.tracker.eval_results,
+            columns=self.columns,
         )
 
     def update_policies(self, state, reason: str, at_position: int | None = None) -> None:

@@ -191,3 +191,33 @@ def test_nan_loss_never_enters_statistics(tmp_path, tokenizer, make_model):
     frame = cb.dynamics()
     assert cb.session.tracker.nonfinite >= 8
     assert np.isfinite(frame.loss_mean[frame.times_seen > 0]).all()
+
+
+class RareDomainsFirst(SamplingPolicyCallback):
+    """Weights from a user column (kept through TRL's preparation): inverse domain frequency."""
+
+    def __init__(self, column: str = "domain"):
+        super().__init__(column=column)
+        self.column = column
+
+    def required_columns(self):
+        return [self.column]
+
+    def compute_weights(self, ctx, reason):
+        values = np.asarray(ctx.column(self.column))
+        _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+        return 1.0 / counts[inverse]
+
+
+def test_policies_read_user_columns_and_missing_columns_are_refused(tmp_path, tokenizer, make_model):
+    data = sft_rows(64)
+    policy = RareDomainsFirst()
+    _run(tmp_path / "ok", tokenizer, make_model, [policy], data, max_steps=2)
+    domains = np.asarray(policy.session.columns["domain"])
+    w = policy.session.sampler.current_weights
+    _, inv, counts = np.unique(domains, return_inverse=True, return_counts=True)
+    np.testing.assert_allclose(w / w.sum(), (1.0 / counts[inv]) / (1.0 / counts[inv]).sum(), rtol=1e-5)
+    trainer = SFTTrainer(model=make_model(), args=_config(tmp_path / "bad", max_steps=2), train_dataset=data,
+                         processing_class=tokenizer, callbacks=[RareDomainsFirst(column="task")])
+    with pytest.raises(ValueError, match=r"told to use column\(s\) \['task'\].*'domain'"):
+        trainer.train()
