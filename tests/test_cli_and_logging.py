@@ -31,6 +31,7 @@ def test_demo_tiny_writes_annotated_dataset(tmp_path):
     assert sum(annotated["times_seen"]) == 12 * 8
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["per_group_loss"]) <= set(annotated["domain"]) and len(summary["hardest"]) == 5
+    assert set(summary["per_group_validation_loss"]) == set(annotated["domain"])  # every domain evaluated
 
 
 def test_cli_help_mentions_commands():
