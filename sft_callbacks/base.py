@@ -45,6 +45,10 @@ class SFTCallback(TrainerCallback, ExportableState):
         """
         return None
 
+    def policy_metrics(self) -> dict[str, float]:
+        """Metrics to log (keys under ``sft/``, e.g. ``{"sft/hard/fraction": 0.3}``) at each logging step."""
+        return {}
+
     def required_columns(self) -> list[str]:
         """Columns of the training dataset this callback reads; checked when training begins."""
         return []

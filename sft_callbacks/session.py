@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,16 @@ class PolicyContext:
     args: Any
     eval_results: dict
     columns: Any = None
+    model: Any = None
+    eval_datasets: dict = field(default_factory=dict)
+
+    def eval_column(self, column: str, eval_name: str = "eval") -> list:
+        """Values of ``column`` of your eval dataset ``eval_name`` (all its columns, TRL's row order)."""
+        dataset = self.eval_datasets.get(eval_name)
+        if dataset is None or column not in dataset.column_names:
+            have = sorted(dataset.column_names) if dataset is not None else []
+            raise KeyError(f"the eval dataset {eval_name!r} has no column {column!r} (it has {have})")
+        return dataset[column]
 
     def column(self, name: str) -> list:
         """Values of column ``name`` of your training dataset for every dataloader row."""
@@ -97,6 +107,7 @@ class Session:
         self.driver = None
         self.dataset = None
         self.columns = None
+        self.model = None
         self.args = None
         self.max_weight_ratio: float | None = 1000.0
         self.weight_floor = 0.0
@@ -109,7 +120,6 @@ class Session:
         self.last_policy_weights: dict[str, np.ndarray] = {}
         self.last_loss_weights: dict[str, np.ndarray] = {}
         self._begun = False
-        self.policy_metrics: dict[str, float] = {}
         self._train_key = None
         self._restore: dict | None = None
         self._trainer_ref = None
@@ -180,6 +190,7 @@ class Session:
                 "`per_device_train_batch_size`"
             )
         self.dataset = dataset
+        self.model = model
         self.args = args
         row_user, n_user = user_row_mapping(dataset, args)
         self.tracker.index_train(dataset, row_user, n_user)
@@ -247,7 +258,19 @@ class Session:
             args=self.args,
             eval_results=self.tracker.eval_results,
             columns=self.columns,
+            model=self.model,
+            eval_datasets=self.eval_datasets(),
         )
+
+    def eval_datasets(self) -> dict:
+        """The trainer's eval datasets with all their columns, by metric prefix (``eval``, ``eval_<key>``)."""
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        ds = getattr(trainer, "eval_dataset", None)
+        if ds is None:
+            return {}
+        if isinstance(ds, dict):
+            return {f"eval_{k}": v for k, v in ds.items()}
+        return {"eval": ds}
 
     def update_policies(self, state, reason: str, at_position: int | None = None) -> None:
         """Ask every policy for sampling and loss weights; combine and apply them.
@@ -369,7 +392,9 @@ class Session:
                 p = pos / pos.sum()
                 # Effective sample size fraction: 1 for uniform weights, smaller when sampling concentrates.
                 out["sft/sampler/ess_fraction"] = float(1.0 / (np.square(p).sum() * w.size))
-        out.update(self.policy_metrics)
+        for cb in self.members:
+            for key, value in cb.policy_metrics().items():
+                out[key if key.startswith("sft/") else f"sft/{key}"] = float(value)
         return out
 
     def log(self, logs: dict, step: int) -> None:
