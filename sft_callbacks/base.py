@@ -164,7 +164,9 @@ class SFTCallback(TrainerCallback, ExportableState):
         payload: dict[str, Any] = {"policy": self.policy_state()}
         if self._is_driver():
             payload["session"] = self._session.state_dict(self._last_state)
-        return {"args": dict(self._init_kwargs), "attributes": {"_sft_restore": payload}}
+        # Only JSON-able settings go to trainer_state.json (a callable difficulty, say, cannot).
+        args = {k: v for k, v in self._init_kwargs.items() if _jsonable(v)}
+        return {"args": args, "attributes": {"_sft_restore": payload}}
 
     # -- results ----------------------------------------------------------------------------------------
     def dynamics(self):
@@ -191,6 +193,16 @@ class SFTCallback(TrainerCallback, ExportableState):
         from .dynamics import annotate_dataset
 
         return annotate_dataset(dataset, self.dynamics())
+
+
+def _jsonable(value) -> bool:
+    import json
+
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _eval_name(metrics: dict) -> str:
