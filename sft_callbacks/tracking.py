@@ -238,7 +238,6 @@ class SampleTracker:
         self.stats: SampleStats | None = None
         self.step = 0
         self.epoch = 0
-        self.micro_batches = 0  # training micro-batches seen by this process in the current epoch
         self.nonfinite = 0
         self.unmatched = 0
         self.observed = 0
@@ -274,7 +273,6 @@ class SampleTracker:
             return None
         keys, floats, to_tokens = record
         if module.training:
-            self.micro_batches += 1
             self._pending.append((keys, floats, self.step, self.epoch))
             if self._loss_weights is not None:
                 return self._weight_loss(kwargs, output, to_tokens(self._sample_weights(keys)))

@@ -120,17 +120,17 @@ def test_same_seed_same_stream_different_seed_differs(tmp_path, tokenizer, make_
     assert a != c
 
 
-def test_resume_reproduces_stream_weights_and_statistics(tmp_path, tokenizer, make_model):
-    data = sft_rows(64)
-    kw = dict(max_steps=12, save_strategy="steps", save_steps=6, sync_every=None)
-    kw.pop("sync_every")
+@pytest.mark.parametrize("save_at,total", [(6, 12), (18, 24)])  # mid first epoch; in the second epoch
+def test_resume_reproduces_stream_weights_and_statistics(tmp_path, tokenizer, make_model, save_at, total):
+    data = sft_rows(64)  # 16 steps per epoch
+    kw = dict(max_steps=total, save_strategy="steps", save_steps=save_at)
     cbs_a = [TrainingDynamicsCallback(sync_every=2), LossWeighted()]
     trainer_a, full = _run(tmp_path / "a", tokenizer, make_model, cbs_a, data, **kw)
-    ckpt = tmp_path / "a" / "checkpoint-6"
+    ckpt = tmp_path / "a" / f"checkpoint-{save_at}"
     assert ckpt.is_dir()
     cbs_b = [TrainingDynamicsCallback(sync_every=2), LossWeighted()]
     trainer_b, resumed = _run(tmp_path / "b", tokenizer, make_model, cbs_b, data, resume=str(ckpt), **kw)
-    assert resumed == full[6:]  # the resumed run draws the uninterrupted run's remaining stream
+    assert resumed == full[save_at:]  # the resumed run draws the uninterrupted run's remaining stream
     sa, sb = cbs_a[0].session, cbs_b[0].session
     np.testing.assert_allclose(sb.sampler.current_weights, sa.sampler.current_weights, rtol=1e-5)
     fa, fb = cbs_a[0].dynamics(), cbs_b[0].dynamics()  # the user's own callback objects still answer
