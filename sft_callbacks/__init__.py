@@ -5,9 +5,17 @@ Public API (everything else is internal):
 - :class:`TrainingDynamicsCallback`: per-sample loss / accuracy / entropy from the Trainer's own forward passes.
 - :class:`SamplingPolicyCallback`: base class for callbacks that steer which rows are drawn.
 - :class:`AdaptiveSampler`, :func:`combine_weights`: the weighted sampler and the rule that combines policies.
+- Strategies: :class:`ValidationGuidedResamplingCallback`, :class:`HardExampleMiningCallback`,
+  :class:`CurriculumCallback`, :class:`GroupBalanceCallback`.
 """
 
 from .base import SamplingPolicyCallback, SFTCallback
+from .policies import (
+    CurriculumCallback,
+    GroupBalanceCallback,
+    HardExampleMiningCallback,
+    ValidationGuidedResamplingCallback,
+)
 from .dynamics import TrainingDynamicsCallback, annotate_dataset, dynamics_frame, eval_frame
 from .sampling import AdaptiveSampler
 from .session import PolicyContext
@@ -17,6 +25,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveSampler",
+    "CurriculumCallback",
+    "GroupBalanceCallback",
+    "HardExampleMiningCallback",
+    "ValidationGuidedResamplingCallback",
     "PolicyContext",
     "SFTCallback",
     "SamplingPolicyCallback",

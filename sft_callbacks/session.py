@@ -114,6 +114,7 @@ class Session:
         self.sync_every = 10
         self.lag_micro_batches = 0
         self.steps_per_epoch = 1
+        self.micro_per_epoch = 1
         self.world_size = 1
         self.batch_size = 1
         self.weight_updates = 0
@@ -196,7 +197,8 @@ class Session:
         self.tracker.index_train(dataset, row_user, n_user)
         self.tracker.attach(model)
         ga = max(1, int(args.gradient_accumulation_steps))
-        self.steps_per_epoch = max(1, math.ceil(len(train_dataloader) / ga))
+        self.micro_per_epoch = max(1, len(train_dataloader))
+        self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / ga))
         workers = int(args.dataloader_num_workers or 0)
         prefetch = int(args.dataloader_prefetch_factor or 2) if workers > 0 else 0
         # Micro-batches the dataloader can have drawn beyond the last finished step: the next step's
@@ -232,18 +234,32 @@ class Session:
             self.sampler.load_state_dict(state)
 
     # -- positions --------------------------------------------------------------------------------------
-    def consumed_position(self, state) -> int:
-        """Stream position of the first sample of the next micro-batch, from the optimizer step count."""
+    def _micro_batch_position(self, epoch: int, micro: int) -> int:
+        """Stream position where micro-batch ``micro`` of ``epoch`` starts, counting on into later epochs.
+
+        An epoch holds ``micro_per_epoch`` micro-batches per process (its last one may be partial) over
+        ``len(sampler)`` positions; a micro-batch index past the epoch's end lands in the next epochs.
+        """
+        n = len(self.sampler) if self.sampler is not None else len(self.dataset)
+        per_micro = self.batch_size * self.world_size
+        epoch += micro // self.micro_per_epoch
+        micro %= self.micro_per_epoch
+        return epoch * n + min(n, micro * per_micro)
+
+    def _consumed_micro(self, state) -> tuple[int, int]:
         epoch = int(self.tracker.epoch)
         in_epoch = max(0, state.global_step - epoch * self.steps_per_epoch)
-        micro = in_epoch * max(1, int(self.args.gradient_accumulation_steps))
-        per_micro = self.batch_size * self.world_size
-        base = epoch * (len(self.sampler) if self.sampler is not None else len(self.dataset))
-        return base + micro * per_micro
+        ga = max(1, int(self.args.gradient_accumulation_steps))
+        return epoch, min(self.micro_per_epoch, in_epoch * ga)
+
+    def consumed_position(self, state) -> int:
+        """Stream position of the first sample of the next micro-batch, from the optimizer step count."""
+        return self._micro_batch_position(*self._consumed_micro(state))
 
     def effective_position(self, state) -> int:
         """Position from which weights decided now are drawn: ``lag_micro_batches`` micro-batches ahead."""
-        return self.consumed_position(state) + self.lag_micro_batches * self.batch_size * self.world_size
+        epoch, micro = self._consumed_micro(state)
+        return self._micro_batch_position(epoch, micro + self.lag_micro_batches)
 
     # -- policies ---------------------------------------------------------------------------------------
     def context(self, state) -> PolicyContext:

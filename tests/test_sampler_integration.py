@@ -221,3 +221,20 @@ def test_policies_read_user_columns_and_missing_columns_are_refused(tmp_path, to
                          processing_class=tokenizer, callbacks=[RareDomainsFirst(column="task")])
     with pytest.raises(ValueError, match=r"told to use column\(s\) \['task'\].*'domain'"):
         trainer.train()
+
+
+def test_weights_decided_at_an_epoch_end_land_in_the_next_epoch(tmp_path, tokenizer, make_model):
+    # 62 rows after TRL's preparation: not a multiple of the batch size, so the last micro-batch is partial.
+    data = sft_rows(64)
+    policy = LossWeighted()
+    trainer, batches = _run(tmp_path, tokenizer, make_model, [TrainingDynamicsCallback(sync_every=1), policy], data,
+                            max_steps=40)
+    session = policy.session
+    n = len(session.sampler)
+    assert n % 4 != 0 and trainer.state.epoch > 2
+    per_epoch = session.micro_per_epoch
+    # Position of micro-batch k of epoch e: e*n + 4k; decisions near an epoch end are scheduled L micro-batches
+    # later counting into the next epoch, never inside a micro-batch already drawn.
+    assert session._micro_batch_position(0, per_epoch - 1 + session.lag_micro_batches) == n + 4 * (session.lag_micro_batches - 1)
+    flat = [r for b in batches for r in b]
+    assert len(flat) == 40 * 4 - 2 * 2  # two partial micro-batches of 2 rows (epochs 1 and 2 ended)

@@ -1,2 +1,14 @@
-"""Sampling and loss-weighting strategies: each module holds a pure function (statistics -> weights) and a thin
-callback that decides when to call it and logs what it did."""
+"""Sampling and loss-weighting strategies: each module holds pure functions (statistics -> weights) and a thin
+callback that decides when to call them and logs what it did."""
+
+from .balance import GroupBalanceCallback
+from .curriculum import CurriculumCallback
+from .hard_examples import HardExampleMiningCallback
+from .validation import ValidationGuidedResamplingCallback
+
+__all__ = [
+    "CurriculumCallback",
+    "GroupBalanceCallback",
+    "HardExampleMiningCallback",
+    "ValidationGuidedResamplingCallback",
+]

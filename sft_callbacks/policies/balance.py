@@ -1,0 +1,273 @@
+"""Group balance: draw rare classes / domains more often (inverse frequency, temperature, or explicit shares).
+
+Pure functions (:func:`inverse_frequency_shares`, :func:`temperature_shares`, :func:`target_shares`,
+:func:`balance_shares`, :func:`group_loss_weights`) and the thin :class:`GroupBalanceCallback`. Method card:
+``docs/methods/group_balance.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..base import SamplingPolicyCallback
+from ..session import PolicyContext
+from .groups import (
+    floor_shares,
+    group_counts,
+    group_ids,
+    named,
+    natural_shares,
+    row_group_shares,
+    shares_from_mapping,
+    shares_to_row_weights,
+    uid_groups,
+)
+
+STRATEGIES = ("inverse_frequency", "temperature", "target")
+
+
+def inverse_frequency_shares(counts: np.ndarray, beta: float) -> np.ndarray:
+    """Group shares ``∝ count^(1 - beta)``: each row's weight is ``count^-beta`` (inverse frequency to ``beta``).
+
+    ``beta=0`` keeps the natural shares, ``beta=1`` makes the groups uniform, ``beta>1`` favours rare groups
+    beyond uniform. Groups with no rows get share 0.
+
+    Example:
+        >>> inverse_frequency_shares(np.array([90, 10]), 1.0).tolist()
+        [0.5, 0.5]
+    """
+    if not np.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0 (got {beta})")
+    c = np.asarray(counts, dtype=np.float64)
+    s = np.where(c > 0, np.power(np.where(c > 0, c, 1.0), 1.0 - beta), 0.0)
+    return natural_shares(s)
+
+
+def temperature_shares(counts: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature sampling: group shares ``∝ count^(1/T)``.
+
+    ``T=1`` keeps the natural shares, ``T -> inf`` tends to uniform, ``T<1`` sharpens towards the largest
+    groups. Same family as :func:`inverse_frequency_shares` with ``beta = 1 - 1/T``.
+
+    Example:
+        >>> temperature_shares(np.array([81, 1]), 2.0).tolist()
+        [0.9, 0.1]
+    """
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0 (got {temperature})")
+    c = np.asarray(counts, dtype=np.float64)
+    s = np.where(c > 0, np.power(np.where(c > 0, c, 1.0), 1.0 / temperature), 0.0)
+    return natural_shares(s)
+
+
+def target_shares(shares: Mapping, names: Sequence[str]) -> np.ndarray:
+    """Explicit ``{group: share}`` shares in ``names`` order, normalised to sum 1.
+
+    Every group must be named (a missing group is an error, not a silent 0) and every name must be a group.
+
+    Example:
+        >>> target_shares({"b": 1, "a": 1}, ["a", "b"]).tolist()
+        [0.5, 0.5]
+    """
+    return shares_from_mapping(shares, names, "target_shares")
+
+
+def balance_shares(
+    counts: np.ndarray,
+    names: Sequence[str],
+    *,
+    strategy: str = "inverse_frequency",
+    beta: float = 0.5,
+    temperature: float = 2.0,
+    target: Mapping | None = None,
+    min_share: float = 0.0,
+) -> np.ndarray:
+    """The group shares :class:`GroupBalanceCallback` samples at: the strategy, then the ``min_share`` floor."""
+    if strategy == "inverse_frequency":
+        s = inverse_frequency_shares(counts, beta)
+    elif strategy == "temperature":
+        s = temperature_shares(counts, temperature)
+    elif strategy == "target":
+        if target is None:
+            raise ValueError("strategy='target' needs target_shares={group: share}")
+        s = target_shares(target, names)
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
+    return floor_shares(s, min_share)
+
+
+def group_loss_weights(shares: np.ndarray, natural: np.ndarray, sample_groups: np.ndarray) -> np.ndarray:
+    """Per-sample loss weights ``∝ share[g] / natural[g]``, normalised to mean 1 over the samples.
+
+    Under uniform sampling, these weights give every group the same expected share of the gradient as
+    sampling at ``shares`` would (importance weighting instead of resampling).
+
+    Example:
+        >>> group_loss_weights(np.array([0.5, 0.5]), np.array([0.75, 0.25]), np.array([0, 0, 0, 1])).tolist()
+        [0.6666666666666666, 0.6666666666666666, 0.6666666666666666, 2.0]
+    """
+    natural = np.asarray(natural, dtype=np.float64)
+    ratio = np.divide(np.asarray(shares, dtype=np.float64), natural, out=np.zeros(len(natural)), where=natural > 0)
+    w = ratio[np.asarray(sample_groups, dtype=np.int64)]
+    mean = w.mean() if w.size else 0.0
+    if mean <= 0:
+        raise ValueError("every sample's group has share 0: the loss would be zero")
+    return w / mean
+
+
+class GroupBalanceCallback(SamplingPolicyCallback):
+    """A [`~transformers.TrainerCallback`] that draws rare classes / domains more often.
+
+    Rows are grouped by a column of your training dataset (``group_column``, e.g. ``"domain"`` or a label) and
+    each group ``g`` with ``n_g`` rows gets a share ``p_g`` of the draws, rows within a group equally likely
+    (row weight ``p_g / n_g``). The shares come from
+
+    * ``strategy="inverse_frequency"``: ``p_g ∝ n_g^(1-beta)`` (every row weighted by ``n_g^-beta``; ``beta=0``
+      natural, ``beta=1`` uniform over groups);
+    * ``strategy="temperature"``: temperature sampling ``p_g ∝ n_g^(1/T)`` with ``T = temperature``, as in
+      multilingual pre-training (Conneau & Lample 2019, XLM: their ``alpha`` is ``1/T``, ``alpha = 0.5``;
+      Arivazhagan et al. 2019, massively multilingual NMT: ``T = 5``);
+    * ``strategy="target"``: the shares you give, ``target_shares={"math": 0.3, ...}`` (normalised).
+
+    then every share is raised to at least ``min_share`` (exactly, taking the mass from the larger groups).
+
+    With ``loss_weighting=True`` the callback does not touch sampling: it scales each sample's loss by
+    ``p_g / natural_g`` (mean 1 over samples) instead, so every group gets the same expected share of the
+    gradient as resampling would give, while every row is still seen at the natural rate. Use it when rare
+    groups are so small that resampling would repeat the same rows many times.
+
+    Combined with other sampling policies (e.g. :class:`~sft_callbacks.policies.validation.ValidationGuidedResamplingCallback`)
+    the product rule multiplies the row weights: the effective share of a group is
+    ``∝ p_g * q_g / natural_g`` where ``q_g`` is the other policy's group share (each policy's reweighting of
+    the natural mixture composes).
+
+    Per-step cost: none. The shares are computed once when training begins (one pass over the group column,
+    O(rows)); afterwards the callback returns ``None`` (keep the weights) at every sync point.
+
+    Metrics: ``sft/mixture/<group>`` (the group's share of the sampler's current draw distribution, i.e. of all
+    active policies together; natural shares when nothing replaces the sampler) and ``sft/balance/target/<group>``
+    (this callback's share ``p_g``).
+
+    Args:
+        group_column (`str`): column of the training dataset naming each row's group (any values; grouped by
+            their string form).
+        strategy (`str`, defaults to `"inverse_frequency"`): `"inverse_frequency"`, `"temperature"` or `"target"`.
+        beta (`float`, defaults to 0.5): inverse-frequency exponent (`strategy="inverse_frequency"`), >= 0.
+        temperature (`float`, defaults to 2.0): sampling temperature `T` (`strategy="temperature"`), > 0.
+        target_shares (`dict`, *optional*): `{group: share}` for `strategy="target"`; must name every group.
+        min_share (`float`, defaults to 0.0): floor on every group's share, in [0, 1/groups].
+        loss_weighting (`bool`, defaults to `False`): reweight the loss per group instead of resampling.
+
+    Example:
+        >>> from sft_callbacks.policies.balance import GroupBalanceCallback  # doctest: +SKIP
+        >>> balance = GroupBalanceCallback(group_column="domain", strategy="temperature", temperature=3.0)  # doctest: +SKIP
+        >>> trainer = SFTTrainer(..., train_dataset=train, callbacks=[balance])  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        group_column: str,
+        strategy: str = "inverse_frequency",
+        beta: float = 0.5,
+        temperature: float = 2.0,
+        target_shares: Mapping | None = None,
+        min_share: float = 0.0,
+        loss_weighting: bool = False,
+    ):
+        if not isinstance(group_column, str) or not group_column:
+            raise ValueError("group_column must be the name of a column of the training dataset")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
+        if not np.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0 (got {beta})")
+        if not np.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0 (got {temperature})")
+        if strategy == "target":
+            if not isinstance(target_shares, Mapping) or not target_shares:
+                raise ValueError("strategy='target' needs target_shares={group: share, ...}")
+            bad = {k: v for k, v in target_shares.items() if not np.isfinite(float(v)) or float(v) < 0}
+            if bad:
+                raise ValueError(f"target_shares must be finite and >= 0 (got {bad})")
+            if sum(float(v) for v in target_shares.values()) <= 0:
+                raise ValueError("target_shares are all zero; at least one group needs a positive share")
+        elif target_shares is not None:
+            raise ValueError(f"target_shares is only used with strategy='target' (strategy is {strategy!r})")
+        if not 0.0 <= min_share < 1.0:
+            raise ValueError(f"min_share must be in [0, 1) (got {min_share})")
+        super().__init__(
+            group_column=group_column, strategy=strategy, beta=beta, temperature=temperature,
+            target_shares=dict(target_shares) if target_shares is not None else None, min_share=min_share,
+            loss_weighting=loss_weighting,
+        )
+        self.group_column = group_column
+        self.strategy = strategy
+        self.beta = float(beta)
+        self.temperature = float(temperature)
+        self.target_shares = dict(target_shares) if target_shares is not None else None
+        self.min_share = float(min_share)
+        self.loss_weighting = bool(loss_weighting)
+        # Resampling or loss weighting: the session reads these flags per instance.
+        self.needs_sampler = not self.loss_weighting
+        self.needs_loss_weighting = self.loss_weighting
+        # internal state
+        self.group_names: list[str] = []
+        self.shares: np.ndarray | None = None
+        self.natural: np.ndarray | None = None
+        self._ids: np.ndarray | None = None
+        self._ids_key = None
+        self._given = False
+
+    def required_columns(self) -> list[str]:
+        return [self.group_column]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._given = False  # hand the weights to the session once per train() call
+        super().on_train_begin(args, state, control, **kwargs)
+
+    def _prepare(self, ctx: PolicyContext) -> None:
+        key = (id(ctx.dataset), ctx.num_rows)
+        if self._ids is not None and self._ids_key == key:
+            return
+        ids, names = group_ids(ctx.column(self.group_column))
+        counts = group_counts(ids, len(names))
+        self._ids, self._ids_key, self.group_names = ids, key, names
+        self.natural = natural_shares(counts)
+        self.shares = balance_shares(
+            counts, names, strategy=self.strategy, beta=self.beta, temperature=self.temperature,
+            target=self.target_shares, min_share=self.min_share,
+        )
+
+    def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        self._prepare(ctx)
+        if self._given:
+            return None
+        self._given = True
+        return shares_to_row_weights(self._ids, self.shares)
+
+    def policy_loss_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        self._prepare(ctx)
+        if self._given:
+            return None
+        self._given = True
+        groups = uid_groups(self._ids, ctx.index.seq_uid, ctx.index.seq_row, len(ctx.index.keys))
+        return group_loss_weights(self.shares, self.natural, groups)
+
+    def policy_metrics(self) -> dict[str, float]:
+        if self.shares is None:
+            return {}
+        sampler = self._session.sampler if self._session is not None else None
+        if sampler is not None and len(sampler.current_weights) == len(self._ids):
+            drawn = row_group_shares(sampler.current_weights, self._ids, len(self.group_names))
+        else:
+            drawn = self.natural
+        out = {f"sft/mixture/{n}": v for n, v in named(drawn, self.group_names).items()}
+        out.update({f"sft/balance/target/{n}": v for n, v in named(self.shares, self.group_names).items()})
+        return out
+
+    def policy_state(self) -> dict:
+        # Everything is recomputed from the data and the arguments; the shares are saved for the record.
+        return {"shares": named(self.shares, self.group_names) if self.shares is not None else None}

@@ -1,0 +1,712 @@
+"""Validation-guided resampling: per-group validation loss steers the training mixture (DoReMi-style), with an
+optional preference for training rows that resemble the validation set (DSIR-style hashed n-grams) and an
+optional validation-paced hardness signal.
+
+Pure functions (:func:`group_eval_losses`, :func:`doremi_update`, :func:`dataset_texts`,
+:func:`hashed_ngram_features`, :func:`dsir_log_ratio`, :func:`dsir_importance`, :func:`plateau_step`) and the
+thin :class:`ValidationGuidedResamplingCallback`. Method card: ``docs/methods/validation_guided_resampling.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..base import SamplingPolicyCallback
+from ..session import PolicyContext
+from .groups import (
+    floor_shares,
+    group_counts,
+    group_ids,
+    named,
+    natural_shares,
+    row_group_shares,
+    shares_from_mapping,
+    shares_to_row_weights,
+)
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-group validation loss and the mixture update
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def group_eval_losses(
+    loss_by_row: np.ndarray,
+    group_ids_of_eval_rows: np.ndarray,
+    n_tokens: np.ndarray | None = None,
+    num_groups: int | None = None,
+) -> np.ndarray:
+    """Validation loss of every group: token-weighted mean of its rows' losses (plain mean without ``n_tokens``).
+
+    Rows with a NaN/inf loss or a negative group id (a group the mixture does not know) are ignored; a group
+    without any usable row gets NaN. ``loss_by_row`` holds per-row mean NLL over the row's trained tokens, so
+    the token-weighted mean is the group's per-token loss (what the Trainer's ``eval_loss`` is over all rows).
+
+    Example:
+        >>> group_eval_losses(np.array([1.0, 3.0, np.nan, 2.0]), np.array([0, 0, 1, 1]), np.array([1, 3, 5, 2])).tolist()
+        [2.5, 2.0]
+    """
+    loss = np.asarray(loss_by_row, dtype=np.float64)
+    g = np.asarray(group_ids_of_eval_rows, dtype=np.int64)
+    if loss.shape != g.shape:
+        raise ValueError(f"{loss.shape[0]} losses for {g.shape[0]} group ids")
+    w = np.ones_like(loss) if n_tokens is None else np.asarray(n_tokens, dtype=np.float64)
+    k = int(num_groups) if num_groups is not None else (int(g.max()) + 1 if g.size else 0)
+    ok = np.isfinite(loss) & (g >= 0) & (g < k) & (w > 0)
+    total = np.bincount(g[ok], weights=(loss * w)[ok], minlength=k)
+    weight = np.bincount(g[ok], weights=w[ok], minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), np.nan)
+
+
+def doremi_update(
+    mixture: np.ndarray,
+    excess: np.ndarray,
+    lr: float,
+    smoothing: float,
+    prior: np.ndarray,
+    min_share: float = 0.0,
+) -> np.ndarray:
+    """One exponentiated-gradient step of the group mixture (DoReMi, Xie et al. 2023, Algorithm 1).
+
+    ``alpha' ∝ alpha * exp(lr * max(excess, 0))`` (groups whose validation loss exceeds their reference gain
+    share; NaN excess counts as 0), then ``(1 - smoothing) * alpha' + smoothing * prior``, then every share is
+    floored at ``min_share`` (exactly, see :func:`~sft_callbacks.policies.groups.floor_shares`).
+
+    Example:
+        >>> doremi_update(np.array([0.5, 0.5]), np.array([math.log(3), -1.0]), 1.0, 0.0, np.array([0.5, 0.5])).tolist()
+        [0.75, 0.25]
+    """
+    a = np.asarray(mixture, dtype=np.float64)
+    e = np.nan_to_num(np.asarray(excess, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    prior = np.asarray(prior, dtype=np.float64)
+    if a.shape != e.shape or a.shape != prior.shape:
+        raise ValueError(f"mixture {a.shape}, excess {e.shape} and prior {prior.shape} must have the same shape")
+    if not (np.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr must be finite and >= 0 (got {lr})")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing must be in [0, 1] (got {smoothing})")
+    if (a < 0).any() or a.sum() <= 0:
+        raise ValueError("mixture must be >= 0 and not all zero")
+    with np.errstate(divide="ignore"):
+        logits = np.log(a / a.sum()) + lr * np.maximum(e, 0.0)
+    logits -= logits[np.isfinite(logits)].max()
+    updated = np.exp(logits)
+    updated /= updated.sum()
+    mixed = (1.0 - smoothing) * updated + smoothing * (prior / prior.sum())
+    return floor_shares(mixed, min_share)
+
+
+def plateau_step(loss: float, best: float | None, wait: int, patience: int) -> tuple[float | None, int, bool]:
+    """Early-stopping bookkeeping: ``(best, wait, fire)`` after a new validation ``loss``.
+
+    An evaluation that does not improve on ``best`` adds one to ``wait``; ``fire`` is True when ``wait`` reaches
+    ``patience`` (``wait`` then restarts at 0). A NaN loss changes nothing.
+
+    Example:
+        >>> plateau_step(1.0, 0.9, 0, 1)
+        (0.9, 0, True)
+    """
+    if not math.isfinite(loss):
+        return best, wait, False
+    if best is None or loss < best:
+        return loss, 0, False
+    wait += 1
+    if wait >= patience:
+        return best, 0, True
+    return best, wait, False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DSIR: importance weights from hashed n-gram bag-of-words models
+# ---------------------------------------------------------------------------------------------------------------
+
+_TEXT_COLUMNS = (("messages",), ("prompt", "completion"), ("text",))
+_SPLIT = r"[\s\p{P}\p{S}]+"  # RE2: whitespace, punctuation, symbols (letters of any script stay words)
+_PRIME = np.uint64(0x100000001B3)
+_CHUNK_ROWS = 65536
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def _column_as_text(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One string per row: a string column as is, a list of strings / chat messages joined by spaces."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pc.fill_null(arr, "")
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        item = t.value_type
+        flat = arr.flatten()
+        if pa.types.is_struct(item) and item.get_field_index("content") >= 0:
+            values = pc.struct_field(flat, "content")
+        elif pa.types.is_string(item) or pa.types.is_large_string(item):
+            values = flat
+        else:
+            values = None
+        if values is not None and (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            offsets = pc.subtract(arr.offsets, arr.offsets[0])
+            lists = pa.ListArray.from_arrays(offsets, pc.fill_null(values, ""))
+            return pc.fill_null(pc.binary_join(lists, " "), "")
+    return pa.array([("" if v is None else str(v)) for v in arr.to_pylist()], type=pa.string())
+
+
+def dataset_texts(dataset, text_column: str | None = None) -> pa.Array:
+    """One string per row of a ``datasets.Dataset`` (in its row order), for :func:`dsir_importance`.
+
+    With ``text_column``, that column (a string, or a list of chat messages whose ``content`` is joined).
+    Otherwise the conversational / text columns TRL trains on: ``messages``, else ``prompt`` + ``completion``,
+    else ``text``. Done in Arrow (no Python object per row for string and message columns).
+
+    Example:
+        >>> import datasets
+        >>> ds = datasets.Dataset.from_dict({"prompt": ["a b"], "completion": ["c"]})
+        >>> dataset_texts(ds).to_pylist()
+        ['a b c']
+    """
+    names = dataset.column_names
+    if text_column is not None:
+        if text_column not in names:
+            raise ValueError(f"dsir_text_column {text_column!r} is not a column of the dataset (it has {sorted(names)})")
+        cols = [text_column]
+    else:
+        cols = next((list(c) for c in _TEXT_COLUMNS if all(x in names for x in c)), None)
+        if cols is None:
+            cols = [c for c in ("prompt", "completion") if c in names]
+        if not cols:
+            raise ValueError(
+                "DSIR needs the rows' text: the dataset has none of the columns messages / prompt / completion / "
+                f"text (it has {sorted(names)}); pass dsir_text_column=<a string or chat-messages column>"
+            )
+    table = dataset.select_columns(cols).with_format("arrow")[:]
+    parts = [_column_as_text(table.column(c)) for c in cols]
+    out = parts[0]
+    for p in parts[1:]:
+        out = pc.binary_join_element_wise(out, p, " ")
+    return out
+
+
+def _as_arrow_text(texts) -> pa.Array:
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if isinstance(texts, pa.Array):
+        if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+            texts = texts.cast(pa.string())
+        return pc.fill_null(texts, "")
+    return pa.array(["" if t is None else str(t) for t in texts], type=pa.large_string())
+
+
+def hashed_ngram_features(texts, num_buckets: int = 2**16, ngram: Sequence[int] = (1, 2)) -> tuple[np.ndarray, np.ndarray]:
+    """Hashed word n-grams of every text: ``(row, bucket)`` arrays, one entry per n-gram occurrence.
+
+    Texts are lower-cased and split on whitespace, punctuation and symbols (Arrow's RE2, vectorised); each
+    distinct word is hashed once (``pandas.util.hash_array``: deterministic across processes and runs); n-grams
+    combine consecutive word hashes within a text. Accepts a list of strings or an Arrow string array.
+
+    Example:
+        >>> rows, buckets = hashed_ngram_features(["a b", "a"], num_buckets=64, ngram=(1, 2))
+        >>> rows.tolist()
+        [0, 0, 0, 1]
+    """
+    arr = _as_arrow_text(texts)
+    if num_buckets < 1:
+        raise ValueError("num_buckets must be >= 1")
+    words = pc.split_pattern_regex(pc.utf8_lower(arr), _SPLIT)
+    flat = pc.list_flatten(words)
+    parent = pc.list_parent_indices(words).to_numpy().astype(np.int64)
+    keep = pc.greater(pc.utf8_length(flat), 0)
+    flat = flat.filter(keep)
+    parent = parent[keep.to_numpy(zero_copy_only=False)]
+    if len(flat) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    enc = pc.dictionary_encode(flat).combine_chunks() if isinstance(flat, pa.ChunkedArray) else pc.dictionary_encode(flat)
+    vocab = enc.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    h = pd.util.hash_array(vocab, categorize=False).astype(np.uint64)[enc.indices.to_numpy().astype(np.int64)]
+    rows_out, buckets_out = [], []
+    for n in ngram:
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n-gram orders must be >= 1 (got {n})")
+        m = len(h) - n + 1
+        if m <= 0:
+            continue
+        x = h[:m].copy()
+        for k in range(1, n):
+            x = x * _PRIME + h[k : k + m]
+        valid = parent[:m] == parent[n - 1 : n - 1 + m]  # all n words in the same text
+        x = _mix64(x[valid] ^ np.uint64(n * 0x9E3779B97F4A7C15 % 2**64))
+        rows_out.append(parent[:m][valid])
+        buckets_out.append((x % np.uint64(num_buckets)).astype(np.int64))
+    if not rows_out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows, buckets = np.concatenate(rows_out), np.concatenate(buckets_out)
+    order = np.argsort(rows, kind="stable")
+    return rows[order], buckets[order]
+
+
+def _chunks(texts):
+    arr = _as_arrow_text(texts)
+    for start in range(0, len(arr), _CHUNK_ROWS):
+        yield start, arr.slice(start, _CHUNK_ROWS)
+
+
+def dsir_log_ratio(train_texts, val_texts, num_buckets: int = 2**16, ngram: Sequence[int] = (1, 2)) -> np.ndarray:
+    """Per training text, ``log p_val(x) - log p_train(x)`` under hashed n-gram bag-of-words models.
+
+    The two models are categorical distributions over ``num_buckets`` hashed n-gram buckets fitted on the
+    validation and on the training texts with add-one smoothing; a text's log-likelihood is the sum over its
+    n-grams (DSIR, Xie et al. 2023). Streams over the texts in chunks: memory is O(chunk + buckets).
+    """
+    train_counts = np.zeros(num_buckets, dtype=np.float64)
+    for _, chunk in _chunks(train_texts):
+        _, b = hashed_ngram_features(chunk, num_buckets, ngram)
+        train_counts += np.bincount(b, minlength=num_buckets)
+    val_counts = np.zeros(num_buckets, dtype=np.float64)
+    for _, chunk in _chunks(val_texts):
+        _, b = hashed_ngram_features(chunk, num_buckets, ngram)
+        val_counts += np.bincount(b, minlength=num_buckets)
+    log_val = np.log(val_counts + 1.0) - np.log(val_counts.sum() + num_buckets)
+    log_train = np.log(train_counts + 1.0) - np.log(train_counts.sum() + num_buckets)
+    ratio = log_val - log_train
+    out = []
+    for _, chunk in _chunks(train_texts):
+        r, b = hashed_ngram_features(chunk, num_buckets, ngram)
+        out.append(np.bincount(r, weights=ratio[b], minlength=len(chunk)))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def dsir_importance(
+    train_texts,
+    val_texts,
+    num_buckets: int = 2**16,
+    ngram: Sequence[int] = (1, 2),
+    *,
+    strength: float = 1.0,
+    clip: float = 3.0,
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
+    """Bounded importance weights preferring training texts that resemble the validation texts (DSIR style).
+
+    ``w = exp(strength * clip(z, -clip, clip))`` where ``z`` is the z-scored :func:`dsir_log_ratio` over the
+    training texts: rows typical of the validation set get up to ``e^(strength*clip)`` times the weight of an
+    average row, atypical ones down to ``e^(-strength*clip)``. With ``groups`` (a group id per text) ``z`` is
+    standardised within each group, so the weights rank rows against the other rows of their group (what a
+    preference applied within fixed group shares needs). ``strength=0`` gives all ones. No model, no GPU: a
+    second or two per hundred thousand rows of a few dozen words on one CPU core.
+
+    Example:
+        >>> w = dsir_importance(["cats purr", "stocks fell"], ["my cats purr"], num_buckets=256)
+        >>> bool(w[0] > w[1])
+        True
+    """
+    if not (np.isfinite(strength) and strength >= 0):
+        raise ValueError(f"strength must be finite and >= 0 (got {strength})")
+    if not clip > 0:
+        raise ValueError(f"clip must be > 0 (got {clip})")
+    lr = dsir_log_ratio(train_texts, val_texts, num_buckets, ngram)
+    if lr.size == 0:
+        return lr
+    g = np.zeros(lr.size, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    if g.shape != lr.shape:
+        raise ValueError(f"{g.shape[0]} group ids for {lr.shape[0]} texts")
+    count = np.bincount(g).astype(np.float64)
+    safe = np.maximum(count, 1.0)
+    mean = np.bincount(g, weights=lr) / safe
+    sd = np.sqrt(np.maximum(np.bincount(g, weights=lr * lr) / safe - mean**2, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(sd[g] > 1e-12 * (1.0 + np.abs(mean[g])), (lr - mean[g]) / sd[g], 0.0)
+    return np.exp(strength * np.clip(z, -clip, clip))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The callback
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _nan_to_none(values) -> list:
+    return [None if (v is None or not math.isfinite(float(v))) else float(v) for v in values]
+
+
+def _none_to_nan(values) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
+    """A [`~transformers.TrainerCallback`] that moves the training mixture over groups towards the groups whose
+    validation loss is worst, after every evaluation.
+
+    The per-group validation loss is taken from the tracker's capture of the evaluation the Trainer runs anyway
+    (``eval_strategy``), not from an extra pass: each eval row's loss is assigned to the group in ``group_column``
+    of your eval dataset, and a group's loss is the token-weighted mean over its rows. After each evaluation the
+    mixture ``alpha`` over the training groups takes one exponentiated-gradient step on the excess loss over a
+    reference (DoReMi, Xie et al. 2023; online data mixing, Albalak et al. 2023):
+
+        ``alpha' ∝ alpha * exp(eta * max(L_g - L_ref_g, 0))``, then ``(1 - c) * alpha' + c * prior``, then every
+        share floored at ``min_share``,
+
+    with ``eta = learning_rate``, ``c = smoothing``, ``L_ref_g`` = ``reference`` (the first evaluation's group
+    losses, or your per-group baselines, e.g. a reference model's losses), and ``prior`` the natural training
+    mixture (or yours). Rows are drawn with weight ``alpha_g / n_g`` (each group's total probability is its share).
+    With ``reference="first"`` the first evaluation sets the reference and the mixture moves from the second on,
+    towards groups whose loss has risen above it (forgetting, interference); per-group baselines make it move
+    towards groups that are furthest from what they can reach.
+
+    Options:
+
+    * ``dsir=True``: within each group, prefer training rows that resemble the validation set: importance weights
+      from hashed unigram + bigram bag-of-words models of the validation and training texts (DSIR, Xie et al.
+      2023; ``w = exp(dsir_strength * clip(z, -3, 3))`` with ``z`` the log ratio ``log p_val - log p_train``
+      standardised within the row's group), computed once when training begins. Group shares are unchanged.
+    * ``paced_difficulty=True``: when the eval loss (token-weighted over all eval rows) has not improved for
+      ``patience`` evaluations, :attr:`hard_boost` (in [0, 1]) rises by ``boost_step``. It does not change this
+      callback's weights; hard-example and curriculum policies read it to raise the share of hard samples (see
+      the method card, "Validation-paced difficulty").
+
+    Combined with :class:`~sft_callbacks.policies.balance.GroupBalanceCallback` (or any other sampling policy)
+    the product rule multiplies the row weights: the effective share of a group is ``∝ p_g * alpha_g / natural_g``.
+
+    Per-step cost: none at training steps (the callback returns ``None``). At each evaluation: O(eval rows +
+    training rows) NumPy work on the host. With ``dsir=True``: one pass over the training and validation texts
+    when training begins (vectorised; about a second per 100k short rows).
+
+    Metrics: ``sft/mixture/<group>`` (the group's share of the sampler's current draw distribution, all active
+    policies together; equals ``alpha_g`` when this callback is alone), ``sft/validation/mixture/<group>``
+    (``alpha_g``), ``sft/validation/loss/<group>``, ``sft/validation/excess/<group>``, and with
+    ``paced_difficulty`` ``sft/validation/hard_boost``.
+
+    Args:
+        group_column (`str`): column naming each row's group, in the training *and* the eval dataset.
+        learning_rate (`float`, defaults to 1.0): step size ``eta`` of the exponentiated-gradient update (per
+            nat of excess loss per evaluation).
+        smoothing (`float`, defaults to 1e-3): weight ``c`` of the prior mixed into every update, in [0, 1].
+        min_share (`float`, defaults to 0.01): floor on every group's share, in [0, 1/groups].
+        reference (`"first"` or `dict`, defaults to `"first"`): the reference losses ``L_ref``: the first
+            evaluation's group losses, or `{group: loss}` for every training group.
+        prior (`"natural"` or `dict`, defaults to `"natural"`): initial mixture and smoothing target: the
+            training set's group shares, or `{group: share}` for every training group (normalised).
+        eval_name (`str`, defaults to `"eval"`): which evaluation to follow (`"eval_<key>"` for a dict of eval
+            datasets).
+        dsir (`bool`, defaults to `False`): prefer rows resembling the validation texts within each group.
+        dsir_text_column (`str`, *optional*): column holding the text for DSIR (a string or chat messages);
+            default: `messages`, else `prompt` + `completion`, else `text`.
+        dsir_strength (`float`, defaults to 1.0): exponent scale of the DSIR weights (0 turns them off).
+        paced_difficulty (`bool`, defaults to `False`): raise :attr:`hard_boost` when the eval loss plateaus.
+        patience (`int`, defaults to 1): evaluations without improvement before each raise.
+        boost_step (`float`, defaults to 0.25): how much :attr:`hard_boost` rises each time (capped at 1).
+
+    Example:
+        >>> from sft_callbacks.policies.validation import ValidationGuidedResamplingCallback  # doctest: +SKIP
+        >>> guide = ValidationGuidedResamplingCallback(group_column="domain", learning_rate=1.0)  # doctest: +SKIP
+        >>> args = SFTConfig(..., eval_strategy="steps", eval_steps=50)  # doctest: +SKIP
+        >>> trainer = SFTTrainer(..., args=args, train_dataset=train, eval_dataset=val, callbacks=[guide])  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+        >>> guide.mixture_dict()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        group_column: str,
+        learning_rate: float = 1.0,
+        smoothing: float = 1e-3,
+        min_share: float = 0.01,
+        reference: str | Mapping = "first",
+        prior: str | Mapping = "natural",
+        eval_name: str = "eval",
+        dsir: bool = False,
+        dsir_text_column: str | None = None,
+        dsir_strength: float = 1.0,
+        paced_difficulty: bool = False,
+        patience: int = 1,
+        boost_step: float = 0.25,
+    ):
+        if not isinstance(group_column, str) or not group_column:
+            raise ValueError("group_column must be the name of a column of the training and eval datasets")
+        if not (np.isfinite(learning_rate) and learning_rate >= 0):
+            raise ValueError(f"learning_rate must be finite and >= 0 (got {learning_rate})")
+        if not 0.0 <= smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in [0, 1] (got {smoothing})")
+        if not 0.0 <= min_share < 1.0:
+            raise ValueError(f"min_share must be in [0, 1) (got {min_share})")
+        if isinstance(reference, str):
+            if reference != "first":
+                raise ValueError(f"reference must be 'first' or a dict {{group: loss}} (got {reference!r})")
+        elif isinstance(reference, Mapping):
+            bad = {k: v for k, v in reference.items() if not np.isfinite(float(v))}
+            if bad or not reference:
+                raise ValueError(f"reference losses must be finite numbers, one per group (got {dict(reference)})")
+        else:
+            raise ValueError(f"reference must be 'first' or a dict {{group: loss}} (got {type(reference).__name__})")
+        if isinstance(prior, str):
+            if prior != "natural":
+                raise ValueError(f"prior must be 'natural' or a dict {{group: share}} (got {prior!r})")
+        elif isinstance(prior, Mapping):
+            if not prior or any(not np.isfinite(float(v)) or float(v) < 0 for v in prior.values()):
+                raise ValueError(f"prior shares must be finite and >= 0 (got {dict(prior)})")
+            if sum(float(v) for v in prior.values()) <= 0:
+                raise ValueError("prior shares are all zero")
+        else:
+            raise ValueError(f"prior must be 'natural' or a dict {{group: share}} (got {type(prior).__name__})")
+        if not isinstance(eval_name, str) or not eval_name.startswith("eval"):
+            raise ValueError(f"eval_name must be 'eval' or 'eval_<key>' (got {eval_name!r})")
+        if not (np.isfinite(dsir_strength) and dsir_strength >= 0):
+            raise ValueError(f"dsir_strength must be finite and >= 0 (got {dsir_strength})")
+        if int(patience) != patience or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1 (got {patience})")
+        if not 0.0 < boost_step <= 1.0:
+            raise ValueError(f"boost_step must be in (0, 1] (got {boost_step})")
+        super().__init__(
+            group_column=group_column, learning_rate=learning_rate, smoothing=smoothing, min_share=min_share,
+            reference=reference if isinstance(reference, str) else dict(reference),
+            prior=prior if isinstance(prior, str) else dict(prior), eval_name=eval_name, dsir=dsir,
+            dsir_text_column=dsir_text_column, dsir_strength=dsir_strength, paced_difficulty=paced_difficulty,
+            patience=patience, boost_step=boost_step,
+        )
+        # hyperparameters
+        self.group_column = group_column
+        self.learning_rate = float(learning_rate)
+        self.smoothing = float(smoothing)
+        self.min_share = float(min_share)
+        self.reference_arg = reference if isinstance(reference, str) else dict(reference)
+        self.prior_arg = prior if isinstance(prior, str) else dict(prior)
+        self.eval_name = eval_name
+        self.dsir = bool(dsir)
+        self.dsir_text_column = dsir_text_column
+        self.dsir_strength = float(dsir_strength)
+        self.paced_difficulty = bool(paced_difficulty)
+        self.patience = int(patience)
+        self.boost_step = float(boost_step)
+        # state (checkpointed)
+        self.group_names: list[str] = []
+        self.mixture: np.ndarray | None = None
+        self.reference: np.ndarray | None = None
+        self.last_losses: np.ndarray | None = None
+        self.last_excess: np.ndarray | None = None
+        self.best_loss: float | None = None
+        self.evals_without_improvement = 0
+        self.hard_boost = 0.0
+        self.updates = 0
+        # internal
+        self.natural: np.ndarray | None = None
+        self.prior: np.ndarray | None = None
+        self._ids: np.ndarray | None = None
+        self._ids_key = None
+        self._row_preference: np.ndarray | None = None
+        self._seen_result = None
+        self._given = False
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def required_columns(self) -> list[str]:
+        cols = [self.group_column]
+        if self.dsir and self.dsir_text_column is not None:
+            cols.append(self.dsir_text_column)
+        return cols
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._given = False
+        super().on_train_begin(args, state, control, **kwargs)
+        self._check_eval(args, self.session.eval_datasets())
+        # Results of evaluations before this train() call are not news (an eval_on_start result comes later).
+        self._seen_result = self.session.tracker.eval_results.get(self.eval_name)
+
+    def _check_eval(self, args, eval_datasets: dict) -> None:
+        """Refuse a run whose evaluation cannot give per-group losses (no evaluations, no group column)."""
+        name = type(self).__name__
+        strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+        if strategy == "no":
+            raise ValueError(
+                f"{name} updates the mixture after each evaluation, but eval_strategy is 'no': set "
+                "eval_strategy='steps' (with eval_steps) or 'epoch' and pass an eval_dataset"
+            )
+        if not eval_datasets:
+            raise ValueError(f"{name} needs an eval_dataset (with a {self.group_column!r} column) on the trainer")
+        if self.eval_name not in eval_datasets:
+            raise ValueError(
+                f"{name} follows the evaluation {self.eval_name!r}, but the trainer's evaluations are "
+                f"{sorted(eval_datasets)}; set eval_name to one of them"
+            )
+        ds = eval_datasets[self.eval_name]
+        if self.group_column not in ds.column_names:
+            packed = " (with packing TRL keeps only input_ids/labels/seq_lengths; set eval_packing=False)" \
+                if "seq_lengths" in ds.column_names else ""
+            raise ValueError(
+                f"{name} needs the group column {self.group_column!r} in the eval dataset {self.eval_name!r} to "
+                f"compute per-group validation loss, but it has {sorted(ds.column_names)}{packed}"
+            )
+
+    def _prepare(self, ctx: PolicyContext) -> None:
+        key = (id(ctx.dataset), ctx.num_rows)
+        if self._ids is not None and self._ids_key == key:
+            return
+        self._check_eval(ctx.args, ctx.eval_datasets)
+        ids, names = group_ids(ctx.column(self.group_column))
+        counts = group_counts(ids, len(names))
+        eval_names = set(group_ids(ctx.eval_column(self.group_column, self.eval_name))[1])
+        only_eval = sorted(eval_names - set(names))
+        if only_eval:
+            logger.warning(
+                "%s: groups %s appear in the eval dataset but not in the training data; their validation loss "
+                "cannot change the mixture and is ignored", type(self).__name__, only_eval,
+            )
+        no_eval = [n for n in names if n not in eval_names]
+        if no_eval:
+            logger.warning(
+                "%s: training groups %s have no eval rows; their share only moves through smoothing and the "
+                "floor", type(self).__name__, no_eval,
+            )
+        if self.group_names and self.mixture is not None and self.group_names != names:
+            raise ValueError(
+                f"the restored mixture is over groups {self.group_names}, but the training data has groups {names}; "
+                "resume with the same data"
+            )
+        self._ids, self._ids_key, self.group_names = ids, key, names
+        self.natural = natural_shares(counts)
+        self.prior = self.natural if self.prior_arg == "natural" else shares_from_mapping(self.prior_arg, names, "prior")
+        if isinstance(self.reference_arg, dict) and self.reference is None:
+            given = {str(k): float(v) for k, v in self.reference_arg.items()}
+            unknown = sorted(set(given) - set(names) - eval_names)
+            missing = [n for n in names if n not in given]
+            if unknown or missing:
+                raise ValueError(
+                    f"reference must give a loss for every training group {names}"
+                    + (f"; missing {missing}" if missing else "") + (f"; not groups: {unknown}" if unknown else "")
+                )
+            self.reference = np.array([given[n] for n in names], dtype=np.float64)
+        if self.mixture is None:
+            self.mixture = floor_shares(self.prior, self.min_share)
+        if self.dsir and self.dsir_strength > 0:
+            train_texts = dataset_texts(ctx.columns, self.dsir_text_column)
+            val_texts = dataset_texts(ctx.eval_datasets[self.eval_name], self.dsir_text_column)
+            self._row_preference = dsir_importance(train_texts, val_texts, strength=self.dsir_strength, groups=ids)
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def _eval_group_losses(self, ctx: PolicyContext, result: dict) -> tuple[np.ndarray, float] | None:
+        """Per training group validation loss of ``result``, and the token-weighted loss over all eval rows."""
+        index = result["index"]
+        values = ctx.eval_column(self.group_column, self.eval_name)
+        if index.num_rows != len(values):
+            logger.warning(
+                "%s: the evaluation %r ran on %d rows but the trainer's eval dataset has %d (an evaluate() call "
+                "with another dataset?); the mixture is left as it is", type(self).__name__, self.eval_name,
+                index.num_rows, len(values),
+            )
+            return None
+        eval_ids, eval_names = group_ids(values)
+        to_train = {n: i for i, n in enumerate(self.group_names)}
+        remap = np.array([to_train.get(n, -1) for n in eval_names], dtype=np.int64)
+        row_group = remap[eval_ids] if len(eval_ids) else np.zeros(0, np.int64)
+        seq_uid, seq_row = np.asarray(index.seq_uid), np.asarray(index.seq_row)
+        loss = np.asarray(result["loss_by_uid"], dtype=np.float64)[seq_uid]
+        ntok = np.asarray(index.n_trained, dtype=np.float64)[seq_uid]
+        groups = row_group[seq_row]
+        per_group = group_eval_losses(loss, groups, ntok, num_groups=len(self.group_names))
+        ok = np.isfinite(loss) & (ntok > 0)
+        overall = float((loss[ok] * ntok[ok]).sum() / ntok[ok].sum()) if ok.any() else float("nan")
+        return per_group, overall
+
+    def _update_from_eval(self, ctx: PolicyContext, result: dict) -> None:
+        measured = self._eval_group_losses(ctx, result)
+        if measured is None:
+            return
+        losses, overall = measured
+        if self.reference is None:
+            self.reference = losses.copy()
+        else:  # a group first measured now takes its first loss as reference ("first")
+            fill = np.isnan(self.reference) & np.isfinite(losses)
+            self.reference[fill] = losses[fill]
+        excess = losses - self.reference
+        self.mixture = doremi_update(self.mixture, excess, self.learning_rate, self.smoothing, self.prior, self.min_share)
+        self.last_losses, self.last_excess = losses, excess
+        self.updates += 1
+        if self.paced_difficulty:
+            self.best_loss, self.evals_without_improvement, fire = plateau_step(
+                overall, self.best_loss, self.evals_without_improvement, self.patience
+            )
+            if fire:
+                self.hard_boost = min(1.0, self.hard_boost + self.boost_step)
+
+    # -- policy ---------------------------------------------------------------------------------------------
+    def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        self._prepare(ctx)
+        changed = False
+        result = ctx.eval_results.get(self.eval_name)
+        if result is not None and result is not self._seen_result:
+            self._seen_result = result
+            self._update_from_eval(ctx, result)
+            changed = True
+        if self._given and not changed:
+            return None
+        self._given = True
+        return self.row_weights()
+
+    def row_weights(self) -> np.ndarray:
+        """Per-row sampling weights of the current mixture (and DSIR preference), summing to 1."""
+        if self.mixture is None or self._ids is None:
+            raise RuntimeError("no mixture yet: the callback has not seen a training run")
+        return shares_to_row_weights(self._ids, self.mixture, self._row_preference)
+
+    def mixture_dict(self) -> dict[str, float]:
+        """The current mixture ``{group: share}``."""
+        return named(self.mixture, self.group_names) if self.mixture is not None else {}
+
+    def policy_metrics(self) -> dict[str, float]:
+        if self.mixture is None:
+            return {}
+        out = {}
+        sampler = self._session.sampler if self._session is not None else None
+        if sampler is not None and self._ids is not None and len(sampler.current_weights) == len(self._ids):
+            drawn = row_group_shares(sampler.current_weights, self._ids, len(self.group_names))
+            out.update({f"sft/mixture/{n}": v for n, v in named(drawn, self.group_names).items()})
+        out.update({f"sft/validation/mixture/{n}": v for n, v in self.mixture_dict().items()})
+        for key, values in (("loss", self.last_losses), ("excess", self.last_excess)):
+            if values is not None:
+                out.update({f"sft/validation/{key}/{n}": float(v) for n, v in zip(self.group_names, values) if np.isfinite(v)})
+        if self.paced_difficulty:
+            out["sft/validation/hard_boost"] = float(self.hard_boost)
+        return out
+
+    # -- checkpointing ---------------------------------------------------------------------------------------
+    def policy_state(self) -> dict:
+        if self.mixture is None:
+            return {}
+        return {
+            "groups": list(self.group_names),
+            "mixture": self.mixture.tolist(),
+            "reference": _nan_to_none(self.reference) if self.reference is not None else None,
+            "last_losses": _nan_to_none(self.last_losses) if self.last_losses is not None else None,
+            "last_excess": _nan_to_none(self.last_excess) if self.last_excess is not None else None,
+            "best_loss": self.best_loss,
+            "evals_without_improvement": self.evals_without_improvement,
+            "hard_boost": self.hard_boost,
+            "updates": self.updates,
+        }
+
+    def load_policy_state(self, state: dict) -> None:
+        if not state or state.get("mixture") is None:
+            return
+        self.group_names = list(state["groups"])
+        self.mixture = np.asarray(state["mixture"], dtype=np.float64)
+        self.reference = _none_to_nan(state["reference"]) if state.get("reference") is not None else None
+        self.last_losses = _none_to_nan(state["last_losses"]) if state.get("last_losses") is not None else None
+        self.last_excess = _none_to_nan(state["last_excess"]) if state.get("last_excess") is not None else None
+        self.best_loss = state.get("best_loss")
+        self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+        self.hard_boost = float(state.get("hard_boost", 0.0))
+        self.updates = int(state.get("updates", 0))
+        self._ids = None  # group ids are recomputed from the data at the next policy call
