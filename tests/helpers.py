@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from sft_callbacks.demo_data import load_demo_dataset
+from sft_callbacks.row_keys import padded_keys
 
 
 def sft_rows(n: int, seed: int = 0) -> datasets.Dataset:
@@ -30,3 +31,24 @@ def reference_losses(model, input_ids_rows, labels_rows):
         acc = (logits[mask].argmax(-1) == target[mask]).float().mean()
         out.append((float(-logp.mean()), float(acc)))
     return np.array(out)
+
+
+class BatchRecorder:
+    """Records the dataloader rows of every training micro-batch (by content key) and counts eval forwards."""
+
+    def __init__(self, model, session_of):
+        self.batches: list[list[int]] = []
+        self.eval_forwards = 0
+        self.session_of = session_of
+        self.handle = model.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output):
+        if not module.training:
+            self.eval_forwards += 1
+            return
+        keys = padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs.get("attention_mask"))
+        index = self.session_of().tracker.index
+        uid = index.lookup(keys.numpy().view(np.uint64))
+        uid_to_row = np.empty(len(index.keys), dtype=np.int64)
+        uid_to_row[index.seq_uid] = index.seq_row
+        self.batches.append(uid_to_row[uid].tolist())

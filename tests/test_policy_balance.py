@@ -17,7 +17,7 @@ from sft_callbacks.policies.balance import (
 from sft_callbacks.policies.groups import floor_shares, group_ids, row_group_shares, shares_to_row_weights
 
 from .helpers import sft_rows
-from .test_sampler_integration import BatchRecorder
+from .helpers import BatchRecorder
 
 # ---------------------------------------------------------------------------------------------------------------
 # pure functions

@@ -21,11 +21,10 @@ from sft_callbacks.policies.curriculum import (
     stage_at,
     stage_weights,
 )
-from sft_callbacks.row_keys import padded_keys
 from sft_callbacks.scoring import length_difficulty, loss_difficulty, shard_sequences
 from sft_callbacks.tracking import RowIndex
 
-from .helpers import reference_losses, sft_rows
+from .helpers import BatchRecorder, reference_losses, sft_rows
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pure functions
@@ -222,27 +221,6 @@ def test_loss_difficulty_scores_packed_samples_apart_and_restores_training_mode(
 # ----------------------------------------------------------------------------------------------------------------
 # Real SFTTrainer runs
 # ----------------------------------------------------------------------------------------------------------------
-class BatchRecorder:
-    """Records the dataloader rows of every training micro-batch (by content key) and counts eval forwards."""
-
-    def __init__(self, model, session_of):
-        self.batches: list[list[int]] = []
-        self.eval_forwards = 0
-        self.session_of = session_of
-        self.handle = model.register_forward_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, module, args, kwargs, output):
-        if not module.training:
-            self.eval_forwards += 1
-            return
-        keys = padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs.get("attention_mask"))
-        index = self.session_of().tracker.index
-        uid = index.lookup(keys.numpy().view(np.uint64))
-        uid_to_row = np.empty(len(index.keys), dtype=np.int64)
-        uid_to_row[index.seq_uid] = index.seq_row
-        self.batches.append(uid_to_row[uid].tolist())
-
-
 def _config(tmp_path, **kw):
     base = dict(
         output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=4, learning_rate=1e-3, report_to=[],

@@ -8,9 +8,8 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from sft_callbacks import AdaptiveSampler, SamplingPolicyCallback, TrainingDynamicsCallback
-from sft_callbacks.row_keys import padded_keys
 
-from .helpers import sft_rows
+from .helpers import BatchRecorder, sft_rows
 
 
 class EvenRowsAfter(SamplingPolicyCallback):
@@ -47,25 +46,6 @@ class LossWeighted(SamplingPolicyCallback):
 
     def load_policy_state(self, state):
         self.updates = state.get("updates", 0)
-
-
-class BatchRecorder:
-    """Records which dataloader rows each training micro-batch held (via the rows' content keys)."""
-
-    def __init__(self, model, session_of):
-        self.batches: list[list[int]] = []
-        self.session_of = session_of
-        self.handle = model.register_forward_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, module, args, kwargs, output):
-        if not module.training:
-            return
-        keys = padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs.get("attention_mask"))
-        index = self.session_of().tracker.index
-        uid = index.lookup(keys.numpy().view(np.uint64))
-        uid_to_row = np.empty(len(index.keys), dtype=np.int64)
-        uid_to_row[index.seq_uid] = index.seq_row
-        self.batches.append(uid_to_row[uid].tolist())
 
 
 def _config(tmp_path, **kw):
