@@ -24,6 +24,7 @@ class SFTCallback(TrainerCallback, ExportableState):
 
     needs_sampler = False
     needs_loss_weighting = False
+    publishes_signals = False
 
     def __init__(self, **config: Any):
         self._init_kwargs = dict(config)
@@ -44,6 +45,13 @@ class SFTCallback(TrainerCallback, ExportableState):
         ``reason`` is ``"step"`` (a periodic sync), ``"evaluate"`` (after an evaluation) or ``"epoch"``.
         """
         return None
+
+    def policy_signals(self) -> dict[str, float]:
+        """Signals for other policies (``ctx.signals``), read right after this policy's call.
+
+        Set ``publishes_signals = True`` so the session asks this policy before the others at each sync point.
+        """
+        return {}
 
     def policy_metrics(self) -> dict[str, float]:
         """Metrics to log (keys under ``sft/``, e.g. ``{"sft/hard/fraction": 0.3}``) at each logging step."""

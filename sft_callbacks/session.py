@@ -72,6 +72,7 @@ class PolicyContext:
     columns: Any = None
     model: Any = None
     eval_datasets: dict = field(default_factory=dict)
+    signals: dict = field(default_factory=dict)
 
     def eval_column(self, column: str, eval_name: str = "eval") -> list:
         """Values of ``column`` of your eval dataset ``eval_name`` (all its columns, TRL's row order)."""
@@ -120,6 +121,8 @@ class Session:
         self.weight_updates = 0
         self.last_policy_weights: dict[str, np.ndarray] = {}
         self.last_loss_weights: dict[str, np.ndarray] = {}
+        # Signals policies publish for each other (e.g. "hard_boost" from validation-paced difficulty).
+        self.signals: dict[str, float] = {}
         self._begun = False
         self._train_key = None
         self._restore: dict | None = None
@@ -276,6 +279,7 @@ class Session:
             columns=self.columns,
             model=self.model,
             eval_datasets=self.eval_datasets(),
+            signals=self.signals,
         )
 
     def eval_datasets(self) -> dict:
@@ -328,10 +332,12 @@ class Session:
     def _collect(self, flag: str, ask, validate, last: dict) -> tuple[list, bool]:
         """``(name, weights)`` of every member with ``flag`` set; a member returning ``None`` keeps its last."""
         vectors, changed = [], False
-        for cb in self.members:
+        # Producers of signals first, so consumers see this sync point's values.
+        for cb in sorted(self.members, key=lambda m: not m.publishes_signals):
             if not getattr(cb, flag):
                 continue
             w = ask(cb)
+            self.signals.update(cb.policy_signals())
             if w is None:
                 w = last.get(cb.policy_name)
             else:
@@ -340,6 +346,7 @@ class Session:
                 changed = True
             if w is not None:
                 vectors.append((cb.policy_name, w))
+        vectors.sort(key=lambda item: [m.policy_name for m in self.members].index(item[0]))
         return vectors, changed
 
     def _update_loss_weights(self, ctx: PolicyContext, reason: str) -> None:

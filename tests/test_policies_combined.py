@@ -92,3 +92,18 @@ def test_tensorboard_shows_mixture_hard_fraction_and_competence(tmp_path, tokeni
     for tag in ("train/sft/mixture/sarcasm", "train/sft/hard/fraction", "train/sft/curriculum/competence",
                 f"train/sft/validation/loss/{TRAIN_DOMAINS[0]}"):
         assert tag in tags, sorted(t for t in tags if "sft" in t)
+
+
+def test_validation_paced_difficulty_reaches_curriculum_and_hard_mining(tmp_path, tokenizer, make_model):
+    # learning_rate=0: validation never improves, so every evaluation after the first is a plateau.
+    cbs = [
+        TrainingDynamicsCallback(sync_every=2),
+        CurriculumCallback(difficulty="length", pacing="linear", start=0.2, duration=1.0),
+        ValidationGuidedResamplingCallback(group_column="domain", paced_difficulty=True, patience=1, boost_step=0.5),
+    ]
+    _run(tmp_path, tokenizer, make_model, cbs, learning_rate=0.0, max_steps=12)
+    session = cbs[0].session
+    assert session.signals["hard_boost"] == 1.0  # two plateaus of 0.5
+    # Competence without the boost would be 0.2 + 0.8 * 12/12 = 1 only at the very end; with boost 1 it is 1.
+    assert cbs[1].policy_metrics()["sft/curriculum/competence"] == 1.0
+    assert cbs[1].policy_metrics()["sft/curriculum/available_fraction"] == 1.0

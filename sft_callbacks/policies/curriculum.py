@@ -370,6 +370,9 @@ class CurriculumCallback(SamplingPolicyCallback):
             c = competence(
                 progress, self.pacing, self.start, self.duration, root_p=self.root_p, num_steps=self.num_steps
             )
+            # Validation-paced difficulty (ValidationGuidedResamplingCallback(paced_difficulty=True)) moves
+            # competence forward, so the hard tail becomes available sooner when validation stops improving.
+            c = float(c + float(getattr(ctx, "signals", {}).get("hard_boost", 0.0)) * (1.0 - c))
             mask = curriculum_weights(percentiles, c, anti=self.anti)
             self._metrics = {"sft/curriculum/competence": float(c)}
         self._metrics["sft/curriculum/available_fraction"] = float(mask.mean())

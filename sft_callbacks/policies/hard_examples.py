@@ -559,10 +559,12 @@ class HardExampleMiningCallback(SamplingPolicyCallback):
         scores, scored = self.scores(ctx)
         if not scored.any():
             return None
+        # Validation-paced difficulty (ValidationGuidedResamplingCallback(paced_difficulty=True)) sharpens selection.
+        boost = float(getattr(ctx, "signals", {}).get("hard_boost", 0.0))
         if self.mode == "rank":
-            base = rank_weights(scores, self.selection_pressure)
+            base = rank_weights(scores, self.selection_pressure ** (1.0 + boost))
         else:
-            base = power_weights(scores, self.alpha)
+            base = power_weights(scores, self.alpha * (1.0 + boost))
         rows = ctx.rows_from_samples(base)
         groups = self._row_groups(ctx) if self.group_column is not None else None
         if self.max_weight_ratio is not None:

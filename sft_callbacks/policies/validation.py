@@ -642,6 +642,12 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
                 self.hard_boost = min(1.0, self.hard_boost + self.boost_step)
 
     # -- policy ---------------------------------------------------------------------------------------------
+    publishes_signals = True
+
+    def policy_signals(self) -> dict[str, float]:
+        """``hard_boost`` for the hardness policies (curriculum, hard-example mining), with paced_difficulty."""
+        return {"hard_boost": float(self.hard_boost)} if self.paced_difficulty else {}
+
     def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
         self._prepare(ctx)
         changed = False
