@@ -165,6 +165,7 @@ def efficiency(args) -> dict:
     from sft_callbacks.demo_data import load_demo_dataset
 
     datasets.disable_progress_bars()
+    commit = _git_commit()  # the code measured: taken before the runs
     train = corrupt_answers(load_demo_dataset("train"), args.noise, seed=1234)
     validation, test = load_demo_dataset("validation"), load_demo_dataset("test")
     results = []
@@ -184,7 +185,7 @@ def efficiency(args) -> dict:
     return {
         "benchmark": "efficiency",
         "command": "python scripts/benchmark.py efficiency " + " ".join(args.raw_argv),
-        "commit": _git_commit(),
+        "commit": commit,
         "data": {"train_rows": len(train), "corrupted": int(sum(train["corrupted"])), "noise": args.noise,
                  "validation_rows": len(validation), "test_rows": len(test)},
         "config": {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
