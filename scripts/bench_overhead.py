@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_env import cpu_name, git_state
+
 
 # --------------------------------------------------------------------------------------------------
 # Pieces (importable, no side effects)
@@ -74,32 +76,6 @@ def _make_classes():
             return ctx.rows_from_samples(per_sample)
 
     return StepTimer, LossWeighted
-
-
-def _git_state() -> str | None:
-    """``<commit>`` (``+dirty`` when tracked files differ from it) of the checkout this runs from, if any."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("+dirty" if dirty else "")) or None
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _busy_cpu_seconds() -> float | None:
@@ -468,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 "transformers": transformers.__version__,
                 "trl": trl.__version__,
                 "datasets": datasets.__version__,
-                "git": _git_state(),
+                "git": git_state(),
             },
             "config": {k: v for k, v in cfg.items() if k != "output_dir"},
             "model": args.model,

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_env import cpu_name, git_state
+
 TWO_24 = 2**24
 
 
@@ -51,32 +53,6 @@ def _current_rss_bytes() -> int | None:
     except OSError:
         pass
     return None
-
-
-def _git_state() -> str | None:
-    """``<commit>`` (``+dirty`` when tracked files differ from it) of the checkout this runs from, if any."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("+dirty" if dirty else "")) or None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _timed(fn):
@@ -255,12 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     env = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
-        "git": _git_state(),
+        "git": git_state(),
     }
     res = run(args.rows, args.draws, args.iter_n, args.lazy_chunk, args.seed, args.repeats, not args.no_multinomial)
     res["env"] = env

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -165,7 +164,9 @@ def efficiency(args) -> dict:
     from sft_callbacks.demo_data import load_demo_dataset
 
     datasets.disable_progress_bars()
-    commit = _git_commit()  # the code measured: taken before the runs
+    from bench_env import git_state
+
+    commit = git_state()  # the code measured: taken before the runs
     train = corrupt_answers(load_demo_dataset("train"), args.noise, seed=1234)
     validation, test = load_demo_dataset("validation"), load_demo_dataset("test")
     results = []
@@ -225,14 +226,6 @@ def plot_curves(report: dict, path: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        return None
 
 
 def main(argv=None) -> int:
