@@ -12,9 +12,11 @@ Public API (everything else is internal):
 from .base import SamplingPolicyCallback, SFTCallback
 from .policies import (
     CurriculumCallback,
+    DataMapCallback,
     GroupBalanceCallback,
     HardExampleMiningCallback,
     ValidationGuidedResamplingCallback,
+    plot_data_map,
 )
 from .dynamics import TrainingDynamicsCallback, annotate_dataset, dynamics_frame, eval_frame
 from .sampling import AdaptiveSampler
@@ -26,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptiveSampler",
     "CurriculumCallback",
+    "DataMapCallback",
     "GroupBalanceCallback",
     "HardExampleMiningCallback",
     "ValidationGuidedResamplingCallback",
@@ -38,5 +41,6 @@ __all__ = [
     "combine_weights",
     "dynamics_frame",
     "eval_frame",
+    "plot_data_map",
     "__version__",
 ]

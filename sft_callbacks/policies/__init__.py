@@ -3,12 +3,15 @@ callback that decides when to call them and logs what it did."""
 
 from .balance import GroupBalanceCallback
 from .curriculum import CurriculumCallback
+from .data_map import DataMapCallback, plot_data_map
 from .hard_examples import HardExampleMiningCallback
 from .validation import ValidationGuidedResamplingCallback
 
 __all__ = [
     "CurriculumCallback",
+    "DataMapCallback",
     "GroupBalanceCallback",
     "HardExampleMiningCallback",
     "ValidationGuidedResamplingCallback",
+    "plot_data_map",
 ]

@@ -1,0 +1,311 @@
+"""Dataset cartography for generation (Swayamdipta et al., 2020): confidence, variability, regions, noisy flags.
+
+Pure functions first (per-epoch losses in, map coordinates out), then :class:`DataMapCallback`, which reads the
+tracker's per-epoch statistics (no extra forward pass), optionally down-weights flagged samples after a number of
+epochs (a denoising curriculum) and logs what it did; :func:`plot_data_map` draws the map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..base import SamplingPolicyCallback
+from ..session import PolicyContext
+
+REGIONS = ("easy-to-learn", "ambiguous", "hard-to-learn")
+
+
+def epoch_confidences(epoch_loss: np.ndarray) -> np.ndarray:
+    """Per-epoch confidence ``exp(-mean token NLL)``: the geometric-mean probability of the target tokens.
+
+    ``epoch_loss`` is ``(n_samples, n_epochs)`` with NaN where a sample was not seen in an epoch.
+
+    Example:
+        >>> epoch_confidences(np.array([[0.0, np.log(2)]])).round(3).tolist()
+        [[1.0, 0.5]]
+    """
+    return np.exp(-np.asarray(epoch_loss, dtype=np.float64))
+
+
+def data_map_coordinates(epoch_loss: np.ndarray, learned_threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """Confidence (mean over epochs), variability (std over epochs), epochs seen and forgetting events.
+
+    A forgetting event is a move from learned (epoch confidence >= ``learned_threshold``) to not learned between
+    two consecutive epochs in which the sample was seen (Toneva et al., 2019, at epoch granularity).
+
+    Example:
+        >>> c = data_map_coordinates(np.array([[0.1, 0.1], [0.1, 1.5], [np.nan, 0.2]]))
+        >>> c["epochs_seen"].tolist(), c["forgetting_events"].tolist()
+        ([2, 2, 1], [0, 1, 0])
+    """
+    conf = epoch_confidences(epoch_loss)
+    seen = np.isfinite(conf)
+    n_seen = seen.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n_seen > 0, np.nansum(conf, 1) / np.maximum(n_seen, 1), np.nan)
+        var = np.where(n_seen > 0, np.nansum((conf - mean[:, None]) ** 2, 1) / np.maximum(n_seen, 1), np.nan)
+    forgetting = np.zeros(conf.shape[0], dtype=np.int64)
+    previous = np.full(conf.shape[0], np.nan)
+    for e in range(conf.shape[1]):
+        current = conf[:, e]
+        has = np.isfinite(current)
+        forgetting += (has & np.isfinite(previous) & (previous >= learned_threshold) & (current < learned_threshold))
+        previous = np.where(has, current, previous)
+    return {"confidence": mean, "variability": np.sqrt(var), "epochs_seen": n_seen, "forgetting_events": forgetting}
+
+
+def assign_regions(
+    confidence: np.ndarray, variability: np.ndarray, *, confidence_split: float | None = None,
+    variability_split: float | None = None,
+) -> np.ndarray:
+    """Region of each sample: ``ambiguous`` (variability above the split), else ``easy-to-learn`` (confidence above
+    the split) or ``hard-to-learn``; ``""`` where the sample has no coordinates. Splits default to the medians.
+
+    Example:
+        >>> assign_regions(np.array([0.9, 0.1, 0.5]), np.array([0.0, 0.0, 0.4])).tolist()
+        ['easy-to-learn', 'hard-to-learn', 'ambiguous']
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    variability = np.asarray(variability, dtype=np.float64)
+    ok = np.isfinite(confidence) & np.isfinite(variability)
+    if not ok.any():
+        return np.full(confidence.shape, "", dtype=object)
+    c_split = np.median(confidence[ok]) if confidence_split is None else confidence_split
+    v_split = np.median(variability[ok]) if variability_split is None else variability_split
+    out = np.full(confidence.shape, "", dtype=object)
+    out[ok & (variability > v_split)] = "ambiguous"
+    low_var = ok & (variability <= v_split)
+    out[low_var & (confidence > c_split)] = "easy-to-learn"
+    out[low_var & (confidence <= c_split)] = "hard-to-learn"
+    return out
+
+
+def flag_noisy(
+    confidence: np.ndarray,
+    variability: np.ndarray,
+    epochs_seen: np.ndarray,
+    *,
+    min_epochs: int = 2,
+    rate: float | None = None,
+    confidence_quantile: float = 0.25,
+    variability_quantile: float = 0.5,
+) -> np.ndarray:
+    """Samples that stay low-confidence with low variability: likely mislabeled (hard-to-learn corner of the map).
+
+    Among samples seen in at least ``min_epochs`` epochs: with ``rate`` (the expected noise rate) the ``rate``
+    fraction with the lowest confidence whose variability is at most the ``variability_quantile``; otherwise
+    those below the ``confidence_quantile`` of confidence and at most that variability quantile.
+
+    Example:
+        >>> flag_noisy(np.array([0.9, 0.05, 0.8, 0.1]), np.zeros(4), np.full(4, 3), rate=0.5).tolist()
+        [False, True, False, True]
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    variability = np.asarray(variability, dtype=np.float64)
+    eligible = (np.asarray(epochs_seen) >= min_epochs) & np.isfinite(confidence) & np.isfinite(variability)
+    flags = np.zeros(confidence.shape, dtype=bool)
+    if not eligible.any():
+        return flags
+    v_cut = np.quantile(variability[eligible], variability_quantile) if variability_quantile < 1 else np.inf
+    candidates = eligible & (variability <= v_cut + 1e-12)
+    if rate is not None:
+        k = int(round(rate * eligible.sum()))
+        order = np.flatnonzero(candidates)[np.argsort(confidence[candidates], kind="stable")]
+        flags[order[:k]] = True
+        return flags
+    c_cut = np.quantile(confidence[eligible], confidence_quantile)
+    return candidates & (confidence <= c_cut)
+
+
+def noise_scores(confidence: np.ndarray) -> np.ndarray:
+    """Score for ranking likely label noise (higher = more suspicious): ``1 - confidence``; NaN stays NaN."""
+    return 1.0 - np.asarray(confidence, dtype=np.float64)
+
+
+class DataMapCallback(SamplingPolicyCallback):
+    """A [`~transformers.TrainerCallback`] that maps every training sample by confidence and variability across
+    epochs (dataset cartography) and flags likely mislabeled samples, from the training forward passes themselves.
+
+    Adapted to generation: a sample's confidence in an epoch is the geometric-mean probability of its target
+    tokens, ``exp(-mean NLL)``, from the per-epoch statistics the tracker already keeps; confidence is its mean
+    over epochs, variability its standard deviation (Swayamdipta et al., 2020, "Dataset Cartography"),
+    correctness the mean token accuracy, and forgetting events count learned -> not learned transitions
+    (Toneva et al., 2019). Samples that stay low-confidence with low variability are flagged ``flag_noisy``.
+    With ``downweight_after_epochs`` set, flagged samples are drawn ``downweight`` times as often from then on
+    (a denoising curriculum; the flags are recomputed at every epoch end).
+
+    Per-step cost: none (it reads statistics at epoch ends, O(n * epochs)).
+
+    Args:
+        min_epochs (`int`, defaults to 2): epochs a sample must have been seen in before it can be flagged.
+        noise_rate (`float`, *optional*): expected fraction of noisy samples; flags that many lowest-confidence,
+            low-variability samples. Without it, the ``confidence_quantile`` rule is used.
+        confidence_quantile (`float`, defaults to 0.25), variability_quantile (`float`, defaults to 0.5): the
+            thresholds of the hard-to-learn corner when ``noise_rate`` is not given.
+        downweight_after_epochs (`int`, *optional*): from this epoch on, down-weight flagged samples.
+        downweight (`float`, defaults to 0.1): sampling weight of a flagged sample relative to 1 (0 drops it).
+
+    Example:
+        >>> data_map = DataMapCallback(noise_rate=0.2)  # doctest: +SKIP
+        >>> trainer = SFTTrainer(..., args=SFTConfig(num_train_epochs=4, ...), callbacks=[data_map])  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+        >>> frame = data_map.data_map()  # indexed by your dataset's row  # doctest: +SKIP
+        >>> frame[frame.flag_noisy]  # doctest: +SKIP
+        >>> plot_data_map(frame, "data_map.png")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        min_epochs: int = 2,
+        noise_rate: float | None = None,
+        confidence_quantile: float = 0.25,
+        variability_quantile: float = 0.5,
+        downweight_after_epochs: int | None = None,
+        downweight: float = 0.1,
+    ):
+        if min_epochs < 1:
+            raise ValueError("min_epochs must be >= 1")
+        if noise_rate is not None and not 0 < noise_rate < 1:
+            raise ValueError("noise_rate must be in (0, 1)")
+        if not 0 < confidence_quantile < 1 or not 0 < variability_quantile <= 1:
+            raise ValueError("confidence_quantile must be in (0, 1) and variability_quantile in (0, 1]")
+        if downweight_after_epochs is not None and downweight_after_epochs < 1:
+            raise ValueError("downweight_after_epochs must be >= 1")
+        if not 0 <= downweight <= 1:
+            raise ValueError("downweight must be in [0, 1]")
+        super().__init__(
+            min_epochs=min_epochs, noise_rate=noise_rate, confidence_quantile=confidence_quantile,
+            variability_quantile=variability_quantile, downweight_after_epochs=downweight_after_epochs,
+            downweight=downweight,
+        )
+        self.min_epochs = min_epochs
+        self.noise_rate = noise_rate
+        self.confidence_quantile = confidence_quantile
+        self.variability_quantile = variability_quantile
+        self.downweight_after_epochs = downweight_after_epochs
+        self.downweight = downweight
+        # Only a sampling policy when it down-weights; otherwise it leaves the sampler alone.
+        self.needs_sampler = downweight_after_epochs is not None
+        self._metrics: dict[str, float] = {}
+
+    # -- map --------------------------------------------------------------------------------------------
+    def _per_sample(self) -> dict[str, np.ndarray]:
+        stats = self.session.tracker.stats
+        epochs = sorted(stats.epoch_sum)
+        if epochs:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                epoch_loss = np.stack(
+                    [np.where(stats.epoch_count[e] > 0, stats.epoch_sum[e] / stats.epoch_count[e], np.nan) for e in epochs], 1
+                )
+        else:
+            epoch_loss = np.zeros((stats.size, 0))
+        coords = data_map_coordinates(epoch_loss)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            coords["correctness"] = np.where(stats.times_seen > 0, stats.acc_sum / stats.times_seen, np.nan)
+        coords["region"] = assign_regions(coords["confidence"], coords["variability"])
+        coords["flag_noisy"] = flag_noisy(
+            coords["confidence"], coords["variability"], coords["epochs_seen"], min_epochs=self.min_epochs,
+            rate=self.noise_rate, confidence_quantile=self.confidence_quantile,
+            variability_quantile=self.variability_quantile,
+        )
+        return coords
+
+    def data_map(self) -> pd.DataFrame:
+        """The map, indexed by your training-dataset row: ``confidence``, ``variability``, ``correctness``,
+        ``forgetting_events``, ``epochs_seen``, ``region``, ``flag_noisy``, ``noise_score`` (rows TRL dropped: NaN /
+        empty region / not flagged)."""
+        from ..dynamics import dynamics_frame
+
+        coords = self._per_sample()
+        index = self.session.tracker.index
+        base = dynamics_frame(self.session.tracker)  # user-row indexing, drops and packing handled there
+        if index.packed:
+            uid = index.seq_uid
+            frame = pd.DataFrame({k: v[uid] for k, v in coords.items()}, index=base.index)
+        else:
+            user_uid = np.full(index.num_user_rows, -1, dtype=np.int64)
+            user_uid[index.row_user] = index.row_uid()
+            dropped = user_uid < 0
+            safe = np.where(dropped, 0, user_uid)
+            cols = {}
+            for k, v in coords.items():
+                col = v[safe]
+                if k == "region":
+                    col = np.where(dropped, "", col)
+                elif k == "flag_noisy":
+                    col = col & ~dropped
+                elif np.issubdtype(col.dtype, np.floating):
+                    col = np.where(dropped, np.nan, col)
+                else:
+                    col = np.where(dropped, 0, col)
+                cols[k] = col
+            frame = pd.DataFrame(cols, index=base.index)
+        frame["noise_score"] = noise_scores(frame["confidence"].to_numpy())
+        return frame
+
+    # -- policy -----------------------------------------------------------------------------------------
+    def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        coords = self._per_sample()
+        flags = coords["flag_noisy"]
+        self._metrics = {
+            "sft/data_map/flagged_fraction": float(flags.mean()) if flags.size else 0.0,
+            "sft/data_map/mean_confidence": float(np.nanmean(coords["confidence"])) if np.isfinite(coords["confidence"]).any() else float("nan"),
+        }
+        for region in REGIONS:
+            self._metrics[f"sft/data_map/region/{region}"] = float((coords["region"] == region).mean())
+        if self.downweight_after_epochs is None or reason not in ("epoch", "train_begin"):
+            return None
+        if ctx.epoch + (1 if reason == "epoch" else 0) < self.downweight_after_epochs:
+            return None
+        per_sample = np.where(flags, self.downweight, 1.0)
+        rows = ctx.rows_from_samples(per_sample)
+        return rows if (rows > 0).any() else None
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        super().on_epoch_end(args, state, control, **kwargs)
+        if not self.needs_sampler and self._session is not None and self._session.tracker.stats is not None:
+            self.compute_weights(self._session.context(state), "epoch")  # metrics only
+
+    def policy_metrics(self) -> dict[str, float]:
+        return {k: v for k, v in self._metrics.items() if np.isfinite(v)}
+
+
+def plot_data_map(frame: pd.DataFrame, path: str, *, color_by: str = "region", title: str | None = None,
+                  max_points: int = 50_000, seed: int = 0) -> str:
+    """Draw the data map (variability on x, confidence on y, coloured by ``region`` or ``flag_noisy``) to ``path``.
+
+    Needs matplotlib (``pip install "sft-callbacks[plot]"``). Samples beyond ``max_points`` are subsampled.
+
+    Example:
+        >>> plot_data_map(data_map.data_map(), "data_map.png")  # doctest: +SKIP
+        'data_map.png'
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - exercised only without matplotlib
+        raise ImportError('plot_data_map needs matplotlib: pip install "sft-callbacks[plot]"') from e
+    if color_by not in ("region", "flag_noisy"):
+        raise ValueError("color_by must be 'region' or 'flag_noisy'")
+    data = frame[np.isfinite(frame["confidence"]) & np.isfinite(frame["variability"])]
+    if len(data) > max_points:
+        data = data.sample(max_points, random_state=seed)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if color_by == "region":
+        groups = [(r, data[data["region"] == r]) for r in REGIONS]
+    else:
+        groups = [("flagged noisy", data[data["flag_noisy"]]), ("not flagged", data[~data["flag_noisy"]])]
+    for label, part in groups:
+        ax.scatter(part["variability"], part["confidence"], s=8, alpha=0.6, label=f"{label} ({len(part)})")
+    ax.set_xlabel("variability (std of per-epoch confidence)")
+    ax.set_ylabel("confidence (mean geometric-mean token probability)")
+    ax.set_title(title or "Data map")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
