@@ -9,6 +9,16 @@ Public API (everything else is internal):
   :class:`CurriculumCallback`, :class:`GroupBalanceCallback`.
 """
 
+from .augmentation import (
+    BackTranslation,
+    Paraphrase,
+    RandomDeletion,
+    RandomInsertion,
+    RandomSwap,
+    SynonymReplacement,
+    augment,
+    augment_hardest,
+)
 from .base import SamplingPolicyCallback, SFTCallback
 from .policies import (
     CurriculumCallback,
@@ -27,6 +37,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveSampler",
+    "BackTranslation",
+    "Paraphrase",
+    "RandomDeletion",
+    "RandomInsertion",
+    "RandomSwap",
+    "SynonymReplacement",
+    "augment",
+    "augment_hardest",
     "CurriculumCallback",
     "DataMapCallback",
     "GroupBalanceCallback",
