@@ -20,6 +20,7 @@ from .augmentation import (
     augment_hardest,
 )
 from .base import SamplingPolicyCallback, SFTCallback
+from .conflicts import find_conflicts
 from .policies import (
     CurriculumCallback,
     DataMapCallback,
@@ -45,6 +46,7 @@ __all__ = [
     "SynonymReplacement",
     "augment",
     "augment_hardest",
+    "find_conflicts",
     "CurriculumCallback",
     "DataMapCallback",
     "GroupBalanceCallback",
