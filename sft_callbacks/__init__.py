@@ -21,6 +21,7 @@ from .augmentation import (
 )
 from .base import SamplingPolicyCallback, SFTCallback
 from .conflicts import find_conflicts
+from .preference_pairs import build_preference_pairs
 from .policies import (
     CurriculumCallback,
     DataMapCallback,
@@ -46,6 +47,7 @@ __all__ = [
     "SynonymReplacement",
     "augment",
     "augment_hardest",
+    "build_preference_pairs",
     "find_conflicts",
     "CurriculumCallback",
     "DataMapCallback",
