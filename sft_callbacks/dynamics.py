@@ -54,14 +54,7 @@ def dynamics_frame(tracker: SampleTracker) -> pd.DataFrame:
         acc_mean = np.where(seen, a["acc_sum"] / a["times_seen"], np.nan)
         ent_mean = np.where(seen, a["entropy_sum"] / a["times_seen"], np.nan)
         ent_mean = np.where(np.isnan(a["entropy_last"]), np.nan, ent_mean)
-    epochs = sorted(stats.epoch_sum)
-    if epochs:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_epoch = np.stack(
-                [np.where(stats.epoch_count[e] > 0, stats.epoch_sum[e] / stats.epoch_count[e], np.nan) for e in epochs], 1
-            )
-    else:
-        per_epoch = np.zeros((len(index.keys), 0), dtype=np.float32)
+    per_epoch = stats.epoch_loss_matrix()
     per_uid = {
         "times_seen": a["times_seen"].astype(np.int64),
         "loss_last": a["loss_last"],

@@ -126,6 +126,16 @@ class SampleStats:
             return arrays[name]
         raise AttributeError(name)
 
+    def epoch_loss_matrix(self) -> np.ndarray:
+        """Mean loss of every sample in every epoch so far, ``(size, n_epochs)``, NaN where not seen."""
+        epochs = sorted(self.epoch_sum)
+        if not epochs:
+            return np.zeros((self.size, 0), dtype=np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.stack(
+                [np.where(self.epoch_count[e] > 0, self.epoch_sum[e] / self.epoch_count[e], np.nan) for e in epochs], 1
+            )
+
     @property
     def nbytes_fixed(self) -> int:
         """Bytes of the fixed per-sample arrays (not the per-epoch history)."""

@@ -193,15 +193,7 @@ class DataMapCallback(SamplingPolicyCallback):
     # -- map --------------------------------------------------------------------------------------------
     def _per_sample(self) -> dict[str, np.ndarray]:
         stats = self.session.tracker.stats
-        epochs = sorted(stats.epoch_sum)
-        if epochs:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                epoch_loss = np.stack(
-                    [np.where(stats.epoch_count[e] > 0, stats.epoch_sum[e] / stats.epoch_count[e], np.nan) for e in epochs], 1
-                )
-        else:
-            epoch_loss = np.zeros((stats.size, 0))
-        coords = data_map_coordinates(epoch_loss)
+        coords = data_map_coordinates(stats.epoch_loss_matrix())
         with np.errstate(invalid="ignore", divide="ignore"):
             coords["correctness"] = np.where(stats.times_seen > 0, stats.acc_sum / stats.times_seen, np.nan)
         coords["region"] = assign_regions(coords["confidence"], coords["variability"])
