@@ -74,9 +74,8 @@ def dynamics_frame(tracker: SampleTracker) -> pd.DataFrame:
         frame.index.name = "sample"
         return frame
     n_user = index.num_user_rows
-    user_uid = np.full(n_user, -1, dtype=np.int64)
+    user_uid = index.user_uid()
     row_uid = index.row_uid()
-    user_uid[index.row_user] = row_uid
     dropped = user_uid < 0
     safe = np.where(dropped, 0, user_uid)
     cols = {}
@@ -119,8 +118,7 @@ def eval_frame(tracker: SampleTracker, name: str = "eval") -> pd.DataFrame:
         frame["step"] = result["step"]
         frame.index.name = "sample"
         return frame
-    user_uid = np.full(index.num_user_rows, -1, dtype=np.int64)
-    user_uid[index.row_user] = index.row_uid()
+    user_uid = index.user_uid()
     dropped = user_uid < 0
     safe = np.where(dropped, 0, user_uid)
     frame = pd.DataFrame(

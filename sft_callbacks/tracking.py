@@ -81,6 +81,12 @@ class RowIndex:
         mapping = self.seq_uid.nbytes + self.seq_row.nbytes + (self.row_user.nbytes if self.row_user is not None else 0)
         return {"per_sample": self.keys.nbytes + self.n_trained.nbytes, "mapping": mapping}
 
+    def user_uid(self) -> np.ndarray:
+        """For unpacked data: key index of every row of the user's dataset, -1 for rows TRL dropped."""
+        out = np.full(self.num_user_rows, -1, dtype=np.int64)
+        out[self.row_user] = self.row_uid()
+        return out
+
     def row_uid(self) -> np.ndarray:
         """For unpacked data: key index of every dataloader row."""
         out = np.empty(self.num_rows, dtype=np.int64)

@@ -208,17 +208,14 @@ class DataMapCallback(SamplingPolicyCallback):
         """The map, indexed by your training-dataset row: ``confidence``, ``variability``, ``correctness``,
         ``forgetting_events``, ``epochs_seen``, ``region``, ``flag_noisy``, ``noise_score`` (rows TRL dropped: NaN /
         empty region / not flagged)."""
-        from ..dynamics import dynamics_frame
-
         coords = self._per_sample()
         index = self.session.tracker.index
-        base = dynamics_frame(self.session.tracker)  # user-row indexing, drops and packing handled there
         if index.packed:
             uid = index.seq_uid
-            frame = pd.DataFrame({k: v[uid] for k, v in coords.items()}, index=base.index)
+            frame = pd.DataFrame({k: v[uid] for k, v in coords.items()})
+            frame.index.name = "sample"  # as in dynamics(): packed samples, not user rows
         else:
-            user_uid = np.full(index.num_user_rows, -1, dtype=np.int64)
-            user_uid[index.row_user] = index.row_uid()
+            user_uid = index.user_uid()
             dropped = user_uid < 0
             safe = np.where(dropped, 0, user_uid)
             cols = {}
@@ -233,7 +230,8 @@ class DataMapCallback(SamplingPolicyCallback):
                 else:
                     col = np.where(dropped, 0, col)
                 cols[k] = col
-            frame = pd.DataFrame(cols, index=base.index)
+            frame = pd.DataFrame(cols)
+            frame.index.name = "row"
         frame["noise_score"] = noise_scores(frame["confidence"].to_numpy())
         return frame
 
