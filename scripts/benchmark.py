@@ -24,32 +24,6 @@ import numpy as np
 ARMS = ("uniform", "validation", "hard", "curriculum", "balance", "all")
 
 
-def corrupt_answers(dataset, fraction: float, seed: int):
-    """Replace ``fraction`` of the answers by another answer of the same domain; add a ``corrupted`` column."""
-    rng = np.random.default_rng(seed)
-    domains = np.asarray(dataset["domain"])
-    answers = np.asarray(dataset["answer"], dtype=object)
-    corrupted = np.zeros(len(dataset), dtype=bool)
-    chosen = rng.choice(len(dataset), size=int(round(fraction * len(dataset))), replace=False)
-    new_answers = answers.copy()
-    for i in chosen:
-        pool = sorted({a for a in answers[domains == domains[i]] if a != answers[i]})
-        if pool:
-            new_answers[i] = pool[rng.integers(len(pool))]
-            corrupted[i] = True
-
-    def apply(row, idx):
-        if not corrupted[idx]:
-            return {"corrupted": False}
-        return {
-            "completion": [{"role": "assistant", "content": str(new_answers[idx])}],
-            "answer": str(new_answers[idx]),
-            "corrupted": True,
-        }
-
-    return dataset.map(apply, with_indices=True)
-
-
 def make_arm(name: str):
     """The callbacks of one arm (fresh instances)."""
     from sft_callbacks import TrainingDynamicsCallback
@@ -161,7 +135,7 @@ def steps_to_reach(curve, target):
 def efficiency(args) -> dict:
     import datasets
 
-    from sft_callbacks.demo_data import load_demo_dataset
+    from sft_callbacks.demo_data import corrupt_answers, load_demo_dataset
 
     datasets.disable_progress_bars()
     from bench_env import git_state

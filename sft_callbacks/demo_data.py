@@ -13,6 +13,7 @@ import json
 from importlib import resources
 
 import datasets
+import numpy as np
 
 #: Domain names, in decreasing order of their share of the train split.
 DEMO_DOMAINS: tuple[str, ...] = (
@@ -53,3 +54,44 @@ def load_demo_dataset(split: str = "train") -> datasets.Dataset:
     rows = [r for r in _read_rows() if r["split"] == split]
     # from_list keeps nested message dicts as lists of structs, which TRL expects.
     return datasets.Dataset.from_list(rows)
+
+
+def corrupt_answers(dataset, fraction: float, seed: int):
+    """Replace ``fraction`` of the answers by another answer of the same domain; add a ``corrupted`` column.
+
+    Plants known label noise for benchmarks and the demo: a corrupted row's ``completion`` and ``answer`` hold
+    a different answer drawn (with ``seed``) from the same domain's answers. Rows whose domain has a single
+    answer stay clean.
+
+    Example::
+
+        >>> noisy = corrupt_answers(load_demo_dataset("train"), 0.2, seed=0)
+        >>> round(sum(noisy["corrupted"]) / len(noisy), 2)
+        0.2
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    if "domain" not in dataset.column_names or "answer" not in dataset.column_names:
+        raise ValueError("corrupt_answers needs 'domain' and 'answer' columns")
+    rng = np.random.default_rng(seed)
+    domains = np.asarray(dataset["domain"])
+    answers = np.asarray(dataset["answer"], dtype=object)
+    corrupted = np.zeros(len(dataset), dtype=bool)
+    chosen = rng.choice(len(dataset), size=int(round(fraction * len(dataset))), replace=False)
+    new_answers = answers.copy()
+    for i in chosen:
+        pool = sorted({a for a in answers[domains == domains[i]] if a != answers[i]})
+        if pool:
+            new_answers[i] = pool[rng.integers(len(pool))]
+            corrupted[i] = True
+
+    def apply(row, idx):
+        if not corrupted[idx]:
+            return {"corrupted": False}
+        return {
+            "completion": [{"role": "assistant", "content": str(new_answers[idx])}],
+            "answer": str(new_answers[idx]),
+            "corrupted": True,
+        }
+
+    return dataset.map(apply, with_indices=True)
