@@ -313,12 +313,18 @@ def candidate_logprobs(model, tokenizer, prompts, candidates, batch_size: int = 
     """``(n_rows, n_candidates)`` sums of log-probabilities of each candidate's completion tokens given the prompt.
 
     The prompts of a batch run once (left-padded, KV cache); each candidate's few completion tokens then run on
-    that cache, which is cropped back after each candidate: about one forward per prompt instead of one per
-    (prompt, candidate) pair.
+    a copy of that cache: about one forward per prompt instead of one per (prompt, candidate) pair.
     """
+    import copy
+    import inspect
+
     import torch
 
     model.eval()
+    # transformers renamed past_key_values to cache (5.x); take whichever this version's forward has.
+    params = inspect.signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # only the last prompt position's
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = np.zeros((len(prompts), len(candidates)))
     texts = [tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in prompts]
@@ -333,8 +339,8 @@ def candidate_logprobs(model, tokenizer, prompts, candidates, batch_size: int = 
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         with torch.no_grad():
             first = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                          position_ids=positions.to(model.device), use_cache=True)
-        cache = first.past_key_values
+                          position_ids=positions.to(model.device), use_cache=True, **keep_last)
+        cache = getattr(first, "cache", None) or first.past_key_values
         last_logp = torch.log_softmax(first.logits[:, -1].float(), -1).cpu()
         lengths = mask.sum(1)
         for c, answer in enumerate(candidates):
@@ -346,8 +352,7 @@ def candidate_logprobs(model, tokenizer, prompts, candidates, batch_size: int = 
                 nxt = model(input_ids=comp_ids.to(model.device),
                             attention_mask=torch.cat([mask, comp_mask], 1).to(model.device),
                             position_ids=(lengths[:, None] + torch.arange(cw)[None]).to(model.device),
-                            past_key_values=cache, use_cache=True)
-            cache.crop(width)  # back to the prompts only, for the next candidate
+                            use_cache=True, **{cache_arg: copy.deepcopy(cache)})  # the copy keeps the prompts only
             # token t of the completion is predicted by the prompt's last position (t=0) or completion t-1
             logp = torch.cat([last_logp[:, None], torch.log_softmax(nxt.logits[:, :-1].float(), -1).cpu()], 1)
             tok_logp = logp.gather(2, comp_ids[:, :, None]).squeeze(2) * comp_mask

@@ -15,25 +15,46 @@ from sft_callbacks import SamplingPolicyCallback, TrainingDynamicsCallback
 from .helpers import sft_rows
 
 
-def test_demo_tiny_writes_annotated_dataset(tmp_path):
+def test_demo_tiny_writes_annotated_dataset_and_data_map(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "sft_callbacks.cli", "demo", "--tiny", "--max-steps", "12", "--train-rows", "96",
-         "--output-dir", str(out)],
+        [sys.executable, "-m", "sft_callbacks.cli", "demo", "--tiny", "--epochs", "3", "--train-rows", "48",
+         "--noise", "0.25", "--output-dir", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "hardest samples" in proc.stdout and str(out / "annotated") in proc.stdout
     annotated = datasets.load_from_disk(str(out / "annotated"))
-    assert annotated.num_rows == 96
-    for col in ("prompt", "completion", "domain", "times_seen", "loss_last", "loss_mean", "loss_per_epoch", "token_accuracy"):
+    assert annotated.num_rows == 48
+    for col in ("prompt", "completion", "domain", "times_seen", "loss_last", "loss_mean", "loss_per_epoch",
+                "token_accuracy", "corrupted", "confidence", "variability", "region", "flag_noisy"):
         assert col in annotated.column_names
-    assert sum(annotated["times_seen"]) == 12 * 8
     summary = json.loads((out / "summary.json").read_text())
+    assert 10 <= sum(annotated["corrupted"]) == summary["planted_noise"] <= 12  # planted noise, recorded
+    assert summary["steps"] == 3 * 6 and sum(annotated["times_seen"]) == 18 * 8
     assert set(summary["per_group_loss"]) <= set(annotated["domain"]) and len(summary["hardest"]) == 5
     assert set(summary["per_group_validation_loss"]) == set(annotated["domain"])  # every domain evaluated
     assert len(summary["strategies"]) == 4 and np.isclose(sum(summary["final_mixture"].values()), 1.0, atol=1e-3)
     assert "final training mixture" in proc.stdout
+    # Data map: rows seen in >= 2 epochs are mapped; flags are the listed rows, at most the noise rate of them.
+    dm = summary["data_map"]
+    assert dm["rows_eligible"] > 0 and dm["rows_mapped"] >= dm["rows_eligible"]
+    flagged_rows = [f["row"] for f in dm["flagged"]]
+    assert 0 < len(flagged_rows) <= round(0.25 * dm["rows_eligible"])
+    assert sorted(flagged_rows) == [i for i, f in enumerate(annotated["flag_noisy"]) if f]
+    assert all(f["planted"] == annotated[f["row"]]["corrupted"] for f in dm["flagged"])
+    assert "flagged as likely mislabeled" in proc.stdout and f"row {flagged_rows[0]}" in proc.stdout
+    for png in ("data_map.png", "data_map_flags.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "data_map.csv").read_text().splitlines()[0].startswith("row,confidence,variability")
+
+
+def test_demo_rejects_bad_arguments(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sft_callbacks.cli", "demo", "--tiny", "--epochs", "0", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "epochs must be >= 1" in proc.stderr
 
 
 def test_cli_help_mentions_commands():
