@@ -29,6 +29,19 @@ def test_bad_arguments_are_refused():
         DataMapCallback(noise_rate=1.5)
     with pytest.raises(ValueError, match="min_epochs"):
         DataMapCallback(min_epochs=0)
+    with pytest.raises(RuntimeError, match="not been attached"):
+        DataMapCallback().data_map()
+
+
+def test_plot_refuses_a_map_without_coordinates(tmp_path):
+    import pandas as pd
+
+    empty = pd.DataFrame({"confidence": [np.nan], "variability": [np.nan], "region": [""], "flag_noisy": [False]})
+    with pytest.raises(ValueError, match="at least two epochs"):
+        plot_data_map(empty, str(tmp_path / "m.png"))
+    with pytest.raises(ValueError, match="lacks columns"):
+        plot_data_map(pd.DataFrame({"loss": [1.0]}), str(tmp_path / "m.png"))
+    assert not (tmp_path / "m.png").exists()
 
 
 FRUITS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "melon", "peach", "pear", "plum", "kiwi", "lime"]

@@ -6,6 +6,7 @@ Each test runs the client code in a fresh interpreter (`run_client`): both libra
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -50,6 +51,16 @@ NEW = [{"text": "new", "n": 100, "score": 1.25}]
 def hub(tmp_path):
     with HubServer(tmp_path / "hub") as server:
         yield server
+
+
+@pytest.fixture
+def seeded(hub):
+    """A public repo seeded server side; `refs/convert/parquet` points at a different commit than main."""
+    hub.create_repo("test-user/seeded")
+    hub.commit("test-user/seeded", {"notes.txt": "converted"}, message="convert")
+    hub.set_ref("test-user/seeded", "refs/convert/parquet", "main")
+    hub.commit("test-user/seeded", {"notes.txt": "main", "data/train.csv": "a,b\n1,x\n2,y\n"})
+    return "test-user/seeded"
 
 
 def client(hub: HubServer, tmp_path, body: str, **kw) -> dict:
@@ -167,17 +178,6 @@ out["commits"] = [c.title for c in api.list_repo_commits(REPO, repo_type="datase
     hub.assert_hermetic()
 
 
-@pytest.fixture
-def seeded(hub):
-    """A public repo seeded server side; `refs/convert/parquet` points at a different commit than main."""
-    hub.create_repo("test-user/seeded")
-    hub.commit("test-user/seeded", {"notes.txt": "converted"}, message="convert")
-    hub.set_ref("test-user/seeded", "refs/convert/parquet", "main")
-    hub.commit("test-user/seeded", {"notes.txt": "main", "data/train.csv": "a,b\n1,x\n2,y\n"})
-    return "test-user/seeded"
-
-
-
 def test_pushing_same_content_again_is_a_no_op(hub, tmp_path):
     out = client(hub, tmp_path, r"""
 ds = Dataset.from_list(TRAIN)
@@ -288,7 +288,7 @@ out["owner"] = load_dataset(REPO, split="train").to_list()
         assert res["public_model"] == "test-user/open-model"
     assert out["bad_token"]["type"] == "HfHubHTTPError" and out["bad_token"]["status"] == 401
     assert set(hub.files(REPO)) == {".gitattributes", "data/train.csv"}  # nothing was written
-    denied = {r.user for r in hub.requests() if r.repo == f"dataset:{REPO}" and r.status in (401, 404)}
+    denied = {r.user for r in hub.requests("repo_info") if r.repo == f"dataset:{REPO}" and r.status in (401, 404)}
     assert denied == {None, "other-user"}
     hub.assert_hermetic()
 
@@ -338,6 +338,14 @@ def test_raw_protocol_details(hub, seeded):
     info = json.loads(_http(hub, "GET", f"/api/datasets/{repo}")[2])
     assert info["sha"] == head and info["id"] == repo and "cardData" not in info
     assert _http(hub, "GET", "/api/not-a-route")[0] == 404 and hub.requests("unknown")
+    # faults can be scoped to a repo, and a drop is seen by any HTTP client as a closed connection
+    hub.fail_next("repo_info", 503, repo_id="test-user/elsewhere")
+    assert _http(hub, "GET", f"/api/datasets/{repo}")[0] == 200 and hub.pending_faults() == 1
+    hub.clear_faults()
+    hub.drop_next("resolve")
+    with pytest.raises(http.client.RemoteDisconnected):
+        _http(hub, "GET", f"/datasets/{repo}/resolve/main/notes.txt")
+    assert hub.requests("resolve")[-1].status == "dropped"
     # repos and history survive a restart on the same root
     hub.stop()
     with HubServer(hub.root) as again:

@@ -281,7 +281,15 @@ def plot_data_map(frame: pd.DataFrame, path: str, *, color_by: str = "region", t
         raise ImportError('plot_data_map needs matplotlib: pip install "sft-callbacks[plot]"') from e
     if color_by not in ("region", "flag_noisy"):
         raise ValueError("color_by must be 'region' or 'flag_noisy'")
+    missing = [c for c in ("confidence", "variability", color_by) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the frame lacks columns {missing}: pass DataMapCallback.data_map()")
     data = frame[np.isfinite(frame["confidence"]) & np.isfinite(frame["variability"])]
+    if data.empty:
+        raise ValueError(
+            "no sample has data-map coordinates: each needs at least one epoch's statistics; train for at least "
+            "two epochs (num_train_epochs >= 2) so confidence and variability mean something"
+        )
     if len(data) > max_points:
         data = data.sample(max_points, random_state=seed)
     fig, ax = plt.subplots(figsize=(6, 5))
