@@ -549,8 +549,8 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
     def _write(self, resp: Response, head: bool) -> None:
         length = resp.length if resp.file is not None else len(resp.body)
         self.send_response(resp.status)
-        for key, value in resp.headers.items():
-            self.send_header(key, value)
+        for key, value in resp.headers.items():  # header values must be latin-1: escape anything else
+            self.send_header(key, str(value).encode("ascii", "backslashreplace").decode("ascii"))
         if "Content-Length" not in resp.headers:
             self.send_header("Content-Length", str(length))
         self.end_headers()
@@ -897,7 +897,10 @@ def _lfs_verify(hub: HubServer, req: _Request, repo_type: str, repo_id: str) -> 
 
 
 def _commit(hub: HubServer, req: _Request, repo_type: str, repo_id: str, revision: str) -> Response:
-    lines = [json.loads(line) for line in req.body.splitlines() if line.strip()]
+    try:
+        lines = [json.loads(line) for line in req.body.splitlines() if line.strip()]
+    except ValueError as e:
+        raise HubError(400, f"Invalid ndjson commit payload: {e}") from e
     if not lines or lines[0].get("key") != "header":
         raise HubError(400, "Commit payload must start with a header line")
     header = lines[0]["value"]
