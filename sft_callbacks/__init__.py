@@ -21,6 +21,7 @@ from .augmentation import (
 )
 from .base import SamplingPolicyCallback, SFTCallback
 from .conflicts import find_conflicts
+from .curation import CuratedDataset, curate, training_annotations
 from .preference_pairs import build_preference_pairs
 from .policies import (
     CurriculumCallback,
@@ -49,6 +50,9 @@ __all__ = [
     "augment_hardest",
     "build_preference_pairs",
     "find_conflicts",
+    "CuratedDataset",
+    "curate",
+    "training_annotations",
     "CurriculumCallback",
     "DataMapCallback",
     "GroupBalanceCallback",

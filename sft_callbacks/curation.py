@@ -1,0 +1,300 @@
+"""Turn what training learnt about each row into a curated dataset: annotation columns plus filters.
+
+:func:`training_annotations` gathers, per row of *your* training dataset, what the callbacks of a finished run
+know (training dynamics, the final sampling weight, data-map coordinates and flags, curriculum difficulty);
+:func:`curate` adds those columns to the dataset and applies filters (drop flagged rows, per-group quotas,
+top-k by a score), counting every dropped row by its reason. The result keeps a ``source_row`` column, so each
+curated row can be traced back to its input row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: Boolean columns that :func:`curate` drops by default when they are present.
+DEFAULT_DROP_FLAGS = ("flag_noisy", "conflict")
+
+_DYNAMICS = {
+    "times_seen": "times_seen",
+    "loss_mean": "loss_mean",
+    "loss_last": "loss_last",
+    "loss_first": "loss_first",
+    "token_accuracy": "token_accuracy",
+    "entropy_mean": "entropy_mean",
+    "dropped": "dropped_by_trl",
+}
+_DATA_MAP = ("confidence", "variability", "correctness", "forgetting_events", "region", "flag_noisy")
+
+
+def _sessions(callbacks: Sequence[Any]):
+    from .base import SFTCallback
+
+    ours = [cb for cb in callbacks if isinstance(cb, SFTCallback)]
+    if len(ours) != len(callbacks):
+        names = [type(cb).__name__ for cb in callbacks if not isinstance(cb, SFTCallback)]
+        raise TypeError(f"not sft-callbacks callbacks: {names}; pass the callbacks you gave the trainer")
+    sessions = {id(cb.session): cb.session for cb in ours}  # .session raises if never attached
+    if len(sessions) > 1:
+        raise ValueError("the callbacks come from different training runs: pass the callbacks of one trainer")
+    return ours, next(iter(sessions.values()), None)
+
+
+def _dataloader_to_user(session, values: np.ndarray) -> np.ndarray:
+    """Per-dataloader-row values -> per-user-row (NaN for rows TRL dropped)."""
+    index = session.tracker.index
+    out = np.full(index.num_user_rows, np.nan, dtype=np.float64)
+    out[index.row_user] = np.asarray(values, dtype=np.float64)
+    return out
+
+
+def training_annotations(callbacks: Sequence[Any]) -> pd.DataFrame:
+    """What the callbacks of a finished run know about each row of the training dataset, indexed by that row.
+
+    Columns (those the given callbacks can provide): ``times_seen``, ``loss_mean``, ``loss_last``,
+    ``loss_first``, ``token_accuracy``, ``entropy_mean``, ``dropped_by_trl`` (any of our callbacks);
+    ``weight`` (final sampling weight relative to uniform: 2.0 = drawn twice as often; when a sampling policy
+    ran); ``confidence``, ``variability``, ``correctness``, ``forgetting_events``, ``region``, ``flag_noisy``
+    (:class:`~sft_callbacks.DataMapCallback`); ``difficulty`` (:class:`~sft_callbacks.CurriculumCallback`'s
+    score, higher = harder). Rows TRL dropped get NaN / empty values.
+
+    Example:
+        >>> dyn, data_map = TrainingDynamicsCallback(), DataMapCallback()  # doctest: +SKIP
+        >>> SFTTrainer(..., callbacks=[dyn, data_map]).train()  # doctest: +SKIP
+        >>> training_annotations([dyn, data_map]).sort_values("confidence").head()  # doctest: +SKIP
+    """
+    from .policies import CurriculumCallback, DataMapCallback
+
+    ours, session = _sessions(list(callbacks))
+    if session is None:
+        raise ValueError("no callbacks given: pass the sft-callbacks callbacks of a finished training run")
+    if session.tracker.index is None or session.tracker.stats is None:
+        raise RuntimeError("the callbacks have not seen a training run yet: call trainer.train() first")
+    if session.tracker.index.packed:
+        raise ValueError(
+            "with packing=True the trainer draws packs, and TRL does not record which of your rows each packed "
+            "sample came from, so nothing can be attached to your rows: train with packing=False to curate"
+        )
+    frame = ours[0].dynamics()[list(_DYNAMICS)].rename(columns=_DYNAMICS)
+    if session.sampler is not None:
+        weights = _dataloader_to_user(session, session.sampler.current_weights)
+        mean = np.nanmean(weights) if np.isfinite(weights).any() else np.nan
+        frame["weight"] = weights / mean if mean > 0 else weights
+    for cb in ours:
+        if isinstance(cb, DataMapCallback):
+            data_map = cb.data_map()
+            for c in _DATA_MAP:
+                frame[c] = data_map[c].to_numpy()
+        elif isinstance(cb, CurriculumCallback) and cb.difficulty is not None:
+            frame["difficulty"] = _dataloader_to_user(session, cb.difficulty)
+    return frame
+
+
+@dataclasses.dataclass
+class CuratedDataset:
+    """The outcome of :func:`curate`.
+
+    Attributes:
+        dataset: the kept rows (input order), with the annotation columns and ``source_row``.
+        annotations: one row per *input* row: the annotation columns plus ``kept`` and ``drop_reason``.
+        dropped: rows dropped per reason, in the order the filters ran (sums to ``rows_in - rows_out``).
+        rows_in, rows_out: row counts before and after.
+        filters: the filters as applied (for the provenance card).
+        callbacks: class name and configuration of each callback the annotations came from.
+    """
+
+    dataset: Any
+    annotations: pd.DataFrame
+    dropped: dict[str, int]
+    rows_in: int
+    rows_out: int
+    filters: dict[str, Any]
+    callbacks: list[dict[str, Any]]
+
+    def counts_by_group(self, column: str) -> dict[str, dict[str, int]]:
+        """Rows before and after per value of ``column`` (e.g. ``"domain"``)."""
+        if column not in self.annotations.columns:
+            raise KeyError(f"no column {column!r} in the annotations; pass group_column={column!r} to curate()")
+        g = self.annotations.groupby(self.annotations[column].astype(str))
+        return {str(k): {"before": int(len(v)), "after": int(v["kept"].sum())} for k, v in g}
+
+
+def curate(
+    dataset,
+    callbacks: Sequence[Any] = (),
+    *,
+    annotations: pd.DataFrame | None = None,
+    drop: Sequence[str] | None = None,
+    group_column: str | None = None,
+    quotas: int | Mapping[str, int] | None = None,
+    top_k: int | None = None,
+    score: str | None = None,
+    ascending: bool = False,
+    seed: int = 0,
+):
+    """Your training ``dataset`` with what training learnt about each row, filtered; every drop counted by reason.
+
+    Annotation columns come from ``callbacks`` (see :func:`training_annotations`) and/or an ``annotations``
+    frame indexed by row; columns already in ``dataset`` (e.g. ``conflict`` from
+    :func:`~sft_callbacks.find_conflicts`, or a dataset saved by ``to_dataset``) are used as they are. Filters,
+    in this order:
+
+    1. ``drop``: boolean flag columns; a row where any is True is dropped, counted under the first such flag.
+       Default: those of ``("flag_noisy", "conflict")`` that exist. ``drop=()`` drops nothing.
+    2. ``quotas`` (needs ``group_column``): at most that many rows per group (an int for every group, or a dict
+       ``{group: n}``; groups not in the dict are not capped); the best rows by ``score`` are kept, or a
+       seeded random choice without a score. Counted under ``quota``.
+    3. ``top_k``: keep the best ``top_k`` rows by ``score`` (highest first, ``ascending=True`` for lowest).
+       Counted under ``top_k``. Rows whose score is NaN rank last.
+
+    Returns a :class:`CuratedDataset`; its ``dataset`` keeps input order and has a ``source_row`` column.
+
+    Example:
+        >>> import datasets
+        >>> ds = datasets.Dataset.from_dict({"text": list("abcdef"), "domain": list("xxxyyy"),
+        ...                                  "conflict": [False, True, False, False, False, False]})
+        >>> ann = pd.DataFrame({"loss_mean": [0.1, 0.2, 0.9, 0.4, 0.8, 0.3]})
+        >>> out = curate(ds, annotations=ann, group_column="domain", quotas=1, score="loss_mean")
+        >>> out.dataset["text"][:], out.dropped
+        (['c', 'e'], {'conflict': 1, 'quota': 3})
+    """
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"curate needs a datasets.Dataset, got {type(dataset).__name__}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the dataset is empty: nothing to curate")
+    ours, _ = _sessions(list(callbacks))
+    frame = pd.DataFrame(index=pd.RangeIndex(n, name="row"))
+    if ours:
+        frame = frame.join(_checked_length(training_annotations(ours), n, "the callbacks' statistics"))
+    if annotations is not None:
+        extra = _checked_length(annotations, n, "annotations")
+        both = sorted(set(extra.columns) & set(frame.columns))
+        if both:
+            raise ValueError(f"annotation columns {both} come both from the callbacks and from `annotations`")
+        frame = frame.join(extra.set_axis(frame.index))
+    clash = sorted(set(frame.columns) & (set(dataset.column_names) | {"source_row"}))
+    if clash:
+        raise ValueError(
+            f"the dataset already has columns {clash}: curate the raw training dataset, or rename them first "
+            "(dataset.rename_columns)"
+        )
+    if group_column is not None and group_column not in dataset.column_names and group_column not in frame.columns:
+        raise ValueError(f"group_column {group_column!r} is not a column; columns: {dataset.column_names}")
+    if score is not None and score not in frame.columns and score not in dataset.column_names:
+        raise ValueError(f"score {score!r} is not a column; annotation columns: {list(frame.columns)}")
+    if (quotas is not None) and group_column is None:
+        raise ValueError("quotas need group_column, e.g. curate(..., group_column='domain', quotas=100)")
+    if top_k is not None and (top_k < 1 or score is None):
+        raise ValueError("top_k needs score=<column> and top_k >= 1")
+
+    def column(name: str) -> np.ndarray:
+        return frame[name].to_numpy() if name in frame.columns else np.asarray(dataset[name])
+
+    keep = np.ones(n, dtype=bool)
+    reason = np.full(n, "", dtype=object)
+    dropped: dict[str, int] = {}
+    explicit = drop is not None
+    flags = list(drop) if explicit else [f for f in DEFAULT_DROP_FLAGS if f in frame.columns or f in dataset.column_names]
+    for flag in flags:
+        if flag not in frame.columns and flag not in dataset.column_names:
+            raise ValueError(f"cannot drop by {flag!r}: no such column (annotations: {list(frame.columns)})")
+        values = pd.array(column(flag))
+        if values.dtype.kind not in "b" and str(values.dtype) != "boolean":
+            raise ValueError(f"drop column {flag!r} must be boolean, got {values.dtype}")
+        hit = keep & np.asarray(values.fillna(False) if hasattr(values, "fillna") else values, dtype=bool)
+        keep &= ~hit
+        reason[hit] = flag
+        dropped[flag] = int(hit.sum())
+
+    scores = None
+    if score is not None:
+        scores = np.asarray(column(score), dtype=np.float64)
+        scores = np.where(np.isfinite(scores), scores if ascending else -scores, np.inf)  # lower = better
+    if quotas is not None:
+        groups = np.asarray(column(group_column)).astype(str)
+        caps = _quota_caps(groups, quotas)
+        rng = np.random.default_rng(seed)
+        order_key = scores if scores is not None else rng.random(n)
+        hit = np.zeros(n, dtype=bool)
+        for g, cap in caps.items():
+            rows = np.flatnonzero(keep & (groups == g))
+            if len(rows) > cap:
+                ranked = rows[np.argsort(order_key[rows], kind="stable")]
+                hit[ranked[cap:]] = True
+        keep &= ~hit
+        reason[hit] = "quota"
+        dropped["quota"] = int(hit.sum())
+    if top_k is not None:
+        rows = np.flatnonzero(keep)
+        hit = np.zeros(n, dtype=bool)
+        if len(rows) > top_k:
+            ranked = rows[np.argsort(scores[rows], kind="stable")]
+            hit[ranked[top_k:]] = True
+        keep &= ~hit
+        reason[hit] = "top_k"
+        dropped["top_k"] = int(hit.sum())
+    if not keep.any():
+        raise ValueError(f"every row was dropped ({dropped}): loosen the filters")
+
+    frame["source_row"] = np.arange(n, dtype=np.int64)
+    annotated = dataset.flatten_indices() if getattr(dataset, "_indices", None) is not None else dataset
+    if len(frame.columns):
+        annotated = datasets.concatenate_datasets(
+            [annotated, datasets.Dataset.from_pandas(frame, preserve_index=False)], axis=1
+        )
+    curated = annotated.select(np.flatnonzero(keep))
+    report = frame.drop(columns=["source_row"]).copy()
+    if group_column is not None and group_column not in report.columns:
+        report[group_column] = np.asarray(dataset[group_column])
+    report["kept"] = keep
+    report["drop_reason"] = reason
+    filters = {"drop": flags, "group_column": group_column, "quotas": _jsonable_quotas(quotas),
+               "top_k": top_k, "score": score, "ascending": ascending, "seed": seed}
+    return CuratedDataset(
+        dataset=curated, annotations=report, dropped=dropped, rows_in=n, rows_out=int(keep.sum()),
+        filters=filters, callbacks=[callback_config(cb) for cb in ours],
+    )
+
+
+def callback_config(callback) -> dict[str, Any]:
+    """``{"name": class name, "config": constructor arguments}`` of one of our callbacks (JSON-safe values)."""
+    config = {}
+    for k, v in getattr(callback, "_init_kwargs", {}).items():
+        config[k] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v)
+    return {"name": type(callback).__name__, "config": config}
+
+
+def _checked_length(frame: pd.DataFrame, n: int, what: str) -> pd.DataFrame:
+    if len(frame) != n:
+        raise ValueError(f"{what} cover {len(frame)} rows but the dataset has {n}: pass the dataset you trained on")
+    return frame.reset_index(drop=True).set_axis(pd.RangeIndex(n, name="row"))
+
+
+def _quota_caps(groups: np.ndarray, quotas) -> dict[str, int]:
+    present = set(groups.tolist())
+    if isinstance(quotas, Mapping):
+        unknown = sorted(set(map(str, quotas)) - present)
+        if unknown:
+            raise ValueError(f"quotas name groups {unknown} that are not in the data; groups: {sorted(present)}")
+        caps = {str(g): int(q) for g, q in quotas.items()}
+    else:
+        caps = {g: int(quotas) for g in present}
+    if any(q < 0 for q in caps.values()):
+        raise ValueError("quotas must be >= 0")
+    return caps
+
+
+def _jsonable_quotas(quotas):
+    if isinstance(quotas, Mapping):
+        return {str(k): int(v) for k, v in quotas.items()}
+    return quotas
+
+
+__all__ = ["CuratedDataset", "DEFAULT_DROP_FLAGS", "callback_config", "curate", "training_annotations"]
