@@ -9,6 +9,7 @@ Public API (everything else is internal):
   :class:`CurriculumCallback`, :class:`GroupBalanceCallback`.
 """
 
+from .active_learning import select_for_annotation
 from .augmentation import (
     BackTranslation,
     Paraphrase,
@@ -50,6 +51,7 @@ __all__ = [
     "augment_hardest",
     "build_preference_pairs",
     "find_conflicts",
+    "select_for_annotation",
     "CuratedDataset",
     "curate",
     "training_annotations",

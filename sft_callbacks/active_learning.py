@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("uncertainty", "diversity", "hybrid", "error_driven")
 UNCERTAINTY_MEASURES = ("entropy", "least_confidence")
 #: Columns that hold a response; a pool row with a non-empty value in one of them is refused.
-RESPONSE_COLUMNS = ("completion", "response", "responses", "answer", "answers", "output", "target", "chosen", "rejected")
+RESPONSE_COLUMNS = (
+    "completion", "response", "responses", "answer", "answers", "output", "target", "chosen", "rejected",
+)
 AL_COLUMNS = ("al_score", "al_rank", "al_reason", "al_strategy", "al_source_row")
 
 
@@ -74,7 +76,9 @@ def _as_dataset(pool: Any, name: str = "pool") -> datasets.Dataset:
 def _resolve_prompt_column(pool: datasets.Dataset, prompt_column: str | None) -> str:
     if prompt_column is not None:
         if prompt_column not in pool.column_names:
-            raise ValueError(f"prompt_column {prompt_column!r} is not a column of the pool; columns: {pool.column_names}")
+            raise ValueError(
+                f"prompt_column {prompt_column!r} is not a column of the pool; columns: {pool.column_names}"
+            )
         return prompt_column
     for name in ("prompt", "messages"):
         if name in pool.column_names:
@@ -150,7 +154,9 @@ def _device(model) -> torch.device:
 def _pad_id(tokenizer) -> int:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
-        raise ValueError("the tokenizer has neither a pad_token nor an eos_token to pad batches with; set tokenizer.pad_token")
+        raise ValueError(
+            "the tokenizer has neither a pad_token nor an eos_token to pad batches with; set tokenizer.pad_token"
+        )
     return int(pad_id)
 
 
@@ -210,9 +216,11 @@ def _pad(tokenizer, rows: list[list[int]], side: str, device) -> dict[str, torch
 # --------------------------------------------------------------------------------------------------
 
 
-def _answer_uncertainty(step_logits: Sequence[torch.Tensor], new_tokens: torch.Tensor, eos_ids: list[int], measure: str):
+def _answer_uncertainty(
+    step_logits: Sequence[torch.Tensor], new_tokens: torch.Tensor, eos_ids: list[int], measure: str
+) -> torch.Tensor:
     """Per row: the uncertainty of one generated batch, over the steps up to and including the first EOS."""
-    is_eos = torch.isin(new_tokens, torch.tensor(eos_ids, device=new_tokens.device)) if eos_ids else torch.zeros_like(new_tokens, dtype=torch.bool)
+    is_eos = torch.isin(new_tokens, torch.tensor(eos_ids, dtype=new_tokens.dtype, device=new_tokens.device))
     # A step counts if no EOS came before it: the EOS itself is part of the answer, padding after it is not.
     valid = (torch.cumsum(is_eos.int(), dim=1) - is_eos.int()) == 0
     total = torch.zeros(new_tokens.shape[0], dtype=torch.float64, device=new_tokens.device)
@@ -437,7 +445,9 @@ def _validation_pairs(validation: datasets.Dataset) -> tuple[list[Any], list[Any
         prompts, completions = [], []
         for i, msgs in enumerate(validation["messages"]):
             if not _is_messages(msgs) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
-                raise ValueError(f"validation row {i}: 'messages' must end with an assistant turn (the reference answer)")
+                raise ValueError(
+                    f"validation row {i}: 'messages' must end with an assistant turn (the reference answer)"
+                )
             prompts.append(msgs[:-1])
             completions.append(msgs[-1:])
         return prompts, completions
@@ -562,14 +572,16 @@ def _check_group_errors(errors: dict[Any, float], groups: list[Any]) -> dict[Any
     return out
 
 
-def _select_uncertainty(scores, k, measure):
+def _select_uncertainty(scores: np.ndarray, k: int, measure: str) -> tuple[list[int], list[float], list[str]]:
+    """(rows, al_score, al_reason): the k highest scores, highest first."""
     order = np.argsort(-scores, kind="stable")[:k]  # ties: lower pool index first
     n = len(scores)
     reasons = [f"uncertainty: {_describe(measure, scores[i])} (top {_top_percent(r, n)}%)" for r, i in enumerate(order)]
     return order.tolist(), scores[order].tolist(), reasons
 
 
-def _select_diversity(emb, k, seed):
+def _select_diversity(emb: np.ndarray, k: int, seed: int) -> tuple[list[int], list[float], list[str]]:
+    """(rows, al_score, al_reason): k-center greedy on unit-normalised embeddings."""
     unit = _unit_rows(emb)
     order, dists = k_center_greedy(unit, k, seed=seed)
     to_mean = float(np.linalg.norm(unit[order[0]] - unit.mean(0)))
@@ -578,7 +590,8 @@ def _select_diversity(emb, k, seed):
     return order, [to_mean] + dists[1:], reasons
 
 
-def _select_hybrid(scores, emb_of, k, candidate_factor, measure, seed):
+def _select_hybrid(scores: np.ndarray, emb_of: Callable, k: int, candidate_factor: float, measure: str, seed: int):
+    """(rows, al_score, al_reason): k-center greedy among the most uncertain candidates, most uncertain first."""
     n = len(scores)
     m = min(n, max(k, math.ceil(candidate_factor * k)))
     ranked = np.argsort(-scores, kind="stable")
@@ -598,7 +611,8 @@ def _select_hybrid(scores, emb_of, k, candidate_factor, measure, seed):
     return order, scores[order].tolist(), reasons
 
 
-def _select_error_driven(groups, errors, k, score_rows, measure):
+def _select_error_driven(groups: list, errors: dict, k: int, score_rows: Callable, measure: str):
+    """(rows, al_score, al_reason): per-group quotas from the errors, the most uncertain rows within each group."""
     sizes: dict[Any, int] = {}
     for g in groups:
         sizes[g] = sizes.get(g, 0) + 1
@@ -698,13 +712,15 @@ def select_for_annotation(
         raise ValueError(f"unknown uncertainty {uncertainty!r}; choose one of {list(UNCERTAINTY_MEASURES)}")
     for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         _positive_int(name, value)
-    if isinstance(candidate_factor, bool) or not isinstance(candidate_factor, (int, float)) or not candidate_factor >= 1:
+    if isinstance(candidate_factor, bool) or not isinstance(candidate_factor, (int, float)) or candidate_factor < 1:
         raise ValueError(f"candidate_factor must be a number >= 1, got {candidate_factor!r}")
     if embedder is not None and not (hasattr(embedder, "encode") or callable(embedder)):
         raise ValueError("embedder must have .encode(list_of_texts) or be a callable texts -> (n, d) array")
     needs_model = not (strategy == "diversity" and embedder is not None)
     if needs_model and (model is None or tokenizer is None):
-        raise ValueError(f"strategy={strategy!r} needs model= and tokenizer= (only 'diversity' with an embedder= works without)")
+        raise ValueError(
+            f"strategy={strategy!r} needs model= and tokenizer= (only 'diversity' with an embedder= works without)"
+        )
     pool = _as_dataset(pool)
     if len(pool) == 0:
         raise ValueError("the pool is empty: nothing to select from")
@@ -714,7 +730,6 @@ def select_for_annotation(
     if clash:
         raise ValueError(f"the pool already has column(s) {clash}; remove them, e.g. pool.remove_columns({clash})")
     column = _resolve_prompt_column(pool, prompt_column)
-    errors = None
     if strategy == "error_driven":
         if group_column is None or group_column not in pool.column_names:
             raise ValueError(
@@ -755,16 +770,30 @@ def select_for_annotation(
     else:
         groups = list(pool[group_column])
         if validation is not None:
-            group_errors = group_validation_errors(model, tokenizer, validation, group_column, batch_size, show_progress)
+            group_errors = group_validation_errors(
+                model, tokenizer, validation, group_column, batch_size, show_progress
+            )
         errors = _check_group_errors(group_errors, list(dict.fromkeys(groups)))
         order, values, reasons = _select_error_driven(groups, errors, k, score_rows, uncertainty)
 
     # ---- output ----
-    out = pool.select(order).flatten_indices()
-    out = out.add_column("al_score", [float(v) for v in values])
-    out = out.add_column("al_rank", list(range(len(order))))
-    out = out.add_column("al_reason", reasons)
-    out = out.add_column("al_strategy", [strategy] * len(order))
-    out = out.add_column("al_source_row", [int(i) for i in order])
+    # from_dict on the k picked rows: keeps the pool's features, and no flatten/map progress bar.
+    data = pool.select(order).to_dict()
+    data.update({
+        "al_score": [float(v) for v in values],
+        "al_rank": list(range(len(order))),
+        "al_reason": reasons,
+        "al_strategy": [strategy] * len(order),
+        "al_source_row": [int(i) for i in order],
+    })
+    features = pool.features.copy()
+    features.update({
+        "al_score": datasets.Value("float64"),
+        "al_rank": datasets.Value("int64"),
+        "al_reason": datasets.Value("string"),
+        "al_strategy": datasets.Value("string"),
+        "al_source_row": datasets.Value("int64"),
+    })
+    out = datasets.Dataset.from_dict(data, features=features)
     logger.info("select_for_annotation: %d of %d rows with strategy=%s", len(order), n, strategy)
     return out
