@@ -11,6 +11,7 @@ answer, must not be flagged). Reports time, rows/s and precision/recall of plant
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -93,7 +94,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=10_000)
     ap.add_argument("--max-df", type=float, default=None, help="ignore shingles in more than this fraction of prompts")
     ap.add_argument("--no-near", action="store_true")
+    ap.add_argument("--out", default="bench_results/conflicts.json", help="where to write the JSON report")
     args = ap.parse_args()
+    from bench_env import cpu_name, git_state
+
+    commit = git_state()  # the code measured, taken before the run
 
     t0 = time.perf_counter()
     prompts, answers, truth = generate(args.rows, args.plant)
@@ -126,6 +131,26 @@ def main() -> None:
           f"conflict groups {res.num_conflict_groups:,}, conflict rows {int(flagged.sum()):,}, "
           f"near pairs {res.num_near_pairs:,}")
     print(f"precision {precision:.4f}  recall {recall:.4f}  (tp {tp:,}); peak RSS {rss:,.0f} MiB")
+    report = {
+        "benchmark": "conflicts",
+        "command": "python scripts/bench_conflicts.py " + " ".join(sys.argv[1:]),
+        "commit": commit,
+        "hardware": {"cpu": cpu_name(), "cores": os.cpu_count()},
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "rows": len(ds),
+        "planted_conflict_rows": int(truth.sum()),
+        "seconds": dt,
+        "rows_per_second": len(ds) / dt,
+        "precision": precision,
+        "recall": recall,
+        "flagged": int(flagged.sum()),
+        "flagged_exact": int((res.conflict_kind == "exact").sum()),
+        "flagged_near": int((res.conflict_kind == "near").sum()),
+        "peak_rss_mib": rss,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":
