@@ -23,6 +23,8 @@ from .augmentation import (
 from .base import SamplingPolicyCallback, SFTCallback
 from .conflicts import find_conflicts
 from .curation import CuratedDataset, curate, training_annotations
+from .provenance import build_card, build_provenance
+from .publish import PublishError, PushResult, curate_annotated, load_export, push_curated_dataset, save_curated_dataset
 from .preference_pairs import build_preference_pairs
 from .policies import (
     CurriculumCallback,
@@ -55,6 +57,14 @@ __all__ = [
     "CuratedDataset",
     "curate",
     "training_annotations",
+    "build_card",
+    "build_provenance",
+    "PublishError",
+    "PushResult",
+    "curate_annotated",
+    "load_export",
+    "push_curated_dataset",
+    "save_curated_dataset",
     "CurriculumCallback",
     "DataMapCallback",
     "GroupBalanceCallback",

@@ -1,4 +1,4 @@
-"""Command line: ``sft-callbacks demo``."""
+"""Command line: ``sft-callbacks demo | export | push``."""
 
 from __future__ import annotations
 
@@ -35,7 +35,131 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-strategies", action="store_true",
                       help="record dynamics only (no validation-guided resampling, hard-example mining, curriculum, balance)")
+    demo.add_argument("--push", metavar="REPO", default=None,
+                      help="after training, curate the training set (drop rows flagged as likely mislabeled), export it "
+                      "with its provenance card to <output-dir>/curated and push it to the Hub dataset repo REPO "
+                      "(needs a token: `hf auth login` or HF_TOKEN)")
+    demo.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    _add_export_parser(sub)
+    _add_push_parser(sub)
     return parser
+
+
+def _add_export_parser(sub) -> None:
+    export = sub.add_parser(
+        "export",
+        help="curate an annotated dataset and write it with a provenance card (data/, README.md, provenance.json, plots/)",
+        description="Curate a dataset saved with per-sample annotations (e.g. the demo's <output-dir>/annotated, or "
+        "`cb.to_dataset(train).save_to_disk(...)`) and write an export folder: parquet shards under data/, a dataset "
+        "card README.md with the provenance, provenance.json and plots. Filters run in this order: --drop flags, "
+        "--quota per --group-column, --top-k by --score. Push the folder with `sft-callbacks push`.",
+        epilog="example: sft-callbacks export sft_callbacks_output/annotated --output-dir curated --group-column domain "
+        "--quota 50 --score loss_mean --license mit --language en",
+    )
+    export.add_argument("annotated", help="folder written by datasets' save_to_disk, with annotation columns")
+    export.add_argument("--output-dir", required=True, help="export folder to write (an earlier export there is replaced)")
+    drop = export.add_mutually_exclusive_group()
+    drop.add_argument("--drop", action="append", metavar="COLUMN", default=None,
+                      help="boolean column whose True rows are dropped (repeatable; default: flag_noisy and conflict "
+                      "where present)")
+    drop.add_argument("--no-drop", action="store_true", help="drop no flagged rows")
+    export.add_argument("--group-column", default=None, help="column that groups rows, for --quota (e.g. domain)")
+    export.add_argument("--quota", action="append", metavar="N|GROUP=N", default=None,
+                        help="at most N rows per group (or GROUP=N for one group; repeatable), the best by --score, "
+                        "else a seeded random choice")
+    export.add_argument("--top-k", type=int, default=None, help="keep the best K rows by --score")
+    export.add_argument("--score", default=None, help="column that ranks rows for --quota / --top-k (highest first)")
+    export.add_argument("--ascending", action="store_true", help="rank lowest --score first")
+    export.add_argument("--seed", type=int, default=0, help="seed of random quota choices and --split (default: 0)")
+    export.add_argument("--split", action="append", metavar="NAME=FRACTION", default=None,
+                        help="random split of the kept rows, e.g. --split train=0.9 --split test=0.1 (default: all "
+                        "in train)")
+    export.add_argument("--source", default=None,
+                        help="the source dataset: a Hub id (its revision, license and language are looked up) or a "
+                        "local path (recorded as name + content fingerprint)")
+    export.add_argument("--source-revision", default=None, help="revision of --source")
+    export.add_argument("--model", default=None, help="Hub id or local path of the model that was trained")
+    export.add_argument("--model-revision", default=None, help="revision of --model")
+    export.add_argument("--license", default=None, help="license for the card (default: the source's)")
+    export.add_argument("--language", action="append", default=None, help="language code (repeatable)")
+    export.add_argument("--tag", action="append", default=[], help="extra card tag (repeatable)")
+    export.add_argument("--pretty-name", default=None, help="title of the card")
+    export.add_argument("--max-shard-size", default="500MB", help="largest parquet shard (default: %(default)s)")
+
+
+def _add_push_parser(sub) -> None:
+    push = sub.add_parser(
+        "push",
+        help="push an export folder to a Hub dataset repo (data, card, provenance.json, plots)",
+        description="Push a folder written by `sft-callbacks export` (or save_curated_dataset) to the Hub: the splits "
+        "with datasets' push_to_hub (replacing the repo's data files), then the card (merged into the configs/dataset_info YAML push_to_hub writes), "
+        "provenance.json and the plots in one commit. Transient failures (5xx, 429, stale parent, dropped "
+        "connections) are retried; after a final failure the folder is unchanged and running the same command "
+        "again finishes the push. Pushing unchanged content makes no commit.",
+        epilog="example: sft-callbacks push curated --repo-id me/my-curated-sft --private",
+    )
+    push.add_argument("directory", help="export folder")
+    push.add_argument("--repo-id", required=True, help="dataset repo, e.g. me/my-curated-sft")
+    push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its setting)")
+    push.add_argument("--revision", default=None, help="branch to push to (created when missing; default: main)")
+    push.add_argument("--commit-message", default=None, help="commit message of the data commits")
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
+    push.add_argument("--max-retries", type=int, default=3, help="retries per step on transient errors (default: %(default)s)")
+
+
+def _quotas(values: list[str] | None):
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return int(values[0])
+    if any("=" not in v for v in values):
+        raise ValueError("--quota takes one N for every group, or GROUP=N entries (repeatable), not both")
+    return {g: int(n) for g, n in (v.split("=", 1) for v in values)}
+
+
+def _split_fractions(values: list[str] | None):
+    if not values:
+        return None
+    if any("=" not in v for v in values):
+        raise ValueError("--split takes NAME=FRACTION, e.g. --split train=0.9 --split test=0.1")
+    return {name: float(f) for name, f in (v.split("=", 1) for v in values)}
+
+
+def _export(args) -> int:
+    import datasets
+
+    from .publish import curate_annotated, save_curated_dataset
+
+    datasets.disable_progress_bars()
+    dataset = datasets.load_from_disk(args.annotated)
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"{args.annotated} holds a DatasetDict ({list(dataset)}): export one split's folder")
+    curated = curate_annotated(
+        dataset, drop=() if args.no_drop else args.drop, group_column=args.group_column, quotas=_quotas(args.quota),
+        top_k=args.top_k, score=args.score, ascending=args.ascending, seed=args.seed,
+    )  # fmt: skip
+    out = save_curated_dataset(
+        args.output_dir, curated, splits=_split_fractions(args.split), seed=args.seed, source=args.source,
+        source_revision=args.source_revision, model=args.model, model_revision=args.model_revision,
+        license=args.license, language=args.language, tags=args.tag, pretty_name=args.pretty_name,
+        max_shard_size=args.max_shard_size,
+    )  # fmt: skip
+    dropped = ", ".join(f"{k} {v}" for k, v in curated.dropped.items()) or "none"
+    print(f"exported {curated.rows_out} of {curated.rows_in} rows (dropped: {dropped}) to {out}")
+    print(f"push it with: sft-callbacks push {out} --repo-id <user>/<name>")
+    return 0
+
+
+def _push(args) -> int:
+    from .publish import push_curated_dataset
+
+    result = push_curated_dataset(
+        args.repo_id, args.directory, private=args.private, revision=args.revision,
+        commit_message=args.commit_message, token=args.token, max_retries=args.max_retries,
+    )  # fmt: skip
+    rows = ", ".join(f"{k} {v}" for k, v in result.splits.items())
+    print(f"pushed {args.directory} to {result.url} ({rows} rows; revision {result.revision or 'main'}, commit {result.commit})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,16 +167,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import format_summary, run_demo
+        from .publish import PublishError
 
         try:
             summary = run_demo(
                 args.output_dir, tiny=args.tiny, max_steps=args.max_steps, train_rows=args.train_rows, seed=args.seed,
-                strategies_on=not args.no_strategies, epochs=args.epochs, noise=args.noise,
+                strategies_on=not args.no_strategies, epochs=args.epochs, noise=args.noise, push_to=args.push,
+                private=args.private,
             )
         except (ImportError, ValueError) as e:
             print(f"sft-callbacks demo: {e}", file=sys.stderr)
             return 2
+        except PublishError as e:
+            print(f"sft-callbacks demo: {e}", file=sys.stderr)
+            return 1
         print(format_summary(summary))
+        return 0
+    if args.command in ("export", "push"):
+        from .publish import PublishError
+
+        try:
+            return _export(args) if args.command == "export" else _push(args)
+        except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError) as e:
+            print(f"sft-callbacks {args.command}: {e}", file=sys.stderr)
+            return 2
+        except PublishError as e:
+            print(f"sft-callbacks {args.command}: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

