@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--private", action="store_true", help="with --push: create the repo private")
     _add_export_parser(sub)
     _add_push_parser(sub)
+    _add_preview_parser(sub)
     return parser
 
 
@@ -105,6 +106,22 @@ def _add_push_parser(sub) -> None:
     push.add_argument("--commit-message", default=None, help="commit message of the data commits")
     push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
     push.add_argument("--max-retries", type=int, default=3, help="retries per step on transient errors (default: %(default)s)")
+
+
+def _add_preview_parser(sub) -> None:
+    preview = sub.add_parser(
+        "preview",
+        help="browse a curated dataset (export folder or Hub repo) in a local web app",
+        description="Open an export folder (save_curated_dataset / `sft-callbacks export`) or the Hub dataset repo "
+        "it was pushed to in the Gradio app that spaces/ deploys: a paged table filtered and sorted on the server, "
+        "a sample viewer, the data map, the weight histogram, the mixture over training and the provenance card. "
+        "Needs the `space` extra: pip install \"sft-callbacks[space,plot]\".",
+        epilog="examples: sft-callbacks preview curated   |   sft-callbacks preview me/my-curated-sft --revision v1",
+    )
+    preview.add_argument("source", help="export folder, or a Hub dataset repo id")
+    preview.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repo")
+    preview.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    preview.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or the first free from 7860)")
 
 
 def _quotas(values: list[str] | None):
@@ -182,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sft-callbacks demo: {e}", file=sys.stderr)
             return 1
         print(format_summary(summary))
+        return 0
+    if args.command == "preview":
+        try:
+            from .space import launch
+        except ImportError as e:
+            print(f'sft-callbacks preview: {e}; install the app with: pip install "sft-callbacks[space,plot]"',
+                  file=sys.stderr)
+            return 2
+        launch(args.source, revision=args.revision, host=args.host, port=args.port)
         return 0
     if args.command in ("export", "push"):
         from .publish import PublishError
