@@ -10,6 +10,7 @@ built here with pyarrow in the curated format, independent of publish.py, with o
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
@@ -126,22 +127,19 @@ def hub(tmp_path_factory, export):
         yield server
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, export, hub):
-    """spaces/app.py as a subprocess on 127.0.0.1, opening ``export`` on page load; yields its URL."""
-    tmp = tmp_path_factory.mktemp("app")
-    port = _free_port()
-    env = client_env(hub, tmp / "hf_home", overrides={
-        "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
-        "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg",
-        "PYTHONPATH": str(ROOT),
-    })  # fmt: skip
-    # the Space's own entry point, configured the way a Space is (SFT_DATASET)
-    env["SFT_DATASET"] = str(export)
-    log = open(tmp / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "spaces" / "app.py")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=tmp)  # fmt: skip
+@contextlib.contextmanager
+def serve(cmd: list[str], env: dict, workdir: Path, port: int):
+    """Run an app command as a subprocess, wait until Gradio answers on ``port``; yield ``(url, output)``, where
+    ``output`` is a dict whose ``"log"`` holds everything the app printed once it has stopped."""
+    output: dict[str, str] = {}
+    log = open(workdir / "app.log", "w+")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     url = f"http://127.0.0.1:{port}"
+
+    def text() -> str:
+        log.seek(0)
+        return log.read()
+
     try:
         deadline = time.time() + 120
         while True:
@@ -152,21 +150,39 @@ def app(tmp_path_factory, export, hub):
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                pytest.fail(f"the app did not start:\n{log.read()[-3000:]}")
+                pytest.fail(f"{' '.join(cmd[1:])} did not start:\n{text()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, output
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.seek(0)
-        text = log.read()
+        output["log"] = text()
         log.close()
-        assert "Traceback" not in text, text[-3000:]
-        hub.assert_hermetic()  # the app never tried to reach a host other than 127.0.0.1
+
+
+def app_env(hub, tmp: Path, port: int) -> dict:
+    return client_env(hub, tmp / "hf_home", overrides={
+        "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+        "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg",
+        "PYTHONPATH": str(ROOT),
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, export, hub):
+    """spaces/app.py as a subprocess on 127.0.0.1, opening ``export`` on page load; yields its URL."""
+    tmp = tmp_path_factory.mktemp("app")
+    port = _free_port()
+    env = app_env(hub, tmp, port)
+    # the Space's own entry point, configured the way a Space is (SFT_DATASET)
+    env["SFT_DATASET"] = str(export)
+    with serve([sys.executable, str(ROOT / "spaces" / "app.py")], env, tmp, port) as (url, output):
+        yield url
+    assert "Traceback" not in output["log"], output["log"][-3000:]
+    hub.assert_hermetic()  # the app never tried to reach a host other than 127.0.0.1
 
 
 @pytest.fixture(scope="module")
@@ -428,34 +444,9 @@ def test_cli_preview_serves_the_same_app(export, hub, tmp_path):
     from gradio_client import Client
 
     port = _free_port()
-    env = client_env(hub, tmp_path / "hf_home", overrides={
-        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
-        "HF_HUB_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT),
-    })  # fmt: skip
-    log = open(tmp_path / "preview.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "sft_callbacks.cli", "preview", str(export), "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/gradio_api/info", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                pytest.fail(f"`sft-callbacks preview` did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.5)
-        client = Client(url, verbose=False)
-        status = client.predict(str(export), "", api_name="/open")[0]
+    env = app_env(hub, tmp_path, port)
+    del env["GRADIO_SERVER_PORT"]  # the command line gives the port
+    cmd = [sys.executable, "-m", "sft_callbacks.cli", "preview", str(export), "--port", str(port)]
+    with serve(cmd, env, tmp_path, port) as (url, _):
+        status = Client(url, verbose=False).predict(str(export), "", api_name="/open")[0]
         assert "train (120 rows), test (30 rows)" in status
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
