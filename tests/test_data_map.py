@@ -106,3 +106,44 @@ def test_denoising_downweights_flagged_samples_after_the_set_epoch(tmp_path, tok
     per_sample_flags = cb._per_sample()["flag_noisy"]
     assert per_sample_flags.any() and (weights == 0).sum() >= 1  # flagged rows excluded from sampling
     assert session.weight_updates >= 1
+
+
+def test_group_column_flags_within_each_group_so_a_hard_domain_does_not_take_every_flag(tmp_path, tokenizer,
+                                                                                          make_model):
+    import datasets
+
+    # "labels": the learnable word -> label task with 25% flipped; "numbers": six-digit answers nobody can learn,
+    # so every row there has low confidence and, without groups, takes the flags.
+    labels = _corrupted(96, seed=2).add_column("group", ["labels"] * 96)
+    # unique rows (identical rows share one sample, and so one flag): a row number after the word
+    labels = labels.map(lambda r, i: {"prompt": [{"role": "user", "content": f"{r['prompt'][0]['content']} {i}"}]},
+                        with_indices=True)
+    rng = np.random.default_rng(0)
+    numbers = datasets.Dataset.from_list([
+        {"prompt": [{"role": "user", "content": f"code {w}"}],
+         "completion": [{"role": "assistant", "content": str(rng.integers(100000, 999999))}],
+         "corrupted": False, "group": "numbers"} for w in FRUITS + TOOLS + [f"{w}s" for w in FRUITS + TOOLS]])  # fmt: skip
+    data = datasets.concatenate_datasets([labels, numbers])
+    groups = np.asarray(data["group"])
+
+    def flags_of(**kw):
+        cb = DataMapCallback(noise_rate=0.2, **kw)
+        args = SFTConfig(output_dir=str(tmp_path), num_train_epochs=4, per_device_train_batch_size=8,
+                         learning_rate=3e-3, lr_scheduler_type="constant", report_to=[], use_cpu=True,
+                         save_strategy="no", max_length=160, seed=0, activation_checkpointing=False,
+                         disable_tqdm=True, logging_steps=50)  # fmt: skip
+        SFTTrainer(model=make_model(hidden_size=96), args=args, train_dataset=data, processing_class=tokenizer,
+                   callbacks=[cb]).train()
+        return cb.data_map()
+
+    plain = flags_of()
+    assert plain["flag_noisy"][groups == "numbers"].sum() > 0.9 * plain["flag_noisy"].sum()  # the failure mode
+    grouped = flags_of(group_column="group")
+    per_group = grouped.groupby(groups)
+    eligible = per_group["epochs_seen"].apply(lambda s: int((s >= 2).sum()))
+    flagged = per_group["flag_noisy"].sum()
+    for g in ("labels", "numbers"):
+        assert flagged[g] == round(0.2 * eligible[g])  # the noise rate applies within each group
+    assert (plain["confidence"].to_numpy() == grouped["confidence"].to_numpy()).all()  # same map, other flags
+    with pytest.raises(ValueError, match="missing|column"):
+        flags_of(group_column="nope")

@@ -90,6 +90,7 @@ def flag_noisy(
     rate: float | None = None,
     confidence_quantile: float = 0.25,
     variability_quantile: float = 0.5,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Samples that stay low-confidence with low variability: likely mislabeled (hard-to-learn corner of the map).
 
@@ -97,10 +98,32 @@ def flag_noisy(
     fraction with the lowest confidence whose variability is at most the ``variability_quantile``; otherwise
     those below the ``confidence_quantile`` of confidence and at most that variability quantile.
 
+    With ``groups`` (one label per sample, e.g. the domain) the rule runs within each group: a domain where
+    every answer is hard (multi-digit arithmetic next to yes/no labels) no longer takes every flag.
+
     Example:
         >>> flag_noisy(np.array([0.9, 0.05, 0.8, 0.1]), np.zeros(4), np.full(4, 3), rate=0.5).tolist()
         [False, True, False, True]
+        >>> flag_noisy(np.array([0.9, 0.05, 0.8, 0.1]), np.zeros(4), np.full(4, 3), rate=0.5,
+        ...            groups=np.array(["a", "a", "b", "b"])).tolist()
+        [False, True, False, True]
+        >>> flag_noisy(np.array([0.9, 0.8, 0.05, 0.1]), np.zeros(4), np.full(4, 3), rate=0.5,
+        ...            groups=np.array(["a", "a", "b", "b"])).tolist()  # one flag per group
+        [False, True, True, False]
     """
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != np.shape(confidence):
+            raise ValueError(f"groups has {groups.size} labels for {np.size(confidence)} samples")
+        flags = np.zeros(np.shape(confidence), dtype=bool)
+        for g in np.unique(groups):
+            at = np.flatnonzero(groups == g)
+            flags[at] = flag_noisy(
+                np.asarray(confidence)[at], np.asarray(variability)[at], np.asarray(epochs_seen)[at],
+                min_epochs=min_epochs, rate=rate, confidence_quantile=confidence_quantile,
+                variability_quantile=variability_quantile,
+            )
+        return flags
     confidence = np.asarray(confidence, dtype=np.float64)
     variability = np.asarray(variability, dtype=np.float64)
     eligible = (np.asarray(epochs_seen) >= min_epochs) & np.isfinite(confidence) & np.isfinite(variability)
@@ -145,6 +168,9 @@ class DataMapCallback(SamplingPolicyCallback):
             thresholds of the hard-to-learn corner when ``noise_rate`` is not given.
         downweight_after_epochs (`int`, *optional*): from this epoch on, down-weight flagged samples.
         downweight (`float`, defaults to 0.1): sampling weight of a flagged sample relative to 1 (0 drops it).
+        group_column (`str`, *optional*): flag within each group of this training-dataset column (e.g. the
+            domain), so that a domain whose every row is hard does not take every flag; recommended for
+            multi-domain data (see BENCHMARKS.md, noise).
 
     Example:
         >>> data_map = DataMapCallback(noise_rate=0.2)  # doctest: +SKIP
@@ -164,6 +190,7 @@ class DataMapCallback(SamplingPolicyCallback):
         variability_quantile: float = 0.5,
         downweight_after_epochs: int | None = None,
         downweight: float = 0.1,
+        group_column: str | None = None,
     ):
         if min_epochs < 1:
             raise ValueError("min_epochs must be >= 1")
@@ -178,8 +205,10 @@ class DataMapCallback(SamplingPolicyCallback):
         super().__init__(
             min_epochs=min_epochs, noise_rate=noise_rate, confidence_quantile=confidence_quantile,
             variability_quantile=variability_quantile, downweight_after_epochs=downweight_after_epochs,
-            downweight=downweight,
+            downweight=downweight, group_column=group_column,
         )
+        self.group_column = group_column
+        self._uid_groups: np.ndarray | None = None
         self.min_epochs = min_epochs
         self.noise_rate = noise_rate
         self.confidence_quantile = confidence_quantile
@@ -190,7 +219,25 @@ class DataMapCallback(SamplingPolicyCallback):
         self.needs_sampler = downweight_after_epochs is not None
         self._metrics: dict[str, float] = {}
 
+    def required_columns(self) -> list[str]:
+        return [self.group_column] if self.group_column else []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._uid_groups = None  # the dataset may differ from a previous train()
+        super().on_train_begin(args, state, control, **kwargs)
+
     # -- map --------------------------------------------------------------------------------------------
+    def _groups(self) -> np.ndarray | None:
+        if self.group_column is None:
+            return None
+        if self._uid_groups is None:
+            from .groups import group_ids, uid_groups
+
+            index = self.session.tracker.index
+            ids, _ = group_ids(self.session.columns[self.group_column])
+            self._uid_groups = uid_groups(ids, index.seq_uid, index.seq_row, len(index.keys))
+        return self._uid_groups
+
     def _per_sample(self) -> dict[str, np.ndarray]:
         stats = self.session.tracker.stats
         coords = data_map_coordinates(stats.epoch_loss_matrix())
@@ -200,7 +247,7 @@ class DataMapCallback(SamplingPolicyCallback):
         coords["flag_noisy"] = flag_noisy(
             coords["confidence"], coords["variability"], coords["epochs_seen"], min_epochs=self.min_epochs,
             rate=self.noise_rate, confidence_quantile=self.confidence_quantile,
-            variability_quantile=self.variability_quantile,
+            variability_quantile=self.variability_quantile, groups=self._groups(),
         )
         return coords
 
