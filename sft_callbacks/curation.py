@@ -178,7 +178,8 @@ def curate(
         both = sorted(set(extra.columns) & set(frame.columns))
         if both:
             raise ValueError(f"annotation columns {both} come both from the callbacks and from `annotations`")
-        frame = frame.join(extra.set_axis(frame.index))
+        # Without callbacks the given frame is the frame: a join would copy every annotation once more.
+        frame = extra if not len(frame.columns) else frame.join(extra.set_axis(frame.index))
     clash = sorted(set(frame.columns) & (set(dataset.column_names) | {"source_row"}))
     if clash:
         raise ValueError(

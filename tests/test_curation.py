@@ -121,6 +121,9 @@ def test_bad_input_gets_clear_errors(trained):
         curate(ds, drop=(), top_k=1)
     with pytest.raises(ValueError, match="every row was dropped"):
         curate(ds.cast_column("conflict", datasets.Value("bool")).map(lambda r: {"conflict": True}))
+    ann = pd.DataFrame({"loss": np.arange(3.0)})
+    curate(ds, annotations=ann, drop=(), top_k=1, score="loss")
+    assert list(ann.columns) == ["loss"]  # the caller's frame is not modified
     with pytest.raises(ValueError, match="cover 3 rows but the dataset has 41"):
         curate(data, annotations=pd.DataFrame({"x": [1, 2, 3]}))
     with pytest.raises(ValueError, match="already has columns"):
