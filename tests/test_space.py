@@ -355,9 +355,16 @@ def _data_to_pixel(variability: float, confidence: float) -> tuple[float, float]
 
 
 def _chromium():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    # .ci/run installs the browser and sets SFT_REQUIRE_BROWSER, so CI fails rather than skips without it.
+    required = os.environ.get("SFT_REQUIRE_BROWSER") == "1"
     if not Path(CHROMIUM).exists():
+        if required:
+            pytest.fail(f"no chromium at {CHROMIUM}: apt-get install chromium")
         pytest.skip("no chromium binary (apt-get install chromium)")
+    if required:
+        import playwright.sync_api as sync_api
+    else:
+        sync_api = pytest.importorskip("playwright.sync_api")
     return sync_api
 
 
