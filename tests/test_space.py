@@ -457,3 +457,38 @@ def test_cli_preview_serves_the_same_app(export, hub, tmp_path):
     with serve(cmd, env, tmp_path, port) as (url, _):
         status = Client(url, verbose=False).predict(str(export), "", api_name="/open")[0]
         assert "train (120 rows), test (30 rows)" in status
+
+
+def test_space_deploys_as_documented_and_runs_from_the_uploaded_files(export, hub, tmp_path):
+    """spaces/README.md's upload snippet against the Hub stand-in; the Space's files alone then serve the app."""
+    from gradio_client import Client
+
+    code = f"""
+import json
+from huggingface_hub import HfApi, snapshot_download
+api, space = HfApi(), "test-user/curated-preview"
+api.create_repo(space, repo_type="space", space_sdk="gradio", exist_ok=True)
+api.upload_folder(repo_id=space, repo_type="space", folder_path={str(ROOT / "spaces")!r})
+api.upload_folder(repo_id=space, repo_type="space", folder_path={str(ROOT / "sft_callbacks")!r},
+                  path_in_repo="sft_callbacks", ignore_patterns=["__pycache__/*", "*.pyc"])
+print(json.dumps(snapshot_download(space, repo_type="space", local_dir={str(tmp_path / "space")!r})))
+"""
+    from .hub_server import last_json, run_client
+
+    folder = Path(last_json(run_client(hub, code, tmp_path / "home")))
+    assert {"app.py", "README.md", "requirements.txt", "sft_callbacks/space.py"} <= {
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    header = (folder / "README.md").read_text().split("---")[1]
+    assert "sdk: gradio" in header and "app_file: app.py" in header
+    # Start app.py from the downloaded Space, the way Spaces does: its own folder first on sys.path, so the
+    # uploaded sft_callbacks/ is what it imports (the check below fails if it imported the checkout instead).
+    port = _free_port()
+    env = app_env(hub, tmp_path, port)
+    env.pop("PYTHONPATH", None)
+    env["SFT_DATASET"] = str(export)
+    (folder / "sft_callbacks" / "space_marker.py").write_text("UPLOADED = True\n")
+    cmd = [sys.executable, "-c", "import runpy, sys; sys.path.insert(0, '.'); import sft_callbacks.space_marker; "
+           "runpy.run_path('app.py', run_name='__main__')"]  # fmt: skip
+    with serve(cmd, env, folder, port) as (url, _):
+        status = Client(url, verbose=False).predict(str(export), "", api_name="/open")[0]
+        assert "train (120 rows), test (30 rows)" in status
