@@ -199,10 +199,17 @@ def curate(
         return frame[name].to_numpy() if name in frame.columns else np.asarray(dataset[name])
 
     keep = np.ones(n, dtype=bool)
-    reason = np.full(n, "", dtype=object)
+    reasons = [""]  # drop_reason codes: 1 byte per row, not a Python string per row
+    reason = np.zeros(n, dtype=np.int8)
+
+    def code(name: str) -> int:
+        if name not in reasons:
+            reasons.append(name)
+        return reasons.index(name)
+
     dropped: dict[str, int] = {}
     explicit = drop is not None
-    flags = list(drop) if explicit else [f for f in DEFAULT_DROP_FLAGS if f in frame.columns or f in dataset.column_names]
+    flags = list(dict.fromkeys(drop)) if explicit else [f for f in DEFAULT_DROP_FLAGS if f in frame.columns or f in dataset.column_names]
     for flag in flags:
         if flag not in frame.columns and flag not in dataset.column_names:
             raise ValueError(f"cannot drop by {flag!r}: no such column (annotations: {list(frame.columns)})")
@@ -211,7 +218,7 @@ def curate(
             raise ValueError(f"drop column {flag!r} must be boolean, got {values.dtype}")
         hit = keep & np.asarray(values.fillna(False) if hasattr(values, "fillna") else values, dtype=bool)
         keep &= ~hit
-        reason[hit] = flag
+        reason[hit] = code(flag)
         dropped[flag] = int(hit.sum())
 
     scores = None
@@ -230,7 +237,7 @@ def curate(
                 ranked = rows[np.argsort(order_key[rows], kind="stable")]
                 hit[ranked[cap:]] = True
         keep &= ~hit
-        reason[hit] = "quota"
+        reason[hit] = code("quota")
         dropped["quota"] = int(hit.sum())
     if top_k is not None:
         rows = np.flatnonzero(keep)
@@ -239,7 +246,7 @@ def curate(
             ranked = rows[np.argsort(scores[rows], kind="stable")]
             hit[ranked[top_k:]] = True
         keep &= ~hit
-        reason[hit] = "top_k"
+        reason[hit] = code("top_k")
         dropped["top_k"] = int(hit.sum())
     if not keep.any():
         raise ValueError(f"every row was dropped ({dropped}): loosen the filters")
@@ -248,7 +255,7 @@ def curate(
     annotated = dataset.flatten_indices() if getattr(dataset, "_indices", None) is not None else dataset
     if len(frame.columns):
         annotated = datasets.concatenate_datasets(
-            [annotated, datasets.Dataset.from_pandas(frame, preserve_index=False)], axis=1
+            [annotated, _arrow_dataset(frame)], axis=1
         )
     curated = annotated.select(np.flatnonzero(keep))
     # The report reuses the frame (already copied into Arrow above): no third copy of every annotation.
@@ -257,13 +264,27 @@ def curate(
     if group_column is not None and group_column not in report.columns:
         report[group_column] = np.asarray(dataset[group_column])
     report["kept"] = keep
-    report["drop_reason"] = pd.Categorical(reason)  # 1 byte per row, not a pointer per row
+    report["drop_reason"] = pd.Categorical.from_codes(reason, categories=reasons)
     filters = {"drop": flags, "group_column": group_column, "quotas": _jsonable_quotas(quotas),
                "top_k": top_k, "score": score, "ascending": ascending, "seed": seed}
     return CuratedDataset(
         dataset=curated, annotations=report, dropped=dropped, rows_in=n, rows_out=int(keep.sum()),
         filters=filters, callbacks=[callback_config(cb) for cb in ours],
     )
+
+
+def _arrow_dataset(frame: pd.DataFrame):
+    """``frame`` as a ``datasets.Dataset`` without copying its Arrow-backed columns.
+
+    A random fingerprint, because ``datasets`` otherwise fingerprints an in-memory table by pickling all of it
+    (about 300 B per row of Python memory for a typical annotation frame); these columns are never cached.
+    """
+    import datasets
+    import pyarrow as pa
+    from datasets.fingerprint import generate_random_fingerprint
+
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    return datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=generate_random_fingerprint())
 
 
 def callback_config(callback) -> dict[str, Any]:

@@ -100,7 +100,11 @@ def curate_annotated(dataset, *, annotation_columns: Sequence[str] | None = None
         raise ValueError(f"not scalar columns of the dataset: {sorted(set(wanted) - set(columns))}")
     if not columns:
         return _curate(dataset, **curate_kwargs)
-    frame = dataset.select_columns(columns).to_pandas()
+    # Arrow-backed pandas columns: no copy of the (often memory-mapped) annotation columns, and no Python
+    # object per string (region) as numpy-backed pandas would make.
+    import pandas as pd
+
+    frame = dataset.select_columns(columns).with_format("arrow")[:].to_pandas(types_mapper=pd.ArrowDtype)
     return _curate(dataset.remove_columns(columns), annotations=frame, **curate_kwargs)
 
 
