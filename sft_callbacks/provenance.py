@@ -437,24 +437,37 @@ def build_provenance(
     return sanitize(_jsonable(record), tokens=[token] if token else ())
 
 
+_CHUNK_ROWS = 1 << 18  # summaries and plots read annotation columns this many rows at a time
+
+
+def _float_chunks(frame, column: str):
+    """``(start, float64 chunk)`` of a column; slices of Arrow-backed columns are zero-copy, so only one chunk is
+    ever materialised (a whole-column ``to_numpy`` is 8 bytes per row per column)."""
+    values = frame[column]
+    for start in range(0, len(values), _CHUNK_ROWS):
+        yield start, values.iloc[start : start + _CHUNK_ROWS].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def _annotation_summary(frame, columns: Sequence[str]) -> dict[str, dict[str, float | None]]:
-    """Mean of each numeric annotation over the kept and the dropped rows (NaN-aware)."""
+    """Mean of each numeric annotation over the kept and the dropped rows (NaN-aware), chunk by chunk."""
     out = {}
     kept = frame["kept"].to_numpy(dtype=bool)
     for c in columns:
-        values = frame[c]
-        if values.dtype.kind not in "fiub":
+        if frame[c].dtype.kind not in "fiub":
             continue
+        sums, counts = np.zeros(2), np.zeros(2, dtype=np.int64)
         try:
-            v = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            for start, v in _float_chunks(frame, c):
+                k = kept[start : start + len(v)]
+                for i, mask in enumerate((k, ~k)):
+                    part = v[mask]
+                    part = part[np.isfinite(part)]
+                    sums[i] += part.sum()
+                    counts[i] += part.size
         except (TypeError, ValueError):  # an odd dtype: leave it out of the summary
             continue
-        row = {}
-        for name, mask in (("kept", kept), ("dropped", ~kept)):
-            part = v[mask]
-            part = part[np.isfinite(part)]
-            row[name] = round(float(part.mean()), 6) if part.size else None
-        out[c] = row
+        out[c] = {name: (round(float(sums[i] / counts[i]), 6) if counts[i] else None)
+                  for i, name in enumerate(("kept", "dropped"))}  # fmt: skip
     return out
 
 
@@ -495,15 +508,19 @@ def write_plots(curated, directory: str | os.PathLike, *, trainer: Any = None,
     # second push of the same export changes nothing.
     meta = {"Software": None}
 
-    if {"confidence", "variability", "region"} <= set(frame.columns) and np.isfinite(
-        frame["confidence"].to_numpy(dtype=np.float64)
-    ).any():
+    if {"confidence", "variability", "region"} <= set(frame.columns) and any(
+        np.isfinite(v).any() for _, v in _float_chunks(frame, "confidence")
+    ):
         from .policies.data_map import plot_data_map
 
         path = out_dir / "data_map.png"
         points = frame[["confidence", "variability", "region"] + (["flag_noisy"] if "flag_noisy" in frame else [])]
         if len(points) > 50_000:  # plot_data_map draws at most 50k points; sampling first saves a full-frame copy
-            points = points.sample(50_000, random_state=0)
+            # seeded draw of row numbers without an O(rows) permutation (DataFrame.sample makes one)
+            rng = np.random.default_rng(0)
+            picks = np.unique(rng.integers(0, len(points), size=60_000))
+            rng.shuffle(picks)
+            points = points.iloc[np.sort(picks[:50_000])]
         plot_data_map(points, str(path), title=f"Data map: {int(curated.rows_in)} rows in, {int(curated.rows_out)} kept")
         written["data_map"] = f"{prefix}/data_map.png"
 
@@ -524,13 +541,24 @@ def write_plots(curated, directory: str | os.PathLike, *, trainer: Any = None,
         written["mixture"] = f"{prefix}/mixture.png"
 
     if "weight" in frame.columns:
-        w = frame["weight"].to_numpy(dtype=np.float64)
         kept = frame["kept"].to_numpy(dtype=bool)
-        ok = np.isfinite(w)
-        if ok.any():
+        lo, hi = np.inf, -np.inf
+        for _, w in _float_chunks(frame, "weight"):
+            w = w[np.isfinite(w)]
+            if w.size:
+                lo, hi = min(lo, float(w.min())), max(hi, float(w.max()))
+        if lo <= hi:
+            # the histogram is accumulated chunk by chunk on fixed edges (what np.histogram_bin_edges gives)
+            bins = np.histogram_bin_edges(np.array([lo, hi]), bins=40)
+            counts = np.zeros((2, len(bins) - 1))
+            for start, w in _float_chunks(frame, "weight"):
+                k = kept[start : start + len(w)]
+                ok = np.isfinite(w)
+                counts[0] += np.histogram(w[ok & k], bins=bins)[0]
+                counts[1] += np.histogram(w[ok & ~k], bins=bins)[0]
+            centres = (bins[:-1] + bins[1:]) / 2
             fig, ax = plt.subplots(figsize=(6, 4))
-            bins = np.histogram_bin_edges(w[ok], bins=40)
-            ax.hist([w[ok & kept], w[ok & ~kept]], bins=bins, stacked=True, label=["kept", "dropped"])
+            ax.hist([centres, centres], bins=bins, weights=list(counts), stacked=True, label=["kept", "dropped"])
             ax.axvline(1.0, color="k", lw=0.8, ls="--")
             ax.set_xlabel("final sampling weight (1 = uniform)")
             ax.set_ylabel("rows")
