@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from .curation import CuratedDataset
 from .provenance import SCHEMA, build_card, build_provenance, write_plots
@@ -255,12 +256,19 @@ def _arrow_batches(ds, batch_size: int):
     if table is None:  # not an Arrow-backed dataset as we know it: the generic path
         yield from (b.combine_chunks() for b in ds.with_format("arrow").iter(batch_size=batch_size))
         return
-    positions = indices.column(0) if indices is not None else None
+    positions = indices.column(0).to_numpy() if indices is not None else None
     for start in range(0, len(ds), batch_size):
         if positions is None:
             yield table.slice(start, batch_size)
+            continue
+        p = positions[start : start + batch_size]
+        if len(p) and (np.diff(p) >= 0).all():
+            # Kept rows are in input order: take from the slice that spans them. A take over the whole table
+            # makes Arrow concatenate each column's chunks, a copy that grows with the dataset.
+            lo = int(p[0])
+            yield table.slice(lo, int(p[-1]) + 1 - lo).take(pa.array(p - lo))
         else:
-            yield table.take(positions.slice(start, batch_size))
+            yield table.take(pa.array(p))
 
 
 def _local_yaml(parts: Mapping[str, Any], sizes: Mapping[str, list[int]]) -> dict:
