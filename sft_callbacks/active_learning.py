@@ -25,15 +25,16 @@ The lower-level pieces are public too: :func:`uncertainty_scores`, :func:`prompt
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
+
+from .model_io import inference, is_messages, model_device, pad_token_id, progress
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ AL_COLUMNS = ("al_score", "al_rank", "al_reason", "al_strategy", "al_source_row"
 # --------------------------------------------------------------------------------------------------
 # Pool formats
 # --------------------------------------------------------------------------------------------------
-
-
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict) and "role" in value[0]
 
 
 def _is_empty(value: Any) -> bool:
@@ -100,7 +97,7 @@ def _check_no_responses(pool: datasets.Dataset, prompt_column: str) -> list[Any]
         )
     prompts = list(pool[prompt_column])
     for i, p in enumerate(prompts):
-        if _is_messages(p):
+        if is_messages(p):
             if p[-1].get("role") == "assistant":
                 raise ValueError(
                     f"row {i}: {prompt_column!r} ends with an assistant turn, i.e. it already holds a response. "
@@ -116,14 +113,14 @@ def _check_no_responses(pool: datasets.Dataset, prompt_column: str) -> list[Any]
 
 def _plain_text(prompt: Any) -> str:
     # What a sentence embedder sees: the messages' contents, not the chat template's markup.
-    if _is_messages(prompt):
+    if is_messages(prompt):
         return "\n".join(str(m.get("content") or "") for m in prompt)
     return str(prompt)
 
 
 def _render(tokenizer, prompt: Any, add_generation_prompt: bool = True) -> tuple[str, bool]:
     """(text, add_special_tokens) the model should see for one prompt."""
-    if not _is_messages(prompt):
+    if not is_messages(prompt):
         return str(prompt), True
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -146,20 +143,6 @@ def _tokenize_prompts(tokenizer, prompts: Sequence[Any]) -> list[list[int]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _device(model) -> torch.device:
-    device = getattr(model, "device", None)
-    return device if device is not None else next(model.parameters()).device
-
-
-def _pad_id(tokenizer) -> int:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError(
-            "the tokenizer has neither a pad_token nor an eos_token to pad batches with; set tokenizer.pad_token"
-        )
-    return int(pad_id)
-
-
 def _eos_ids(model, tokenizer) -> list[int]:
     ids: set[int] = set()
     for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
@@ -168,33 +151,6 @@ def _eos_ids(model, tokenizer) -> list[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(int(v) for v in value)
     return sorted(ids)
-
-
-@contextlib.contextmanager
-def _inference(model, tokenizer) -> Iterator[None]:
-    # Eval mode (no dropout) while scoring; the caller's train/eval mode and padding side come back.
-    was_training = getattr(model, "training", False)
-    old_side = tokenizer.padding_side if tokenizer is not None else None
-    try:
-        if hasattr(model, "eval"):
-            model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        if tokenizer is not None:
-            tokenizer.padding_side = old_side
-        if was_training and hasattr(model, "train"):
-            model.train()
-
-
-def _progress(iterable, total: int, desc: str, show: bool):
-    if not show:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, total=total, desc=desc)
 
 
 def _length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -207,7 +163,7 @@ def _pad(tokenizer, rows: list[list[int]], side: str, device) -> dict[str, torch
     tokenizer.padding_side = side
     enc = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
     if tokenizer.pad_token_id is None:  # pad() used no id: fill with the fallback pad id
-        enc["input_ids"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, _pad_id(tokenizer))
+        enc["input_ids"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, pad_token_id(tokenizer))
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
 
@@ -262,12 +218,12 @@ def uncertainty_scores(
     """
     if measure not in UNCERTAINTY_MEASURES:
         raise ValueError(f"unknown uncertainty measure {measure!r}; choose one of {list(UNCERTAINTY_MEASURES)}")
-    pad_id, eos_ids, device = _pad_id(tokenizer), _eos_ids(model, tokenizer), _device(model)
+    pad_id, eos_ids, device = pad_token_id(tokenizer), _eos_ids(model, tokenizer), model_device(model)
     rows = _tokenize_prompts(tokenizer, prompts)
     scores = np.zeros(len(rows), dtype=np.float64)
-    with _inference(model, tokenizer):
+    with inference(model, tokenizer):
         batches = _length_batches([len(r) for r in rows], batch_size)
-        for idx in _progress(batches, len(batches), f"active learning: {measure}", show_progress):
+        for idx in progress(batches, len(batches), f"active learning: {measure}", show_progress):
             enc = _pad(tokenizer, [rows[i] for i in idx], "left", device)
             out = model.generate(
                 **enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
@@ -312,11 +268,11 @@ def prompt_embeddings(
         (2, 64)
     """
     rows = _tokenize_prompts(tokenizer, prompts)
-    device = _device(model)
+    device = model_device(model)
     out: np.ndarray | None = None
-    with _inference(model, tokenizer):
+    with inference(model, tokenizer):
         batches = _length_batches([len(r) for r in rows], batch_size)
-        for idx in _progress(batches, len(batches), "active learning: embeddings", show_progress):
+        for idx in progress(batches, len(batches), "active learning: embeddings", show_progress):
             enc = _pad(tokenizer, [rows[i] for i in idx], "right", device)
             hidden = _last_hidden(model, enc).float()
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -444,7 +400,7 @@ def _validation_pairs(validation: datasets.Dataset) -> tuple[list[Any], list[Any
     if "messages" in cols:
         prompts, completions = [], []
         for i, msgs in enumerate(validation["messages"]):
-            if not _is_messages(msgs) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
+            if not is_messages(msgs) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
                 raise ValueError(
                     f"validation row {i}: 'messages' must end with an assistant turn (the reference answer)"
                 )
@@ -459,8 +415,8 @@ def _validation_pairs(validation: datasets.Dataset) -> tuple[list[Any], list[Any
 
 def _prompt_completion_ids(tokenizer, prompt: Any, completion: Any) -> tuple[list[int], int]:
     """Token ids of prompt + completion and the number of prompt tokens (the loss starts after them)."""
-    if _is_messages(prompt):
-        completion = completion if _is_messages(completion) else [{"role": "assistant", "content": str(completion)}]
+    if is_messages(prompt):
+        completion = completion if is_messages(completion) else [{"role": "assistant", "content": str(completion)}]
         p_text, special = _render(tokenizer, prompt, add_generation_prompt=True)
         f_text, _ = _render(tokenizer, list(prompt) + list(completion), add_generation_prompt=False)
     else:
@@ -502,10 +458,10 @@ def group_validation_errors(
     prompts, completions = _validation_pairs(validation)
     encoded = [_prompt_completion_ids(tokenizer, p, c) for p, c in zip(prompts, completions)]
     losses = np.full(len(encoded), np.nan)
-    device = _device(model)
-    with _inference(model, tokenizer):
+    device = model_device(model)
+    with inference(model, tokenizer):
         batches = _length_batches([len(ids) for ids, _ in encoded], batch_size)
-        for idx in _progress(batches, len(batches), "active learning: validation loss", show_progress):
+        for idx in progress(batches, len(batches), "active learning: validation loss", show_progress):
             enc = _pad(tokenizer, [encoded[i][0] for i in idx], "right", device)
             logits = model(**enc).logits[:, :-1].float()
             target = enc["input_ids"][:, 1:]

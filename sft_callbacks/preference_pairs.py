@@ -40,6 +40,8 @@ import datasets
 import numpy as np
 import torch
 
+from .model_io import inference, is_messages, model_device, pad_token_id, progress
+
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("nearest", "model")
@@ -70,10 +72,6 @@ def normalize_response(text: str) -> str:
     return text.rstrip(".").strip()
 
 
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict) and "role" in value[0]
-
-
 def _message_text(messages: list[dict]) -> str:
     return "\n".join(str(m.get("content") or "") for m in messages)
 
@@ -81,7 +79,7 @@ def _message_text(messages: list[dict]) -> str:
 def _detect_format(column_names: Sequence[str], first_row: dict) -> str:
     if "prompt" in column_names and "completion" in column_names:
         prompt, completion = first_row["prompt"], first_row["completion"]
-        if _is_messages(prompt) and _is_messages(completion):
+        if is_messages(prompt) and is_messages(completion):
             return "conversational"
         if isinstance(prompt, str) and isinstance(completion, str):
             return "standard"
@@ -90,7 +88,7 @@ def _detect_format(column_names: Sequence[str], first_row: dict) -> str:
             f"(got {type(prompt).__name__} and {type(completion).__name__})"
         )
     if "messages" in column_names:
-        if not _is_messages(first_row["messages"]):
+        if not is_messages(first_row["messages"]):
             raise ValueError("'messages' must be a list of {'role', 'content'} dicts")
         return "messages"
     raise ValueError(
@@ -180,16 +178,6 @@ def hashed_tfidf(
 # --------------------------------------------------------------------------------------------------
 
 
-def _iter_progress(iterable, total: int, desc: str, show: bool):
-    if not show:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, total=total, desc=desc)
-
-
 def _masked_argmax(s: torch.Tensor, start: int, resp: torch.Tensor, grp: torch.Tensor | None, best, best_sim, drop_zero):
     """Row-wise argmax of a (chunk x n) similarity block over valid candidates; writes best/best_sim."""
     end = start + s.shape[0]
@@ -243,7 +231,7 @@ def _nearest_sparse(
     grp = torch.from_numpy(group_codes) if group_codes is not None else None
     best = np.full(n, -1, dtype=np.int64)
     best_sim = np.zeros(n, dtype=np.float32)
-    for start, end in _iter_progress(bounds, len(bounds), "nearest negatives", show_progress):
+    for start, end in progress(bounds, len(bounds), "nearest negatives", show_progress):
         lo, hi = indptr[start], indptr[end]
         q_feat, q_val, q_row = indices[lo:hi], data[lo:hi], rows[lo:hi] - start
         counts = df[q_feat]
@@ -268,7 +256,7 @@ def _nearest_dense(emb: np.ndarray, response_codes, group_codes, chunk_size, sho
     best = np.full(n, -1, dtype=np.int64)
     best_sim = np.zeros(n, dtype=np.float32)
     starts = range(0, n, chunk_size)
-    for start in _iter_progress(starts, len(starts), "nearest negatives", show_progress):
+    for start in progress(starts, len(starts), "nearest negatives", show_progress):
         _masked_argmax(x[start : start + chunk_size] @ x.T, start, resp, grp, best, best_sim, drop_zero=False)
     return best, best_sim
 
@@ -298,23 +286,14 @@ def generate_answers(
         >>> answers = generate_answers(model, tokenizer, [[{"role": "user", "content": "2+2?"}]],
         ...                            max_new_tokens=8)  # doctest: +SKIP
     """
-    device = getattr(model, "device", None)
-    if device is None:
-        device = next(model.parameters()).device
-    was_training = getattr(model, "training", False)
-    old_side = tokenizer.padding_side
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("tokenizer has neither a pad_token nor an eos_token to pad batches with")
+    device, pad_id = model_device(model), pad_token_id(tokenizer)
     answers: list[str] = []
-    try:
-        if hasattr(model, "eval"):
-            model.eval()
+    with inference(model, tokenizer):
         tokenizer.padding_side = "left"
         starts = range(0, len(prompts), batch_size)
-        for start in _iter_progress(starts, len(starts), "model negatives", show_progress):
+        for start in progress(starts, len(starts), "model negatives", show_progress):
             batch = prompts[start : start + batch_size]
-            if _is_messages(batch[0]):
+            if is_messages(batch[0]):
                 texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
                 add_special = False  # the template already holds the special tokens
             else:
@@ -328,10 +307,6 @@ def generate_answers(
             )
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = old_side
-        if was_training and hasattr(model, "train"):
-            model.train()
     return answers
 
 
