@@ -201,25 +201,26 @@ def curate(
     keep = np.ones(n, dtype=bool)
     reasons = [""]  # drop_reason codes: 1 byte per row, not a Python string per row
     reason = np.zeros(n, dtype=np.int8)
+    dropped: dict[str, int] = {}
 
-    def code(name: str) -> int:
+    def drop_rows(hit: np.ndarray, name: str) -> None:
         if name not in reasons:
             reasons.append(name)
-        return reasons.index(name)
+        keep[hit] = False
+        reason[hit] = reasons.index(name)
+        dropped[name] = int(hit.sum())
 
-    dropped: dict[str, int] = {}
-    explicit = drop is not None
-    flags = list(dict.fromkeys(drop)) if explicit else [f for f in DEFAULT_DROP_FLAGS if f in frame.columns or f in dataset.column_names]
+    if drop is not None:
+        flags = list(dict.fromkeys(drop))
+    else:
+        flags = [f for f in DEFAULT_DROP_FLAGS if f in frame.columns or f in dataset.column_names]
     for flag in flags:
         if flag not in frame.columns and flag not in dataset.column_names:
             raise ValueError(f"cannot drop by {flag!r}: no such column (annotations: {list(frame.columns)})")
         values = pd.array(column(flag))
         if values.dtype.kind not in "b" and str(values.dtype) != "boolean":
             raise ValueError(f"drop column {flag!r} must be boolean, got {values.dtype}")
-        hit = keep & np.asarray(values.fillna(False) if hasattr(values, "fillna") else values, dtype=bool)
-        keep &= ~hit
-        reason[hit] = code(flag)
-        dropped[flag] = int(hit.sum())
+        drop_rows(keep & np.asarray(values.fillna(False), dtype=bool), flag)
 
     scores = None
     if score is not None:
@@ -228,35 +229,21 @@ def curate(
     if quotas is not None:
         groups = np.asarray(column(group_column)).astype(str)
         caps = _quota_caps(groups, quotas)
-        rng = np.random.default_rng(seed)
-        order_key = scores if scores is not None else rng.random(n)
+        order_key = scores if scores is not None else np.random.default_rng(seed).random(n)
         hit = np.zeros(n, dtype=bool)
         for g, cap in caps.items():
-            rows = np.flatnonzero(keep & (groups == g))
-            if len(rows) > cap:
-                ranked = rows[np.argsort(order_key[rows], kind="stable")]
-                hit[ranked[cap:]] = True
-        keep &= ~hit
-        reason[hit] = code("quota")
-        dropped["quota"] = int(hit.sum())
+            hit[_beyond_best(np.flatnonzero(keep & (groups == g)), order_key, cap)] = True
+        drop_rows(hit, "quota")
     if top_k is not None:
-        rows = np.flatnonzero(keep)
         hit = np.zeros(n, dtype=bool)
-        if len(rows) > top_k:
-            ranked = rows[np.argsort(scores[rows], kind="stable")]
-            hit[ranked[top_k:]] = True
-        keep &= ~hit
-        reason[hit] = code("top_k")
-        dropped["top_k"] = int(hit.sum())
+        hit[_beyond_best(np.flatnonzero(keep), scores, top_k)] = True
+        drop_rows(hit, "top_k")
     if not keep.any():
         raise ValueError(f"every row was dropped ({dropped}): loosen the filters")
 
     frame["source_row"] = np.arange(n, dtype=np.int64)
     annotated = dataset.flatten_indices() if getattr(dataset, "_indices", None) is not None else dataset
-    if len(frame.columns):
-        annotated = datasets.concatenate_datasets(
-            [annotated, _arrow_dataset(frame)], axis=1
-        )
+    annotated = datasets.concatenate_datasets([annotated, _arrow_dataset(frame)], axis=1)
     curated = annotated.select(np.flatnonzero(keep))
     # The report reuses the frame (already copied into Arrow above): no third copy of every annotation.
     report = frame
@@ -271,6 +258,11 @@ def curate(
         dataset=curated, annotations=report, dropped=dropped, rows_in=n, rows_out=int(keep.sum()),
         filters=filters, callbacks=[callback_config(cb) for cb in ours],
     )
+
+
+def _beyond_best(rows: np.ndarray, key: np.ndarray, cap: int) -> np.ndarray:
+    """The ``rows`` past the ``cap`` best ones (lowest ``key``; ties keep input order)."""
+    return rows[np.argsort(key[rows], kind="stable")][cap:]
 
 
 def _arrow_dataset(frame: pd.DataFrame):
