@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .selection import best_rows_thresholds, order_keys
+
+_CHUNK_ROWS = 262_144  # rows per step of each pass over the data: memory per step stays bounded
+
 #: Boolean columns that :func:`curate` drops by default when they are present.
 DEFAULT_DROP_FLAGS = ("flag_noisy", "conflict")
 
@@ -195,61 +199,70 @@ def curate(
     if top_k is not None and (top_k < 1 or score is None):
         raise ValueError("top_k needs score=<column> and top_k >= 1")
 
-    def column(name: str) -> np.ndarray:
-        return frame[name].to_numpy() if name in frame.columns else np.asarray(dataset[name])
-
+    # Rows are read by position from the table, so a selected / shuffled dataset is flattened first.
+    base = dataset.flatten_indices() if dataset._indices is not None else dataset
+    columns = _Columns(frame, base)
+    spans = [(a, min(a + _CHUNK_ROWS, n)) for a in range(0, n, _CHUNK_ROWS)]
     keep = np.ones(n, dtype=bool)
     reasons = [""]  # drop_reason codes: 1 byte per row, not a Python string per row
     reason = np.zeros(n, dtype=np.int8)
     dropped: dict[str, int] = {}
 
-    def drop_rows(hit: np.ndarray, name: str) -> None:
+    def drop_rows(a: int, hit: np.ndarray, name: str) -> None:
         if name not in reasons:
             reasons.append(name)
-        keep[hit] = False
-        reason[hit] = reasons.index(name)
-        dropped[name] = int(hit.sum())
+        keep[a : a + len(hit)] &= ~hit
+        reason[a : a + len(hit)][hit] = reasons.index(name)
+        dropped[name] = dropped.get(name, 0) + int(hit.sum())
 
     if drop is not None:
         flags = list(dict.fromkeys(drop))
     else:
-        flags = [f for f in DEFAULT_DROP_FLAGS if f in frame.columns or f in dataset.column_names]
+        flags = [f for f in DEFAULT_DROP_FLAGS if f in columns]
     for flag in flags:
-        if flag not in frame.columns and flag not in dataset.column_names:
+        if flag not in columns:
             raise ValueError(f"cannot drop by {flag!r}: no such column (annotations: {list(frame.columns)})")
-        values = pd.array(column(flag))
-        if values.dtype.kind not in "b" and str(values.dtype) != "boolean":
-            raise ValueError(f"drop column {flag!r} must be boolean, got {values.dtype}")
-        drop_rows(keep & np.asarray(values.fillna(False), dtype=bool), flag)
+        columns.check_boolean(flag)
+    for flag in flags:
+        dropped[flag] = 0
+        for a, b in spans:
+            drop_rows(a, keep[a:b] & columns.chunk(flag, a, b).to_numpy(dtype=bool, na_value=False), flag)
 
-    scores = None
-    if score is not None:
-        scores = np.asarray(column(score), dtype=np.float64)
-        scores = np.where(np.isfinite(scores), scores if ascending else -scores, np.inf)  # lower = better
+    categories: list[str] = []
+    codes = None
+    if group_column is not None:
+        categories, codes = _group_codes(columns, group_column, spans)
+
+    def ranked(stage: str, group_codes, caps: np.ndarray, keys) -> None:
+        def chunks():
+            for a, b in spans:
+                yield group_codes(a, b), keys(a, b), keep[a:b]
+
+        thresholds = best_rows_thresholds(chunks, caps)
+        dropped[stage] = 0
+        for (a, b), (g, k, candidates) in zip(spans, chunks()):
+            drop_rows(a, candidates & ~thresholds.keep(g, k, candidates), stage)
+
+    def score_keys(a: int, b: int) -> np.ndarray:
+        return order_keys(columns.chunk(score, a, b).to_numpy(dtype=np.float64, na_value=np.nan), not ascending)
+
+    def random_keys(a: int, b: int) -> np.ndarray:  # seeded per chunk: the same keys on every pass
+        return order_keys(np.random.default_rng([seed, a]).random(b - a))
+
     if quotas is not None:
-        groups = np.asarray(column(group_column)).astype(str)
-        caps = _quota_caps(groups, quotas)
-        order_key = scores if scores is not None else np.random.default_rng(seed).random(n)
-        hit = np.zeros(n, dtype=bool)
-        for g, cap in caps.items():
-            hit[_beyond_best(np.flatnonzero(keep & (groups == g)), order_key, cap)] = True
-        drop_rows(hit, "quota")
+        caps = _quota_caps(categories, quotas)
+        ranked("quota", lambda a, b: codes[a:b], np.array([caps.get(c, -1) for c in categories]),
+               score_keys if score is not None else random_keys)  # fmt: skip
     if top_k is not None:
-        hit = np.zeros(n, dtype=bool)
-        hit[_beyond_best(np.flatnonzero(keep), scores, top_k)] = True
-        drop_rows(hit, "top_k")
+        ranked("top_k", lambda a, b: np.zeros(b - a, dtype=np.int8), np.array([top_k]), score_keys)
     if not keep.any():
         raise ValueError(f"every row was dropped ({dropped}): loosen the filters")
 
-    frame["source_row"] = np.arange(n, dtype=np.int64)
-    annotated = dataset.flatten_indices() if getattr(dataset, "_indices", None) is not None else dataset
-    annotated = datasets.concatenate_datasets([annotated, _arrow_dataset(frame)], axis=1)
-    curated = annotated.select(np.flatnonzero(keep))
-    # The report reuses the frame (already copied into Arrow above): no third copy of every annotation.
+    curated = _with_rows(_annotated(base, frame), keep)
+    # The report is the frame itself (its Arrow copy went into the curated data): no third copy per row.
     report = frame
-    del report["source_row"]
     if group_column is not None and group_column not in report.columns:
-        report[group_column] = np.asarray(dataset[group_column])
+        report[group_column] = pd.Categorical.from_codes(codes, categories=categories)
     report["kept"] = keep
     report["drop_reason"] = pd.Categorical.from_codes(reason, categories=reasons)
     filters = {"drop": flags, "group_column": group_column, "quotas": _jsonable_quotas(quotas),
@@ -260,23 +273,83 @@ def curate(
     )
 
 
-def _beyond_best(rows: np.ndarray, key: np.ndarray, cap: int) -> np.ndarray:
-    """The ``rows`` past the ``cap`` best ones (lowest ``key``; ties keep input order)."""
-    return rows[np.argsort(key[rows], kind="stable")][cap:]
+class _Columns:
+    """Columns by name, from the annotation frame or else the dataset's Arrow table, read a chunk at a time."""
+
+    def __init__(self, frame: pd.DataFrame, dataset) -> None:
+        self.frame, self.table = frame, dataset.data
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.frame.columns or name in self.table.column_names
+
+    def chunk(self, name: str, a: int, b: int) -> pd.Series:
+        if name in self.frame.columns:
+            return self.frame[name].iloc[a:b]
+        return pd.Series(pd.arrays.ArrowExtensionArray(self.table.column(name).slice(a, b - a)))
+
+    def check_boolean(self, name: str) -> None:
+        dtype = self.frame[name].dtype if name in self.frame.columns else self.chunk(name, 0, 0).dtype
+        ok = pd.api.types.is_bool_dtype(dtype) or (
+            dtype == object and pd.api.types.infer_dtype(self.frame[name], skipna=True) in ("boolean", "empty")
+        )
+        if not ok:
+            raise ValueError(f"drop column {name!r} must be boolean, got {dtype}")
 
 
-def _arrow_dataset(frame: pd.DataFrame):
-    """``frame`` as a ``datasets.Dataset`` without copying its Arrow-backed columns.
+def _group_codes(columns: _Columns, name: str, spans) -> tuple[list[str], np.ndarray]:
+    """Sorted group names (as strings) and each row's index into them, in the smallest integer type."""
+    def names(a: int, b: int) -> pd.Series:
+        return columns.chunk(name, a, b).astype(object).astype(str)
 
-    A random fingerprint, because ``datasets`` otherwise fingerprints an in-memory table by pickling all of it
-    (about 300 B per row of Python memory for a typical annotation frame); these columns are never cached.
+    categories = sorted(set().union(*(set(names(a, b).unique()) for a, b in spans)))
+    codes = np.empty(spans[-1][1], dtype=np.min_scalar_type(-len(categories)))
+    index = pd.Index(categories)
+    for a, b in spans:
+        codes[a:b] = index.get_indexer(names(a, b))
+    return categories, codes
+
+
+def _annotated(dataset, frame: pd.DataFrame):
+    """``dataset`` with the annotation columns and ``source_row`` beside its own (no copy of its data)."""
+    import datasets
+    import pyarrow as pa
+
+    n = len(dataset)
+    table = pa.Table.from_pandas(frame, preserve_index=False) if len(frame.columns) else pa.table({})
+    table = pa.Table.from_arrays([*table.columns, pa.array(np.arange(n, dtype=np.int64))],
+                                 names=[*table.column_names, "source_row"])  # fmt: skip
+    return datasets.concatenate_datasets([dataset, _arrow_dataset(table)], axis=1)
+
+
+def _with_rows(dataset, keep: np.ndarray):
+    """The rows of ``dataset`` where ``keep`` is True, as an indices mapping over its table.
+
+    ``Dataset.select`` would turn the indices into a Python list and hash them for the fingerprint (about
+    50 bytes per row); the mapping here is one ``uint64`` per kept row, built from numpy without a copy.
     """
     import datasets
     import pyarrow as pa
     from datasets.fingerprint import generate_random_fingerprint
 
-    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-    return datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=generate_random_fingerprint())
+    if keep.all():
+        return dataset
+    rows = np.flatnonzero(keep).view(np.uint64)
+    indices = datasets.table.InMemoryTable(pa.table({"indices": pa.array(rows, type=pa.uint64())}))
+    return datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split, indices_table=indices,
+                            fingerprint=generate_random_fingerprint())  # fmt: skip
+
+
+def _arrow_dataset(table):
+    """An Arrow ``table`` as a ``datasets.Dataset``, without a copy.
+
+    A random fingerprint, because ``datasets`` otherwise fingerprints an in-memory table by pickling all of it
+    (about 300 B per row of Python memory for a typical annotation frame); these columns are never cached.
+    """
+    import datasets
+    from datasets.fingerprint import generate_random_fingerprint
+
+    table = datasets.table.InMemoryTable(table.replace_schema_metadata(None))
+    return datasets.Dataset(table, fingerprint=generate_random_fingerprint())
 
 
 def callback_config(callback) -> dict[str, Any]:
@@ -293,8 +366,8 @@ def _checked_length(frame: pd.DataFrame, n: int, what: str) -> pd.DataFrame:
     return frame.reset_index(drop=True).set_axis(pd.RangeIndex(n, name="row"))
 
 
-def _quota_caps(groups: np.ndarray, quotas) -> dict[str, int]:
-    present = set(groups.tolist())
+def _quota_caps(groups: Sequence[str], quotas) -> dict[str, int]:
+    present = set(groups)
     if isinstance(quotas, Mapping):
         unknown = sorted(set(map(str, quotas)) - present)
         if unknown:
