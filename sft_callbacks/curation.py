@@ -258,7 +258,7 @@ def curate(
     if not keep.any():
         raise ValueError(f"every row was dropped ({dropped}): loosen the filters")
 
-    curated = _with_rows(_annotated(base, frame), keep)
+    curated = _with_rows(_annotated(base, frame, spans), keep, spans)
     # The report is the frame itself (its Arrow copy went into the curated data): no third copy per row.
     report = frame
     if group_column is not None and group_column not in report.columns:
@@ -309,23 +309,24 @@ def _group_codes(columns: _Columns, name: str, spans) -> tuple[list[str], np.nda
     return categories, codes
 
 
-def _annotated(dataset, frame: pd.DataFrame):
+def _annotated(dataset, frame: pd.DataFrame, spans):
     """``dataset`` with the annotation columns and ``source_row`` beside its own (no copy of its data)."""
     import datasets
     import pyarrow as pa
 
-    n = len(dataset)
-    table = pa.Table.from_pandas(frame, preserve_index=False) if len(frame.columns) else pa.table({})
-    table = pa.Table.from_arrays([*table.columns, pa.array(np.arange(n, dtype=np.int64))],
-                                 names=[*table.column_names, "source_row"])  # fmt: skip
-    return datasets.concatenate_datasets([dataset, _arrow_dataset(table)], axis=1)
+    parts = [dataset]
+    if len(frame.columns):  # Arrow-backed columns are shared, numpy ones wrapped without a copy
+        parts.append(_arrow_dataset(pa.Table.from_pandas(frame, preserve_index=False)))
+    source_row = _mapped_column("source_row", pa.int64(), (np.arange(a, b, dtype=np.int64) for a, b in spans))
+    parts.append(_arrow_dataset(source_row))
+    return datasets.concatenate_datasets(parts, axis=1)
 
 
-def _with_rows(dataset, keep: np.ndarray):
+def _with_rows(dataset, keep: np.ndarray, spans):
     """The rows of ``dataset`` where ``keep`` is True, as an indices mapping over its table.
 
     ``Dataset.select`` would turn the indices into a Python list and hash them for the fingerprint (about
-    50 bytes per row); the mapping here is one ``uint64`` per kept row, built from numpy without a copy.
+    50 bytes per row); this mapping is written chunk by chunk to a memory-mapped file, like ``datasets``'s own.
     """
     import datasets
     import pyarrow as pa
@@ -333,14 +334,32 @@ def _with_rows(dataset, keep: np.ndarray):
 
     if keep.all():
         return dataset
-    rows = np.flatnonzero(keep).view(np.uint64)
-    indices = datasets.table.InMemoryTable(pa.table({"indices": pa.array(rows, type=pa.uint64())}))
-    return datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split, indices_table=indices,
+    rows = (np.flatnonzero(keep[a:b]).astype(np.uint64) + np.uint64(a) for a, b in spans)
+    return datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split,
+                            indices_table=_mapped_column("indices", pa.uint64(), rows),
                             fingerprint=generate_random_fingerprint())  # fmt: skip
 
 
+def _mapped_column(name: str, type_, chunks):
+    """One column written chunk by chunk to an Arrow file in ``datasets``' temporary cache directory (removed
+    when the session ends), then memory-mapped: its pages are the OS page cache, not this process's heap."""
+    import os
+    import uuid
+
+    import pyarrow as pa
+    from datasets.fingerprint import get_temporary_cache_files_directory
+    from datasets.table import MemoryMappedTable
+
+    path = os.path.join(get_temporary_cache_files_directory(), f"sft-callbacks-{name}-{uuid.uuid4().hex}.arrow")
+    schema = pa.schema([(name, type_)])
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for chunk in chunks:
+            writer.write_table(pa.table({name: pa.array(chunk, type=type_)}, schema=schema))
+    return MemoryMappedTable.from_file(path)
+
+
 def _arrow_dataset(table):
-    """An Arrow ``table`` as a ``datasets.Dataset``, without a copy.
+    """An Arrow ``table`` (or a ``datasets`` table) as a ``datasets.Dataset``, without a copy.
 
     A random fingerprint, because ``datasets`` otherwise fingerprints an in-memory table by pickling all of it
     (about 300 B per row of Python memory for a typical annotation frame); these columns are never cached.
@@ -348,7 +367,8 @@ def _arrow_dataset(table):
     import datasets
     from datasets.fingerprint import generate_random_fingerprint
 
-    table = datasets.table.InMemoryTable(table.replace_schema_metadata(None))
+    if not isinstance(table, datasets.table.Table):
+        table = datasets.table.InMemoryTable(table.replace_schema_metadata(None))
     return datasets.Dataset(table, fingerprint=generate_random_fingerprint())
 
 
