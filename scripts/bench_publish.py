@@ -137,6 +137,7 @@ def _measured(rows: int, baseline: tuple[int, int], mem: MemorySampler, phases: 
 def export_worker(annotated: str, export: str, max_shard_size: str) -> dict:
     """curate + save, in one process (what `sft-callbacks export` does)."""
     import datasets
+    import pandas as pd
 
     from sft_callbacks.publish import curate_annotated, save_curated_dataset
 
@@ -150,8 +151,11 @@ def export_worker(annotated: str, export: str, max_shard_size: str) -> dict:
                  "baseline_anon_mb": round(baseline[1] / 2**20, 1), "phases": {}}  # fmt: skip
     phase = _measured(rows, baseline, mem, out["phases"])
     curated = phase("curate", lambda: curate_annotated(dataset, top_k=int(rows * 0.9), score="loss_mean"))
-    # curate() keeps one pandas row per input row (CuratedDataset.annotations: the report the card is drawn from)
-    out["annotations_report_mb"] = round(curated.annotations.memory_usage(deep=True).sum() / 2**20, 1)
+    # CuratedDataset.annotations has one row per input row; its Arrow-backed columns are the memory-mapped
+    # file, the rest (kept flag, drop-reason codes) is heap
+    report = curated.annotations
+    heap = [c for c in report.columns if not isinstance(report[c].dtype, pd.ArrowDtype)]
+    out["annotations_report_heap_mb"] = round(report[heap].memory_usage(deep=True, index=False).sum() / 2**20, 1)
     out["rows_out"] = curated.rows_out
     phase("export", lambda: save_curated_dataset(export, curated, max_shard_size=max_shard_size,
                                                  fetch_source_card=False, source="bench/synthetic-sft"))  # fmt: skip
@@ -188,6 +192,27 @@ def push_worker(export: str, repo_id: str, max_shard_size: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ orchestration
+def per_row_growth(results: list[dict]) -> dict[str, float]:
+    """Slope of each phase's added memory between the smallest and the largest size, in bytes per row.
+
+    A phase that streams adds the same memory at any size (a slope near 0, within run-to-run noise of about
+    10 MB over the size difference); one that holds something per row shows it here.
+    """
+    if len(results) < 2:
+        return {}
+    small, large = min(results, key=lambda r: r["rows"]), max(results, key=lambda r: r["rows"])
+    extra = large["rows"] - small["rows"]
+    if extra <= 0:
+        return {}
+
+    def added(r, worker, phase):
+        return r[worker]["phases"][phase]["peak_anon_growth_in_phase_mb"] * 2**20
+
+    return {phase: round((added(large, w, phase) - added(small, w, phase)) / extra, 2)
+            for w, phase in (("export", "curate"), ("export", "export"), ("push", "push"))}  # fmt: skip
+
+
+
 def start_server(root: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "hub_server.py"), str(root)], stdout=subprocess.PIPE,
                             text=True, cwd=ROOT)  # fmt: skip
@@ -260,20 +285,26 @@ def main() -> None:
             tmp.cleanup()
 
     lines = ["| rows | curate s | export s | push s | unchanged re-push s | rows/s (curate+export+push) | "
-             "curate: peak anon MB added | export: peak anon MB added | annotations report MB "
-             "| push: peak anon MB added | push: Arrow pool peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "curate: peak anon MB added | export: peak anon MB added | push: peak anon MB added "
+             "| export: Arrow pool peak MB | push: Arrow pool peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         e, p = r["export"]["phases"], r["push"]["phases"]
         lines.append(f"| {r['rows']:,} | {e['curate']['seconds']:.1f} | {e['export']['seconds']:.1f} | "
                      f"{p['push']['seconds']:.1f} | {p['push_again_unchanged']['seconds']:.1f} | "
                      f"{r['export_and_push_rows_per_s']:,} | {e['curate']['peak_anon_growth_in_phase_mb']:.0f} | "
                      f"{e['export']['peak_anon_growth_in_phase_mb']:.0f} | "
-                     f"{r['export']['annotations_report_mb']:.0f} | {p['push']['peak_anon_growth_in_phase_mb']:.0f} | "
+                     f"{p['push']['peak_anon_growth_in_phase_mb']:.0f} | {r['export']['arrow_pool_max_mb']:.0f} | "
                      f"{r['push']['arrow_pool_max_mb']:.0f} |")  # fmt: skip
+    growth = per_row_growth(results)
+    if growth:
+        lines.append("")
+        lines.append(f"memory added per extra row, {results[0]['rows']:,} -> {results[-1]['rows']:,} rows: "
+                     + ", ".join(f"{k} {v:+.1f} B/row" for k, v in growth.items()))  # fmt: skip
     print("\n".join(lines))
     report = {
         "benchmark": "export + push of an annotated dataset to a local Hub-compatible server (tests/hub_server.py)",
         "max_shard_size": args.max_shard_size, "results": results, "table": lines,
+        "growth_bytes_per_row": growth,
         "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "git": git_state(),
     }  # fmt: skip

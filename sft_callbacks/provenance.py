@@ -479,6 +479,19 @@ def _group_counts(curated) -> dict[str, dict[str, int]] | None:
 
 
 # ----------------------------------------------------------------------------------------------- plots
+def _rows_in_order(frame, rows: np.ndarray):
+    """``frame.iloc[rows]`` (``rows`` sorted), gathered chunk by chunk: on Arrow-backed columns one ``take``
+    over the whole column would first concatenate all its chunks, a copy as large as the column."""
+    import pandas as pd
+
+    parts = []
+    for start in range(0, len(frame), _CHUNK_ROWS):
+        lo, hi = np.searchsorted(rows, [start, start + _CHUNK_ROWS])
+        if hi > lo:
+            parts.append(frame.iloc[start : start + _CHUNK_ROWS].iloc[rows[lo:hi] - start])
+    return pd.concat(parts) if parts else frame.iloc[:0]
+
+
 def write_plots(curated, directory: str | os.PathLike, *, trainer: Any = None,
                 prefix: str = "plots") -> dict[str, str]:
     """Draw the plots that the annotations allow into ``directory``; return ``{name: relative path}``.
@@ -520,7 +533,7 @@ def write_plots(curated, directory: str | os.PathLike, *, trainer: Any = None,
             rng = np.random.default_rng(0)
             picks = np.unique(rng.integers(0, len(points), size=60_000))
             rng.shuffle(picks)
-            points = points.iloc[np.sort(picks[:50_000])]
+            points = _rows_in_order(points, np.sort(picks[:50_000]))
         plot_data_map(points, str(path), title=f"Data map: {int(curated.rows_in)} rows in, {int(curated.rows_out)} kept")
         written["data_map"] = f"{prefix}/data_map.png"
 

@@ -108,7 +108,12 @@ def curate_annotated(dataset, *, annotation_columns: Sequence[str] | None = None
     # object per string (region) as numpy-backed pandas would make.
     import pandas as pd
 
-    frame = dataset.select_columns(columns).with_format("arrow")[:].to_pandas(types_mapper=pd.ArrowDtype)
+    if getattr(dataset, "_indices", None) is None:
+        # the table's own chunked columns: a query / slice would make new Arrow objects for every chunk
+        table = dataset.data.table
+        frame = pd.DataFrame({c: pd.arrays.ArrowExtensionArray(table.column(c)) for c in columns})
+    else:
+        frame = dataset.select_columns(columns).with_format("arrow")[:].to_pandas(types_mapper=pd.ArrowDtype)
     return _curate(dataset.remove_columns(columns), annotations=frame, **curate_kwargs)
 
 
@@ -259,12 +264,12 @@ def _arrow_batches(ds, batch_size: int):
     if table is None:  # not an Arrow-backed dataset as we know it: the generic path
         yield from (b.combine_chunks() for b in ds.with_format("arrow").iter(batch_size=batch_size))
         return
-    positions = indices.column(0).to_numpy() if indices is not None else None
     for start in range(0, len(ds), batch_size):
-        if positions is None:
+        if indices is None:
             yield table.slice(start, batch_size)
             continue
-        p = positions[start : start + batch_size]
+        # per batch: the mapping may be memory-mapped in many chunks, and a whole to_numpy() would copy it all
+        p = indices.column(0).slice(start, batch_size).to_numpy()
         if len(p) and (np.diff(p) >= 0).all():
             # Kept rows are in input order: take from the slice that spans them. A take over the whole table
             # makes Arrow concatenate each column's chunks, a copy that grows with the dataset.
