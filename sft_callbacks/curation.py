@@ -139,6 +139,7 @@ def curate(
     score: str | None = None,
     ascending: bool = False,
     seed: int = 0,
+    report_columns: Sequence[str] = (),
 ):
     """Your training ``dataset`` with what training learnt about each row, filtered; every drop counted by reason.
 
@@ -155,7 +156,17 @@ def curate(
     3. ``top_k``: keep the best ``top_k`` rows by ``score`` (highest first, ``ascending=True`` for lowest).
        Counted under ``top_k``. Rows whose score is NaN rank last.
 
+    ``report_columns``: columns of ``dataset`` to show in the per-row report (``CuratedDataset.annotations``,
+    which the card's summary and plots read) as well, e.g. annotation columns the dataset already carries
+    (:func:`~sft_callbacks.curate_annotated` passes them); they are shared with the data, not copied.
+
     Returns a :class:`CuratedDataset`; its ``dataset`` keeps input order and has a ``source_row`` column.
+
+    Memory: the filters read the columns 262,144 rows at a time, and quotas / top-k rank by an exact radix
+    selection over those chunks (:mod:`sft_callbacks.selection`), so no score, key or sort order is held per
+    row. ``source_row`` and the kept-rows mapping are written to memory-mapped Arrow files in ``datasets``'
+    temporary cache directory. What stays in memory per input row is the report's ``kept`` flag and
+    ``drop_reason`` code (2 bytes), plus the annotation frame when it comes from callbacks or a numpy frame.
 
     Example:
         >>> import datasets
@@ -194,6 +205,9 @@ def curate(
         raise ValueError(f"group_column {group_column!r} is not a column; columns: {dataset.column_names}")
     if score is not None and score not in frame.columns and score not in dataset.column_names:
         raise ValueError(f"score {score!r} is not a column; annotation columns: {list(frame.columns)}")
+    missing = sorted(set(report_columns) - set(dataset.column_names))
+    if missing:
+        raise ValueError(f"report_columns {missing} are not columns of the dataset; columns: {dataset.column_names}")
     if (quotas is not None) and group_column is None:
         raise ValueError("quotas need group_column, e.g. curate(..., group_column='domain', quotas=100)")
     if top_k is not None and (top_k < 1 or score is None):
@@ -261,6 +275,8 @@ def curate(
     curated = _with_rows(_annotated(base, frame, spans), keep, spans)
     # The report is the frame itself (its Arrow copy went into the curated data): no third copy per row.
     report = frame
+    for c in report_columns:  # the table's own chunked column: a slice would make new Arrow objects per chunk
+        report[c] = pd.arrays.ArrowExtensionArray(base.data.table.column(c))
     if group_column is not None and group_column not in report.columns:
         report[group_column] = pd.Categorical.from_codes(codes, categories=categories)
     report["kept"] = keep

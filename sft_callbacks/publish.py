@@ -84,9 +84,9 @@ def curate_annotated(dataset, *, annotation_columns: Sequence[str] | None = None
 
     E.g. ``datasets.load_from_disk("sft_callbacks_output/annotated")``. The scalar annotation columns
     (``annotation_columns``, default: those of :data:`ANNOTATION_COLUMNS` present) are handed to ``curate`` as
-    its ``annotations`` frame, so they reach the report (``CuratedDataset.annotations``) that the card's
-    summary and plots (data map, weight histogram) are drawn from; list columns such as ``loss_per_epoch`` stay
-    in the data. The curated rows carry the same columns, annotations last.
+    its ``report_columns``, so they reach the report (``CuratedDataset.annotations``) that the card's summary
+    and plots (data map, weight histogram) are drawn from; list columns such as ``loss_per_epoch`` stay in the
+    data only. The curated rows carry the same columns in the same order, then ``source_row``.
 
     Example:
         >>> import datasets
@@ -102,19 +102,9 @@ def curate_annotated(dataset, *, annotation_columns: Sequence[str] | None = None
     columns = [c for c in wanted if c in dataset.column_names and isinstance(dataset.features[c], datasets.Value)]
     if annotation_columns is not None and len(columns) != len(wanted):
         raise ValueError(f"not scalar columns of the dataset: {sorted(set(wanted) - set(columns))}")
-    if not columns:
-        return _curate(dataset, **curate_kwargs)
-    # Arrow-backed pandas columns: no copy of the (often memory-mapped) annotation columns, and no Python
-    # object per string (region) as numpy-backed pandas would make.
-    import pandas as pd
-
-    if getattr(dataset, "_indices", None) is None:
-        # the table's own chunked columns: a query / slice would make new Arrow objects for every chunk
-        table = dataset.data.table
-        frame = pd.DataFrame({c: pd.arrays.ArrowExtensionArray(table.column(c)) for c in columns})
-    else:
-        frame = dataset.select_columns(columns).with_format("arrow")[:].to_pandas(types_mapper=pd.ArrowDtype)
-    return _curate(dataset.remove_columns(columns), annotations=frame, **curate_kwargs)
+    # The columns stay where they are in the data; the report shows them without a copy (Arrow-backed pandas
+    # columns over the memory-mapped table, no Python object per string).
+    return _curate(dataset, report_columns=columns, **curate_kwargs)
 
 
 def _curate(dataset, **kwargs):
