@@ -104,6 +104,13 @@ def test_curate_without_callbacks_uses_columns_already_in_the_dataset():
     assert out.dataset["q"][:] == ["b", "e"] and out.dropped == {"top_k": 4}  # NaN ranks last
     out = curate(ds, drop=(), top_k=2, score="score", ascending=True)
     assert out.dataset["q"][:] == ["a", "d"]
+    # report_columns: data columns shown in the per-row report too, without being added to the data again
+    out = curate(ds, drop=(), top_k=2, score="score", report_columns=["score", "g"])
+    assert out.dataset.column_names == ["q", "g", "conflict", "score", "source_row"]
+    assert out.annotations["score"].tolist()[:2] == [0.1, 0.5] and out.annotations["g"].tolist() == list("xxyyzz")
+    assert out.annotations.loc[out.annotations.kept, "score"].tolist() == [0.5, 0.9]
+    with pytest.raises(ValueError, match="report_columns .*'nope'"):
+        curate(ds, report_columns=["nope"])
 
 
 def test_bad_input_gets_clear_errors(trained):
