@@ -21,6 +21,7 @@ Usage::
 
     python scripts/bench_publish.py                          # 250k and 1M rows
     python scripts/bench_publish.py --sizes 100000 400000 --max-shard-size 32MB
+    python scripts/bench_publish.py --sizes 1000000 8000000 --test-fraction 0.05   # with a random test split
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def _measured(rows: int, baseline: tuple[int, int], mem: MemorySampler, phases: 
     return phase
 
 
-def export_worker(annotated: str, export: str, max_shard_size: str) -> dict:
+def export_worker(annotated: str, export: str, max_shard_size: str, test_fraction: str = "0") -> dict:
     """curate + save, in one process (what `sft-callbacks export` does)."""
     import datasets
     import pandas as pd
@@ -157,7 +158,9 @@ def export_worker(annotated: str, export: str, max_shard_size: str) -> dict:
     heap = [c for c in report.columns if not isinstance(report[c].dtype, pd.ArrowDtype)]
     out["annotations_report_heap_mb"] = round(report[heap].memory_usage(deep=True, index=False).sum() / 2**20, 1)
     out["rows_out"] = curated.rows_out
-    phase("export", lambda: save_curated_dataset(export, curated, max_shard_size=max_shard_size,
+    test = float(test_fraction)
+    splits = {"train": 1 - test, "test": test} if test > 0 else None  # a random split, drawn chunk by chunk
+    phase("export", lambda: save_curated_dataset(export, curated, max_shard_size=max_shard_size, splits=splits,
                                                  fetch_source_card=False, source="bench/synthetic-sft"))  # fmt: skip
     mem.stop()
     out["export_mb"] = round(sum(p.stat().st_size for p in Path(export).rglob("*") if p.is_file()) / 2**20, 1)
@@ -236,7 +239,9 @@ def main() -> None:
     parser.add_argument("--max-shard-size", default="64MB", help="parquet shard size for export and push")
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "publish.json"))
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
-    parser.add_argument("--export-worker", nargs=3, metavar=("ANNOTATED", "EXPORT", "SHARD"), help=argparse.SUPPRESS)
+    parser.add_argument("--test-fraction", type=float, default=0.0,
+                        help="export a random train/test split with this test share (default: train only)")
+    parser.add_argument("--export-worker", nargs=4, metavar=("ANNOTATED", "EXPORT", "SHARD", "TEST"), help=argparse.SUPPRESS)
     parser.add_argument("--push-worker", nargs=3, metavar=("EXPORT", "REPO", "SHARD"), help=argparse.SUPPRESS)
     parser.add_argument("--make", nargs=2, metavar=("ROWS", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -266,7 +271,7 @@ def main() -> None:
             export = work / f"export-{rows}"
             env = client_env(url, work / f"home-{rows}")
             res = {"rows": rows}
-            for key, argv in (("export", ["--export-worker", str(annotated), str(export), args.max_shard_size]),
+            for key, argv in (("export", ["--export-worker", str(annotated), str(export), args.max_shard_size, str(args.test_fraction)]),
                               ("push", ["--push-worker", str(export), f"{USER}/bench-{rows}", args.max_shard_size])):
                 proc = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True)
                 if proc.returncode != 0:
@@ -303,7 +308,7 @@ def main() -> None:
     print("\n".join(lines))
     report = {
         "benchmark": "export + push of an annotated dataset to a local Hub-compatible server (tests/hub_server.py)",
-        "max_shard_size": args.max_shard_size, "results": results, "table": lines,
+        "max_shard_size": args.max_shard_size, "test_fraction": args.test_fraction, "results": results, "table": lines,
         "growth_bytes_per_row": growth,
         "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "git": git_state(),

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .arrow_rows import arrow_dataset, mapped_column, subset
 from .selection import best_rows_thresholds, order_keys
 
 _CHUNK_ROWS = 262_144  # rows per step of each pass over the data: memory per step stays bounded
@@ -332,60 +333,17 @@ def _annotated(dataset, frame: pd.DataFrame, spans):
 
     parts = [dataset]
     if len(frame.columns):  # Arrow-backed columns are shared, numpy ones wrapped without a copy
-        parts.append(_arrow_dataset(pa.Table.from_pandas(frame, preserve_index=False)))
-    source_row = _mapped_column("source_row", pa.int64(), (np.arange(a, b, dtype=np.int64) for a, b in spans))
-    parts.append(_arrow_dataset(source_row))
+        parts.append(arrow_dataset(pa.Table.from_pandas(frame, preserve_index=False)))
+    source_row = mapped_column("source_row", pa.int64(), (np.arange(a, b, dtype=np.int64) for a, b in spans))
+    parts.append(arrow_dataset(source_row))
     return datasets.concatenate_datasets(parts, axis=1)
 
 
 def _with_rows(dataset, keep: np.ndarray, spans):
-    """The rows of ``dataset`` where ``keep`` is True, as an indices mapping over its table.
-
-    ``Dataset.select`` would turn the indices into a Python list and hash them for the fingerprint (about
-    50 bytes per row); this mapping is written chunk by chunk to a memory-mapped file, like ``datasets``'s own.
-    """
-    import datasets
-    import pyarrow as pa
-    from datasets.fingerprint import generate_random_fingerprint
-
+    """The rows of ``dataset`` where ``keep`` is True (an indices mapping, memory-mapped; no data copied)."""
     if keep.all():
         return dataset
-    rows = (np.flatnonzero(keep[a:b]).astype(np.uint64) + np.uint64(a) for a, b in spans)
-    return datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split,
-                            indices_table=_mapped_column("indices", pa.uint64(), rows),
-                            fingerprint=generate_random_fingerprint())  # fmt: skip
-
-
-def _mapped_column(name: str, type_, chunks):
-    """One column written chunk by chunk to an Arrow file in ``datasets``' temporary cache directory (removed
-    when the session ends), then memory-mapped: its pages are the OS page cache, not this process's heap."""
-    import os
-    import uuid
-
-    import pyarrow as pa
-    from datasets.fingerprint import get_temporary_cache_files_directory
-    from datasets.table import MemoryMappedTable
-
-    path = os.path.join(get_temporary_cache_files_directory(), f"sft-callbacks-{name}-{uuid.uuid4().hex}.arrow")
-    schema = pa.schema([(name, type_)])
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for chunk in chunks:
-            writer.write_table(pa.table({name: pa.array(chunk, type=type_)}, schema=schema))
-    return MemoryMappedTable.from_file(path)
-
-
-def _arrow_dataset(table):
-    """An Arrow ``table`` (or a ``datasets`` table) as a ``datasets.Dataset``, without a copy.
-
-    A random fingerprint, because ``datasets`` otherwise fingerprints an in-memory table by pickling all of it
-    (about 300 B per row of Python memory for a typical annotation frame); these columns are never cached.
-    """
-    import datasets
-    from datasets.fingerprint import generate_random_fingerprint
-
-    if not isinstance(table, datasets.table.Table):
-        table = datasets.table.InMemoryTable(table.replace_schema_metadata(None))
-    return datasets.Dataset(table, fingerprint=generate_random_fingerprint())
+    return subset(dataset, ((a, np.flatnonzero(keep[a:b])) for a, b in spans))
 
 
 def callback_config(callback) -> dict[str, Any]:

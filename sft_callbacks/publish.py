@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .arrow_rows import subset
 from .curation import CuratedDataset
 from .provenance import SCHEMA, build_card, build_provenance, write_plots
 
@@ -42,6 +43,7 @@ _RETRY_STATUS = {408, 409, 412, 425, 429}
 # Rows per record batch of the Arrow cache Dataset.from_parquet builds when pushing (at most: a batch never spans
 # the parquet row groups, 20,000 rows in an export); see push_curated_dataset
 _CACHE_BATCH_ROWS = 100_000
+_SPLIT_CHUNK_ROWS = 262_144  # rows per draw of the random split assignment (part of what `seed` reproduces)
 
 
 class PublishError(RuntimeError):
@@ -204,14 +206,26 @@ def _splits(dataset, splits, seed: int) -> dict[str, Any]:
     if not math.isclose(sum(values), 1.0, abs_tol=1e-6):
         raise ValueError(f"split fractions must sum to 1, got {sum(values)}")
     n = len(dataset)
-    perm = np.random.default_rng(seed).permutation(n)
-    bounds = np.round(np.cumsum([0.0, *values]) * n).astype(int)
-    out = {}
-    for (name, _), a, b in zip(splits.items(), bounds[:-1], bounds[1:]):
-        if b <= a:
+    sizes = np.diff(np.round(np.cumsum([0.0, *values]) * n).astype(np.int64))
+    for name, size in zip(splits, sizes):
+        if size <= 0:
             raise ValueError(f"split {name!r} would be empty ({n} rows): use a larger fraction")
-        out[name] = dataset.select(np.sort(perm[a:b]))  # input order within each split
-    return out
+    return {name: subset(dataset, _split_rows(n, sizes, i, seed)) for i, name in enumerate(splits)}
+
+
+def _split_rows(n: int, sizes: np.ndarray, split: int, seed: int):
+    """``(start, offsets)`` of the rows that fall in ``split``: a uniformly random assignment with exactly
+    ``sizes`` rows per split, drawn chunk by chunk (multivariate hypergeometric counts, then shuffled labels),
+    so no permutation of all rows is held. The same ``seed`` gives the same assignment for every split."""
+    rng = np.random.default_rng(seed)
+    remaining = sizes.copy()
+    for start in range(0, n, _SPLIT_CHUNK_ROWS):
+        length = min(_SPLIT_CHUNK_ROWS, n - start)
+        counts = rng.multivariate_hypergeometric(remaining, length)
+        labels = np.repeat(np.arange(len(sizes), dtype=np.int8), counts)
+        rng.shuffle(labels)
+        remaining -= counts
+        yield start, np.flatnonzero(labels == split)  # input order within each split
 
 
 def _nbytes(ds) -> int:
