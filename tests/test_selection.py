@@ -123,7 +123,8 @@ def test_curate_over_many_chunks_equals_the_in_memory_reference(monkeypatch, tmp
     assert out.dataset["text"][:] == [f"row {i}" for i in np.flatnonzero(keep)]
     assert out.dropped == {"flag_noisy": int(flags.sum()), "quota": int((reason == "quota").sum()),
                            "top_k": int((reason == "top_k").sum())}  # fmt: skip
-    assert out.counts_by_group("domain")["math"]["before"] == int((groups == "math").sum())
+    assert out.counts_by_group("domain") == {
+        g: {"before": int((groups == g).sum()), "after": int((keep & (groups == g)).sum())} for g in ("chat", "code", "math")}
 
 
 def test_curate_on_a_shuffled_dataset_and_seeded_quotas_without_a_score(monkeypatch):
