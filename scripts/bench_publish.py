@@ -1,6 +1,6 @@
 """Benchmark exporting and pushing a large annotated dataset (default 1M rows) to a local Hub-compatible server.
 
-For each size (default 250k and 1M rows) it
+For each size (default 1M and 4M rows) it
 
 1. builds an annotated dataset on disk (prompt / completion / domain + the per-sample annotation columns the
    callbacks write: times_seen, loss_*, token_accuracy, weight, data-map coordinates, region, flag_noisy), in a
@@ -17,9 +17,13 @@ The server (``tests/hub_server.py``) runs in its own process, so its buffers are
 rows/s, and peak RSS / anonymous memory above the baseline per phase; comparing the two sizes shows whether
 memory grows with the number of rows. Writes ``bench_results/publish.json``.
 
+Push holds one parquet shard in flight, so its memory follows the shard size up to ``--max-shard-size``: compare
+sizes whose exports are both at the cap (from about 1M rows at 64MB; at 250k rows the shards are smaller), or
+lower the cap (``--sizes 250000 1000000 --max-shard-size 16MB``).
+
 Usage::
 
-    python scripts/bench_publish.py                          # 250k and 1M rows
+    python scripts/bench_publish.py                          # 1M and 4M rows
     python scripts/bench_publish.py --sizes 100000 400000 --max-shard-size 32MB
     python scripts/bench_publish.py --sizes 1000000 8000000 --test-fraction 0.05   # with a random test split
 """
@@ -235,7 +239,7 @@ def client_env(url: str, home: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[250_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 4_000_000])
     parser.add_argument("--max-shard-size", default="64MB", help="parquet shard size for export and push")
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "publish.json"))
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
