@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from .arrow_rows import subset
-from .curation import CuratedDataset
+from .curation import CuratedDataset, curate
 from .provenance import SCHEMA, build_card, build_provenance, write_plots
 
 DEFAULT_COMMIT_MESSAGE = "Upload curated dataset (sft-callbacks)"
@@ -106,13 +106,7 @@ def curate_annotated(dataset, *, annotation_columns: Sequence[str] | None = None
         raise ValueError(f"not scalar columns of the dataset: {sorted(set(wanted) - set(columns))}")
     # The columns stay where they are in the data; the report shows them without a copy (Arrow-backed pandas
     # columns over the memory-mapped table, no Python object per string).
-    return _curate(dataset, report_columns=columns, **curate_kwargs)
-
-
-def _curate(dataset, **kwargs):
-    from .curation import curate
-
-    return curate(dataset, **kwargs)
+    return curate(dataset, report_columns=columns, **curate_kwargs)
 
 
 # ================================================================================================== saving
