@@ -95,11 +95,11 @@ class Split:
 # Train mix deliberately imbalanced (the easiest domain is the largest); the target (validation and test) gives
 # the harder domains most of the weight, so uniform sampling under-serves it.
 BENCHMARK = {
-    "language": Split(train=500, validation=16, test=40),
-    "tweet_sentiment": Split(train=300, validation=24, test=60),
-    "subjectivity": Split(train=160, validation=32, test=80),
-    "movie_review": Split(train=140, validation=48, test=120),
-    "topic": Split(train=100, validation=40, test=100),
+    "language": Split(train=400, validation=16, test=30),
+    "tweet_sentiment": Split(train=300, validation=24, test=45),
+    "movie_review": Split(train=220, validation=48, test=90),
+    "subjectivity": Split(train=160, validation=32, test=60),
+    "topic": Split(train=120, validation=40, test=75),
 }
 # Screening pools: every candidate, balanced (round 1: the first seven; round 2: the ones round 1 learnt or nearly
 # learnt, and two new ones).
