@@ -11,8 +11,8 @@ training mix. Every arm trains the same model with the same seeds and step budge
 * ``all``: the four strategies together.
 
 Every arm also carries ``TrainingDynamicsCallback`` (records only; it does not change what is drawn) and a recorder
-that reads each evaluation's per-row losses from it: the target validation loss (token-weighted over the
-validation mix: the Trainer's own ``eval_loss``), and each domain's. After training, greedy answers on the test
+that reads each evaluation's per-row losses from it: the target validation loss (token-weighted over all
+validation rows, i.e. over the validation mix), and each domain's. After training, greedy answers on the test
 split are scored per domain (exact match after trivial normalisation; answers outside the domain's label set are
 counted as format failures). The uniform runs also feed the noise section: each of the package's scores against
 the planted corruption, per domain, next to cleanlab on out-of-sample (K-fold) candidate probabilities.
@@ -46,10 +46,10 @@ class EvidenceConfig:
     model: str = "smollm2"  # or "tiny" (a random 2-layer Llama: the smoke test)
     tuning: str = "lora"  # or "full": LoRA learnt more per CPU minute in the screening (BENCHMARKS.md)
     device: str = "cpu"  # or "cuda"
-    steps: int = 150
-    batch_size: int = 16
+    steps: int = CPU_STEPS
+    batch_size: int = CPU_BATCH
     lr: float | None = None  # default per model / tuning (see default_lr)
-    eval_steps: int = 10
+    eval_steps: int = CPU_EVAL_STEPS
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     noise: float = 0.2
@@ -200,34 +200,34 @@ def make_policies(arm: str, target_shares: dict) -> list:
 
 
 class EvalRecorder(TrainerCallback):
-    """Per evaluation: target loss (the Trainer's ``eval_loss``) and each domain's token-weighted loss, read from
-    the per-row losses that ``TrainingDynamicsCallback`` captured in that same evaluation. Goes last in the list,
-    after the tracker has folded the evaluation in."""
+    """Per evaluation: the target loss (token-weighted over all eval rows) and each domain's, read from the per-row
+    losses that ``TrainingDynamicsCallback`` captured in that same evaluation, and the mixture drawn since the last
+    one. Goes last in the list, after the tracker has folded the evaluation in."""
 
     def __init__(self, dynamics, eval_domains, train_domains):
+        from sft_callbacks.policies.groups import group_ids
+
         self.dynamics = dynamics
-        self.eval_domains = np.asarray(eval_domains)
+        self.eval_ids, self.names = group_ids(list(eval_domains))
         self.train_domains = np.asarray(train_domains)
         self._seen_before = None
-        self.names = sorted({str(d) for d in self.eval_domains})
         self.curve: list[dict] = []
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         result = self.dynamics.session.tracker.eval_results.get("eval")
         if result is None or metrics is None or "eval_loss" not in metrics:
             return
+        from sft_callbacks.policies.validation import group_eval_losses
+
         index = result["index"]
         uid = np.asarray(index.seq_uid)
         loss = np.asarray(result["loss_by_uid"], dtype=np.float64)[uid]
         ntok = np.asarray(index.n_trained, dtype=np.float64)[uid]
-        dom = self.eval_domains[np.asarray(index.seq_row)]
-        per = {}
-        for d in self.names:
-            m = (dom == d) & np.isfinite(loss) & (ntok > 0)
-            per[d] = float((loss[m] * ntok[m]).sum() / ntok[m].sum()) if m.any() else float("nan")
+        groups = self.eval_ids[np.asarray(index.seq_row)]
+        per = dict(zip(self.names, group_eval_losses(loss, groups, ntok, num_groups=len(self.names)).tolist()))
         ok = np.isfinite(loss) & (ntok > 0)
         # The mixture actually drawn since the previous evaluation, from the tracker's visit counts.
-        seen = np.nan_to_num(self.dynamics.dynamics()["times_seen"].to_numpy(np.float64))
+        seen = np.nan_to_num(self.dynamics.dynamics()["times_seen"].to_numpy(np.float64))  # per training row
         new = seen - (self._seen_before if self._seen_before is not None else 0.0)
         self._seen_before = seen
         drawn = {str(d): float(new[self.train_domains == d].sum() / max(new.sum(), 1.0))
@@ -239,20 +239,8 @@ class EvalRecorder(TrainerCallback):
                            "drawn_since_last_eval": drawn})
 
 
-def _mixture_history(log_history) -> list[dict]:
-    out = []
-    for entry in log_history:
-        shares = {k[len("sft/mixture/"):]: float(v) for k, v in entry.items() if k.startswith("sft/mixture/")}
-        if shares:
-            out.append({"step": int(entry.get("step", 0)), "shares": shares})
-    return out
-
-
-def _drawn_shares(trainer, train_domains) -> dict:
+def _drawn_shares(dyn, train_domains) -> dict:
     """Share of each domain among the rows actually drawn (from the tracker's per-row visit counts)."""
-    from sft_callbacks import TrainingDynamicsCallback
-
-    dyn = next(c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingDynamicsCallback))
     seen = dyn.dynamics()["times_seen"].to_numpy(np.float64)
     dom = np.asarray(train_domains)
     total = seen.sum()
@@ -331,6 +319,7 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
     from trl import SFTTrainer
 
     from sft_callbacks import DataMapCallback, TrainingDynamicsCallback
+    from sft_callbacks.provenance import mixture_history
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -355,13 +344,13 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
     out = {
         "arm": arm, "seed": seed, "train_seconds": train_s, "score_seconds": score_s,
         "curve": recorder.curve,
-        "mixture": _mixture_history(trainer.state.log_history),
-        "drawn_shares": _drawn_shares(trainer, data["train"]["domain"]),
+        "mixture": mixture_history(trainer.state.log_history),
+        "drawn_shares": _drawn_shares(dyn, data["train"]["domain"]),
         "epochs": float(trainer.state.epoch or 0.0),
         **scores,
     }
     if arm == "uniform":
-        out["_rows"] = row_scores(dyn, data_map, data["train"])
+        out["_rows"] = row_scores(dyn, data_map)
     last = recorder.curve[-1] if recorder.curve else {}
     log(f"[{arm} seed={seed}] target val loss {last.get('target_loss', float('nan')):.4f}  "
         f"test EM {scores['exact_match']:.3f}  format failures {scores['format_failures']:.3f}  "
@@ -369,7 +358,7 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
     return out
 
 
-def row_scores(dyn, data_map, train) -> dict:
+def row_scores(dyn, data_map) -> dict:
     """Every suspicion score the package offers for each training row (higher = more likely corrupted)."""
     frame = dyn.dynamics()
     out = {
@@ -422,18 +411,15 @@ def _metrics_of(run: dict, uniform_final: float) -> dict:
     return out
 
 
-def paired_summary(runs: list[dict], arms: list[str], seeds: list[int], steps: int) -> dict:
+def paired_summary(runs: list[dict], arms: list[str], seeds: list[int]) -> dict:
     """Per arm: mean of each metric, paired differences against uniform and static_target with 95% intervals,
-    and steps to reach the same seed's uniform final target loss (ratio to the budget; never reached = censored)."""
+    and the steps each seed took to reach the same seed's uniform final target loss (None: never reached)."""
     by = {(r["arm"], r["seed"]): r for r in runs}
+    metrics = {key: _metrics_of(run, by[("uniform", key[1])]["curve"][-1]["target_loss"])
+               for key, run in by.items() if ("uniform", key[1]) in by}
     out = {}
     for arm in arms:
-        per_seed = {}
-        for s in seeds:
-            if (arm, s) not in by or ("uniform", s) not in by:
-                continue
-            uni_final = by[("uniform", s)]["curve"][-1]["target_loss"]
-            per_seed[s] = _metrics_of(by[(arm, s)], uni_final)
+        per_seed = {s: metrics[(arm, s)] for s in seeds if (arm, s) in metrics}
         if not per_seed:
             continue
         keys = list(next(iter(per_seed.values())))
@@ -447,8 +433,7 @@ def paired_summary(runs: list[dict], arms: list[str], seeds: list[int], steps: i
                 continue
             entry["mean"][k] = mean_ci(vals)
             for ref, name in (("uniform", "vs_uniform"), ("static_target", "vs_static_target")):
-                diffs = [per_seed[s][k] - _metrics_of(by[(ref, s)], by[("uniform", s)]["curve"][-1]["target_loss"])[k]
-                         for s in per_seed if (ref, s) in by]
+                diffs = [per_seed[s][k] - metrics[(ref, s)][k] for s in per_seed if (ref, s) in metrics]
                 if diffs:
                     entry[name][k] = mean_ci(diffs)
         out[arm] = entry
@@ -633,7 +618,7 @@ def run_benchmark(cfg: EvidenceConfig, log=print) -> dict:
             "target_shares": data["target_shares"], "majority": data["majority"], "labels": data["labels"],
         },
         "runs": runs,
-        "summary": paired_summary(runs, cfg.arms, cfg.seeds, cfg.steps),
+        "summary": paired_summary(runs, cfg.arms, cfg.seeds),
         "noise": noise,
         "total_seconds": time.perf_counter() - t_all,
     }

@@ -139,27 +139,36 @@ def _clean(text: str) -> str | None:
     return text
 
 
-def language_rows(wheel: Path) -> list[tuple[str, str]]:
-    """(line, language) from chatterbot-corpus: every distinct short line of every language's dialogues."""
+def _chatterbot_rows(wheel: Path, label_of_file) -> list[tuple[str, str]]:
+    """(line, label) for every distinct short dialogue line of the chatterbot-corpus files that ``label_of_file``
+    names (path -> label, or None to skip); a line filed under two labels is dropped (often English lines in
+    another language's file)."""
     import yaml
 
     seen: dict[str, str] = {}
     clash: set[str] = set()
     with zipfile.ZipFile(wheel) as zf:
         for name in sorted(zf.namelist()):
-            parts = name.split("/")
-            if len(parts) != 4 or not name.endswith(".yml") or parts[2] not in LANGUAGES:
+            label = label_of_file(name) if name.endswith(".yml") else None
+            if label is None:
                 continue
             doc = yaml.safe_load(zf.read(name).decode("utf-8")) or {}
             for conv in doc.get("conversations") or []:
                 for line in conv if isinstance(conv, list) else []:
                     text = _clean(line) if isinstance(line, str) else None
-                    if text is None:
-                        continue
-                    lang = LANGUAGES[parts[2]]
-                    if seen.setdefault(text, lang) != lang:
-                        clash.add(text)  # the same line filed under two languages (often English)
-    return [(t, lang) for t, lang in seen.items() if t not in clash]
+                    if text is not None and seen.setdefault(text, label) != label:
+                        clash.add(text)
+    return [(t, label) for t, label in seen.items() if t not in clash]
+
+
+def language_rows(wheel: Path) -> list[tuple[str, str]]:
+    """(line, language) from chatterbot-corpus: every distinct short line of every language's dialogues."""
+
+    def language(name: str) -> str | None:
+        parts = name.split("/")
+        return LANGUAGES.get(parts[2]) if len(parts) == 4 else None
+
+    return _chatterbot_rows(wheel, language)
 
 
 def tweet_rows(wheel: Path) -> list[tuple[str, str]]:
@@ -208,19 +217,8 @@ def subjectivity_rows(wheel: Path) -> list[tuple[str, str]]:
 
 def topic_rows(wheel: Path) -> list[tuple[str, str]]:
     """(line, topic) from chatterbot-corpus's English topic files (:data:`TOPICS`)."""
-    import yaml
-
-    seen: dict[str, str] = {}
-    clash: set[str] = set()
-    with zipfile.ZipFile(wheel) as zf:
-        for topic in TOPICS:
-            doc = yaml.safe_load(zf.read(f"chatterbot_corpus/data/english/{topic}.yml").decode("utf-8")) or {}
-            for conv in doc.get("conversations") or []:
-                for line in conv if isinstance(conv, list) else []:
-                    text = _clean(line) if isinstance(line, str) else None
-                    if text is not None and seen.setdefault(text, topic) != topic:
-                        clash.add(text)
-    return [(t, topic) for t, topic in seen.items() if t not in clash]
+    files = {f"chatterbot_corpus/data/english/{topic}.yml": topic for topic in TOPICS}
+    return _chatterbot_rows(wheel, files.get)
 
 
 def _evals(wheel: Path, path: str) -> list[dict]:

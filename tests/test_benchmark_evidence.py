@@ -66,7 +66,7 @@ def test_paired_summary_differences_are_per_seed():
     runs = [run("uniform", 0, 1.0, 0.5), run("uniform", 1, 2.0, 0.6),
             run("static_target", 0, 0.8, 0.6), run("static_target", 1, 1.9, 0.6),
             run("all", 0, 1.5, 0.4), run("all", 1, 2.5, 0.5)]
-    s = bench_evidence.paired_summary(runs, ["uniform", "static_target", "all"], [0, 1], 10)
+    s = bench_evidence.paired_summary(runs, ["uniform", "static_target", "all"], [0, 1])
     assert s["static_target"]["vs_uniform"]["target_loss"]["mean"] == pytest.approx(-0.15)  # (-0.2 - 0.1) / 2
     assert s["all"]["vs_static_target"]["target_loss"]["mean"] == pytest.approx(0.65)  # (0.7 + 0.6) / 2
     assert s["uniform"]["vs_uniform"]["exact_match"]["mean"] == 0.0
