@@ -117,3 +117,17 @@ def test_evidence_benchmark_runs_end_to_end_on_the_tiny_model(tmp_path):
     assert "target val loss" in text and "Noise section" in text and "cleanlab, 2-fold out-of-sample" in text
     assert (tmp_path / "plots" / "evidence_target_loss.png").stat().st_size > 0
     assert (tmp_path / "plots" / "evidence_mixture.png").stat().st_size > 0
+
+
+def test_load_benchmark_dataset_splits_mixes_and_bad_split():
+    from sft_callbacks.demo_data import load_benchmark_dataset
+
+    train, val = load_benchmark_dataset("train"), load_benchmark_dataset("validation")
+    assert len(train) == 1200 and len(val) == 160 and len(load_benchmark_dataset("test")) == 300
+    shares = lambda ds: {d: ds["domain"].count(d) / len(ds) for d in set(ds["domain"])}  # noqa: E731
+    assert shares(train)["language"] == pytest.approx(400 / 1200)  # the easiest domain is the largest in train
+    assert shares(val)["language"] == pytest.approx(0.10)  # and the smallest in the target
+    assert set(train[0]) >= {"prompt", "completion", "domain", "answer", "split", "source"}
+    assert train[0]["prompt"][0]["role"] == "system"  # replaces SmolLM2's default system prompt
+    with pytest.raises(ValueError, match="unknown benchmark split 'dev'"):
+        load_benchmark_dataset("dev")
