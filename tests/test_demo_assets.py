@@ -6,6 +6,7 @@ import importlib.util
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -171,3 +172,34 @@ def test_load_smollm2_generates():
     new = out[0, ids["input_ids"].shape[1]:]
     assert 1 <= len(new) <= 5
     assert tok.decode(new, skip_special_tokens=True).strip()
+
+
+def test_corrupt_answers_one_rate_changes_exactly_that_many_answers():
+    from sft_callbacks.demo_data import corrupt_answers
+
+    clean = load_demo_dataset("train")
+    noisy = corrupt_answers(clean, 0.2, seed=3)
+    changed = np.asarray(clean["answer"], dtype=object) != np.asarray(noisy["answer"], dtype=object)
+    assert changed.sum() == round(0.2 * len(clean)) and (changed == np.asarray(noisy["corrupted"])).all()
+    assert noisy["completion"][int(np.flatnonzero(changed)[0])][0]["content"] == noisy["answer"][int(np.flatnonzero(changed)[0])]
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\)"):
+        corrupt_answers(clean, 1.0, seed=0)
+
+
+def test_corrupt_answers_per_domain_rates_are_exact_and_stay_in_the_domain():
+    from sft_callbacks.demo_data import corrupt_answers
+
+    clean = load_demo_dataset("train")
+    domains = np.asarray(clean["domain"])
+    rates = {d: (0.4 if i == 0 else 0.05) for i, d in enumerate(sorted(set(domains.tolist())))}
+    noisy = corrupt_answers(clean, rates, seed=3)
+    bad = np.asarray(noisy["corrupted"])
+    for d, rate in rates.items():
+        assert bad[domains == d].sum() == round(rate * (domains == d).sum())
+        allowed = set(np.asarray(clean["answer"], dtype=object)[domains == d].tolist())
+        assert set(np.asarray(noisy["answer"], dtype=object)[domains == d].tolist()) <= allowed
+    assert (np.asarray(clean["answer"], dtype=object)[bad] != np.asarray(noisy["answer"], dtype=object)[bad]).all()
+    with pytest.raises(ValueError, match="no noise rate for domain"):
+        corrupt_answers(clean, {d: 0.1 for d in list(rates)[1:]}, seed=0)
+    with pytest.raises(ValueError, match="must be in"):
+        corrupt_answers(clean, {**rates, list(rates)[0]: -0.1}, seed=0)
