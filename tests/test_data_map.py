@@ -9,7 +9,6 @@ from trl import SFTConfig, SFTTrainer
 from sft_callbacks import DataMapCallback, TrainingDynamicsCallback, plot_data_map
 from sft_callbacks.policies.data_map import assign_regions, data_map_coordinates, flag_noisy
 
-from .helpers import sft_rows
 
 
 def test_coordinates_regions_and_flags_on_arrays():

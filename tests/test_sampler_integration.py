@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from trl import SFTConfig, SFTTrainer
 
 from sft_callbacks import AdaptiveSampler, SamplingPolicyCallback, TrainingDynamicsCallback
