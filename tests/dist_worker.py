@@ -233,6 +233,11 @@ def main():
         result["vocab_hash"] = vocab_hash
         with open(os.path.join(outdir, f"rank{rank}_{name}.json"), "w") as f:
             json.dump(result, f)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Tear the gloo group down before the interpreter does: exiting with it alive aborted a rank now and then
+        # ("terminate called without an active exception", exit code -6) after every result was written.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
