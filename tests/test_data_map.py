@@ -10,7 +10,6 @@ from sft_callbacks import DataMapCallback, TrainingDynamicsCallback, plot_data_m
 from sft_callbacks.policies.data_map import assign_regions, data_map_coordinates, flag_noisy
 
 
-
 def test_coordinates_regions_and_flags_on_arrays():
     loss = np.array([[0.05, 0.04, 0.03], [3.0, 3.1, 2.9], [0.1, 2.5, 0.1], [np.nan, np.nan, 0.2]])
     c = data_map_coordinates(loss)

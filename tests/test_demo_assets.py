@@ -181,7 +181,8 @@ def test_corrupt_answers_one_rate_changes_exactly_that_many_answers():
     noisy = corrupt_answers(clean, 0.2, seed=3)
     changed = np.asarray(clean["answer"], dtype=object) != np.asarray(noisy["answer"], dtype=object)
     assert changed.sum() == round(0.2 * len(clean)) and (changed == np.asarray(noisy["corrupted"])).all()
-    assert noisy["completion"][int(np.flatnonzero(changed)[0])][0]["content"] == noisy["answer"][int(np.flatnonzero(changed)[0])]
+    first = int(np.flatnonzero(changed)[0])
+    assert noisy["completion"][first][0]["content"] == noisy["answer"][first]
     with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\)"):
         corrupt_answers(clean, 1.0, seed=0)
 
