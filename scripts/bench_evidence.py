@@ -33,6 +33,9 @@ from transformers import TrainerCallback
 
 ARMS = ("uniform", "static_target", "validation", "hard", "curriculum", "balance", "all")
 QUICK_ARMS = ("uniform", "static_target", "all")
+# The candidate update rules of ValidationGuidedResamplingCallback (issue 13's ablation): "validation:<method>".
+VALIDATION_CANDIDATES = ("validation:scaling", "validation:learnability", "validation:aioli", "validation:exp3",
+                         "validation:doremi")
 # The CPU budget (2 cores): chosen so that all arms x 3 seeds fit in 100 minutes (see BENCHMARKS.md).
 CPU_STEPS, CPU_BATCH, CPU_EVAL_STEPS = 80, 8, 20
 NOISE_SEED = 1234  # which training answers are corrupted: fixed, so every arm and seed sees the same noise
@@ -195,6 +198,8 @@ def make_policies(arm: str, target_shares: dict) -> list:
     }
     if arm == "uniform":
         return []
+    if arm.startswith("validation:"):  # a candidate update rule of the validation-guided callback
+        return [ValidationGuidedResamplingCallback(group_column="domain", method=arm.split(":", 1)[1])]
     if arm == "all":
         return [parts[p]() for p in ("validation", "hard", "curriculum", "balance")]
     if arm not in parts:

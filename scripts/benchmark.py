@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     ev.add_argument("--eval-steps", type=int, default=None)
     ev.add_argument("--lr", type=float, default=None)
     ev.add_argument("--seeds", type=int, nargs="+", default=None)
-    ev.add_argument("--arms", nargs="+", default=None, choices=bench_evidence.ARMS)
+    ev.add_argument("--arms", nargs="+", default=None, choices=bench_evidence.ARMS + bench_evidence.VALIDATION_CANDIDATES)
     ev.add_argument("--cv-folds", type=int, default=None, help="cleanlab's out-of-sample folds (0: skip)")
     ev.add_argument("--data-fraction", type=float, default=None, help="keep this fraction of every split")
     ev.add_argument("--threads", type=int, default=None, help="torch threads")

@@ -249,7 +249,8 @@ def test_group_with_worse_validation_loss_gains_share(tmp_path, tokenizer, make_
     assert np.isclose(metrics["sft/mixture/food"], after[food], rtol=1e-4)
     assert np.isclose(metrics["sft/validation/loss/food"], expected["food"], rtol=1e-5)
     assert np.isclose(metrics["sft/validation/excess/food"], expected["food"], rtol=1e-5)
-    restored = ValidationGuidedResamplingCallback(group_column="domain")
+    restored = ValidationGuidedResamplingCallback(group_column="domain", reference={d: 0.0 for d in DOMAINS})
+    assert restored.method == "doremi"  # reference losses given: DoReMi's excess-loss update
     restored.load_policy_state(json.loads(json.dumps(guide.policy_state())))
     assert restored.mixture_dict() == pytest.approx(guide.mixture_dict())
     np.testing.assert_allclose(restored.reference, guide.reference)
@@ -279,7 +280,8 @@ def test_plateau_raises_hard_boost_and_first_eval_is_the_reference(tmp_path, tok
     # science_mcq only in eval: warned about and ignored. learning_rate=0: the eval loss cannot improve.
     train = _train_rows(exclude=("radio_exam", "science_mcq"))
     val = _validation_rows(per_domain=2)
-    guide = ValidationGuidedResamplingCallback(group_column="domain", paced_difficulty=True, patience=1)
+    guide = ValidationGuidedResamplingCallback(group_column="domain", method="doremi", paced_difficulty=True,
+                                               patience=1)
     args = _config(tmp_path, max_steps=5, eval_steps=2, logging_steps=1, learning_rate=0.0)
     trainer = SFTTrainer(model=make_model(), args=args,
                          train_dataset=train, eval_dataset=val, processing_class=tokenizer, callbacks=[guide])

@@ -29,6 +29,18 @@ from .groups import (
     row_group_shares,
     shares_from_mapping,
     shares_to_row_weights,
+    uid_groups,
+)
+from .mixing import (
+    exp3_update,
+    fresh_loss_slopes,
+    geometric_step,
+    group_loss_stats,
+    log_law_slopes,
+    scaling_shares,
+    shrink_slopes,
+    softmax_shares,
+    transfer_matrix,
 )
 
 logger = logging.getLogger(__name__)
@@ -347,6 +359,14 @@ def _none_to_nan(values) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
+# Update rules and their default learning rate (for "scaling": the fraction of the way to the fitted allocation
+# taken at each evaluation).
+METHODS = {"scaling": 0.5, "learnability": 0.5, "aioli": 1.0, "exp3": 1.0, "doremi": 1.0}
+DEFAULT_METHOD = "scaling"
+SCALING_WINDOW = 3  # evaluations in each log-law fit
+LEARN_WINDOW = 4  # sync intervals in each first-visit loss fit (learnability)
+
+
 class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
     """A [`~transformers.TrainerCallback`] that moves the training mixture over groups towards the groups whose
     validation loss is worst, after every evaluation.
@@ -423,11 +443,13 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         self,
         *,
         group_column: str,
-        learning_rate: float = 1.0,
+        method: str | None = None,
+        target: str | Mapping = "eval",
+        learning_rate: float | None = None,
         smoothing: float = 1e-3,
         min_share: float = 0.01,
         reference: str | Mapping = "first",
-        prior: str | Mapping = "natural",
+        prior: str | Mapping | None = None,
         eval_name: str = "eval",
         dsir: bool = False,
         dsir_text_column: str | None = None,
@@ -438,8 +460,27 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
     ):
         if not isinstance(group_column, str) or not group_column:
             raise ValueError("group_column must be the name of a column of the training and eval datasets")
+        if method is None:
+            method = "doremi" if isinstance(reference, Mapping) else DEFAULT_METHOD
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)} (got {method!r})")
+        if learning_rate is None:
+            learning_rate = METHODS[method]
         if not (np.isfinite(learning_rate) and learning_rate >= 0):
             raise ValueError(f"learning_rate must be finite and >= 0 (got {learning_rate})")
+        if method in ("scaling", "learnability") and learning_rate > 1:
+            raise ValueError(f"with method={method!r} learning_rate is a step fraction in [0, 1] (got {learning_rate})")
+        if isinstance(target, str):
+            if target != "eval":
+                raise ValueError(f"target must be 'eval' or a dict {{group: weight}} (got {target!r})")
+        elif isinstance(target, Mapping):
+            if not target or any(not np.isfinite(float(v)) or float(v) < 0 for v in target.values()) \
+                    or sum(float(v) for v in target.values()) <= 0:
+                raise ValueError(f"target weights must be finite, >= 0 and not all zero (got {dict(target)})")
+        else:
+            raise ValueError(f"target must be 'eval' or a dict {{group: weight}} (got {type(target).__name__})")
+        if prior is None:
+            prior = "natural" if method == "doremi" else "target"
         if not 0.0 <= smoothing <= 1.0:
             raise ValueError(f"smoothing must be in [0, 1] (got {smoothing})")
         if not 0.0 <= min_share < 1.0:
@@ -454,15 +495,15 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         else:
             raise ValueError(f"reference must be 'first' or a dict {{group: loss}} (got {type(reference).__name__})")
         if isinstance(prior, str):
-            if prior != "natural":
-                raise ValueError(f"prior must be 'natural' or a dict {{group: share}} (got {prior!r})")
+            if prior not in ("natural", "target"):
+                raise ValueError(f"prior must be 'natural', 'target' or a dict {{group: share}} (got {prior!r})")
         elif isinstance(prior, Mapping):
             if not prior or any(not np.isfinite(float(v)) or float(v) < 0 for v in prior.values()):
                 raise ValueError(f"prior shares must be finite and >= 0 (got {dict(prior)})")
             if sum(float(v) for v in prior.values()) <= 0:
                 raise ValueError("prior shares are all zero")
         else:
-            raise ValueError(f"prior must be 'natural' or a dict {{group: share}} (got {type(prior).__name__})")
+            raise ValueError(f"prior must be 'natural', 'target' or a dict {{group: share}} (got {type(prior).__name__})")
         if not isinstance(eval_name, str) or not eval_name.startswith("eval"):
             raise ValueError(f"eval_name must be 'eval' or 'eval_<key>' (got {eval_name!r})")
         if not (np.isfinite(dsir_strength) and dsir_strength >= 0):
@@ -472,7 +513,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         if not 0.0 < boost_step <= 1.0:
             raise ValueError(f"boost_step must be in (0, 1] (got {boost_step})")
         super().__init__(
-            group_column=group_column, learning_rate=learning_rate, smoothing=smoothing, min_share=min_share,
+            group_column=group_column, method=method, target=target if isinstance(target, str) else dict(target),
+            learning_rate=learning_rate, smoothing=smoothing, min_share=min_share,
             reference=reference if isinstance(reference, str) else dict(reference),
             prior=prior if isinstance(prior, str) else dict(prior), eval_name=eval_name, dsir=dsir,
             dsir_text_column=dsir_text_column, dsir_strength=dsir_strength, paced_difficulty=paced_difficulty,
@@ -480,6 +522,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         )
         # hyperparameters
         self.group_column = group_column
+        self.method = method
+        self.target_arg = target if isinstance(target, str) else dict(target)
         self.learning_rate = float(learning_rate)
         self.smoothing = float(smoothing)
         self.min_share = float(min_share)
@@ -502,10 +546,17 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         self.evals_without_improvement = 0
         self.hard_boost = 0.0
         self.updates = 0
+        self.target: np.ndarray | None = None  # loss weight of every training group in the target
+        self.history: list[dict] = []  # per evaluation: step, rows drawn per group, loss and SE per group
+        self.log_weights: np.ndarray | None = None  # exp3
+        self.train_points: list[dict] = []  # learnability: per sync point, draws and first-visit loss sums
+        self.last_gain: np.ndarray | None = None  # estimated target-loss decrease per drawn row, per group
+        self.last_slope: np.ndarray | None = None  # scaling: fitted loss slope per e-fold of draws
         # internal
         self.natural: np.ndarray | None = None
         self.prior: np.ndarray | None = None
         self._ids: np.ndarray | None = None
+        self._uid_group: np.ndarray | None = None
         self._ids_key = None
         self._row_preference: np.ndarray | None = None
         self._seen_result = None
@@ -577,7 +628,15 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             )
         self._ids, self._ids_key, self.group_names = ids, key, names
         self.natural = natural_shares(counts)
-        self.prior = self.natural if self.prior_arg == "natural" else shares_from_mapping(self.prior_arg, names, "prior")
+        if self.prior_arg == "natural":
+            self.prior = self.natural
+        elif self.prior_arg == "target":
+            self.prior = self._eval_row_shares(ctx, names)
+        else:
+            self.prior = shares_from_mapping(self.prior_arg, names, "prior")
+        if isinstance(self.target_arg, dict):
+            self.target = shares_from_mapping(self.target_arg, names, "target")
+        self._uid_group = uid_groups(ids, ctx.index.seq_uid, ctx.index.seq_row, len(ctx.index.keys))
         if isinstance(self.reference_arg, dict) and self.reference is None:
             given = {str(k): float(v) for k, v in self.reference_arg.items()}
             unknown = sorted(set(given) - set(names) - eval_names)
@@ -595,9 +654,27 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             val_texts = dataset_texts(ctx.eval_datasets[self.eval_name], self.dsir_text_column)
             self._row_preference = dsir_importance(train_texts, val_texts, strength=self.dsir_strength, groups=ids)
 
+    def _eval_row_shares(self, ctx: PolicyContext, names: list[str]) -> np.ndarray:
+        """Each training group's share of the eval rows (the starting mixture with ``prior="target"``)."""
+        eval_ids, eval_names = group_ids(ctx.eval_column(self.group_column, self.eval_name))
+        counts = group_counts(eval_ids, len(eval_names))
+        by_name = dict(zip(eval_names, counts.tolist()))
+        shares = np.array([float(by_name.get(n, 0)) for n in names], dtype=np.float64)
+        if shares.sum() <= 0:
+            raise ValueError(
+                f"prior='target' starts from the eval dataset's group shares, but none of its groups "
+                f"{sorted(eval_names)} is a training group {names}; pass prior='natural' or a dict"
+            )
+        return shares / shares.sum()
+
+    def _draws_by_group(self, ctx: PolicyContext) -> np.ndarray:
+        """Rows of each group drawn for training so far (the tracker's visit counts)."""
+        seen = np.asarray(ctx.stats.times_seen, dtype=np.float64)
+        return np.bincount(self._uid_group, weights=seen, minlength=len(self.group_names))
+
     # -- evaluation ---------------------------------------------------------------------------------------
-    def _eval_group_losses(self, ctx: PolicyContext, result: dict) -> tuple[np.ndarray, float] | None:
-        """Per training group validation loss of ``result``, and the token-weighted loss over all eval rows."""
+    def _eval_group_losses(self, ctx: PolicyContext, result: dict):
+        """Per training group validation loss, its SE and tokens, and the token-weighted loss over all eval rows."""
         index = result["index"]
         values = ctx.eval_column(self.group_column, self.eval_name)
         if index.num_rows != len(values):
@@ -615,24 +692,35 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         loss = np.asarray(result["loss_by_uid"], dtype=np.float64)[seq_uid]
         ntok = np.asarray(index.n_trained, dtype=np.float64)[seq_uid]
         groups = row_group[seq_row]
-        per_group = group_eval_losses(loss, groups, ntok, num_groups=len(self.group_names))
+        per_group, se, tokens = group_loss_stats(loss, groups, ntok, len(self.group_names))
         ok = np.isfinite(loss) & (ntok > 0)
         overall = float((loss[ok] * ntok[ok]).sum() / ntok[ok].sum()) if ok.any() else float("nan")
-        return per_group, overall
+        return per_group, se, tokens, overall
 
     def _update_from_eval(self, ctx: PolicyContext, result: dict) -> None:
         measured = self._eval_group_losses(ctx, result)
         if measured is None:
             return
-        losses, overall = measured
-        if self.reference is None:
-            self.reference = losses.copy()
-        else:  # a group first measured now takes its first loss as reference ("first")
-            fill = np.isnan(self.reference) & np.isfinite(losses)
-            self.reference[fill] = losses[fill]
-        excess = losses - self.reference
-        self.mixture = doremi_update(self.mixture, excess, self.learning_rate, self.smoothing, self.prior, self.min_share)
-        self.last_losses, self.last_excess = losses, excess
+        losses, se, tokens, overall = measured
+        if self.target is None or self.target_arg == "eval":
+            # The eval loss is token-weighted over its rows, so each group weighs its share of the eval tokens.
+            if tokens.sum() > 0:
+                self.target = tokens / tokens.sum()
+        draws = self._draws_by_group(ctx)
+        point = {"step": int(ctx.step), "draws": draws.tolist(), "loss": _nan_to_none(losses), "se": _nan_to_none(se)}
+        previous = self.history[-1] if self.history else None
+        self.history.append(point)
+        if self.method == "doremi":
+            self._doremi_step(losses)
+        elif self.method == "exp3":
+            self._exp3_step(previous, point)
+        elif self.method == "aioli":
+            self._aioli_step()
+        elif self.method == "learnability":
+            self._learnability_step()
+        else:
+            self._scaling_step()
+        self.last_losses = losses
         self.updates += 1
         if self.paced_difficulty:
             self.best_loss, self.evals_without_improvement, fire = plateau_step(
@@ -640,6 +728,110 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             )
             if fire:
                 self.hard_boost = min(1.0, self.hard_boost + self.boost_step)
+
+    def _doremi_step(self, losses: np.ndarray) -> None:
+        if self.reference is None:
+            self.reference = losses.copy()
+        else:  # a group first measured now takes its first loss as reference ("first")
+            fill = np.isnan(self.reference) & np.isfinite(losses)
+            self.reference[fill] = losses[fill]
+        excess = losses - self.reference
+        self.mixture = doremi_update(self.mixture, excess, self.learning_rate, self.smoothing, self.prior, self.min_share)
+        self.last_excess = excess
+
+    def _exp3_step(self, previous: dict | None, point: dict) -> None:
+        k = len(self.group_names)
+        if self.log_weights is None:
+            self.log_weights = np.log(np.maximum(self.mixture, 1e-12))
+        if previous is None:
+            return
+        new = np.asarray(point["draws"]) - np.asarray(previous["draws"])
+        drawn = new / new.sum() if new.sum() > 0 else self.mixture
+        before, after = _none_to_nan(previous["loss"]), _none_to_nan(point["loss"])
+        updated = exp3_update(self.log_weights, before, after, drawn, self.target, self.learning_rate, self.min_share)
+        self.last_gain = (updated - self.log_weights) / max(self.learning_rate, 1e-12) * drawn / np.maximum(new, 1.0)
+        self.log_weights = updated
+        # Exploration like EXP3's gamma: mix the prior back in, less as evaluations accumulate.
+        explore = max(self.smoothing, min(1.0, np.sqrt(np.log(k) / (k * max(self.updates, 1)))) if k > 1 else 0.0)
+        self.mixture = softmax_shares(self.log_weights, self.prior, explore, self.min_share)
+
+    def _scaling_step(self) -> None:
+        recent = self.history[-SCALING_WINDOW:]  # the local slope: returns diminish as a group is learnt
+        draws = np.array([h["draws"] for h in recent], dtype=np.float64)
+        losses = np.array([_none_to_nan(h["loss"]) for h in recent])
+        errors = np.array([_none_to_nan(h["se"]) for h in recent])
+        slope, se = log_law_slopes(draws, losses, errors)
+        if not np.isfinite(slope).any():
+            return
+        slope = shrink_slopes(slope, se, self.target)
+        self.last_slope = slope
+        # d(target loss)/d(row of g) = target_g * b_g / n_g: what one more drawn row of the group is worth now.
+        self.last_gain = self.target * np.maximum(-slope, 0.0) / np.maximum(draws[-1], 1.0)
+        proposal = scaling_shares(self.target, slope)
+        if proposal is None:  # no group's loss falls: keep the mixture, smoothed back towards the prior
+            proposal = self.prior
+        proposal = (1.0 - self.smoothing) * proposal + self.smoothing * self.prior
+        self.mixture = geometric_step(self.mixture, proposal, self.learning_rate, self.min_share)
+
+    def _aioli_step(self) -> None:
+        if len(self.history) < 2:
+            return
+        draws = np.array([h["draws"] for h in self.history], dtype=np.float64)
+        losses = np.array([_none_to_nan(h["loss"]) for h in self.history])
+        steps = np.array([h["step"] for h in self.history], dtype=np.float64)
+        new = np.diff(draws, axis=0)
+        shares = new / np.maximum(new.sum(axis=1, keepdims=True), 1.0)
+        per_step = -np.diff(losses, axis=0) / np.maximum(np.diff(steps), 1.0)[:, None]
+        a = transfer_matrix(shares, per_step)
+        value = a.T @ self.target  # how much one more unit of share of g lowers the target loss per step
+        self.last_gain = value
+        scale = np.abs(value).max()
+        if not np.isfinite(scale) or scale <= 0:
+            return
+        logits = np.log(np.maximum(self.mixture, 1e-12)) + self.learning_rate * value / scale
+        self.mixture = softmax_shares(logits, self.prior, self.smoothing, self.min_share)
+
+    def _record_train_point(self, ctx: PolicyContext) -> bool:
+        """Per group: rows drawn so far, and sum / sum of squares / count of first-visit losses (learnability)."""
+        if self.train_points and self.train_points[-1]["step"] >= ctx.step:
+            return False
+        first = np.asarray(ctx.stats.loss_first, dtype=np.float64)
+        seen = np.isfinite(first)
+        g, k = self._uid_group[seen], len(self.group_names)
+        self.train_points.append({
+            "step": int(ctx.step), "draws": self._draws_by_group(ctx).tolist(),
+            "fresh_sum": np.bincount(g, weights=first[seen], minlength=k).tolist(),
+            "fresh_sq": np.bincount(g, weights=first[seen] ** 2, minlength=k).tolist(),
+            "fresh_count": np.bincount(g, minlength=k).astype(np.float64).tolist(),
+        })
+        del self.train_points[:-(LEARN_WINDOW + 1)]  # bounded state: only the fit window is kept
+        return True
+
+    def _learnability_step(self) -> None:
+        """Slopes from first-visit training losses (dense, free), the validation slope where a group has no unseen
+        rows left; then the scaling rule."""
+        slope, se = fresh_loss_slopes(self.train_points)
+        if len(self.history) >= 2:
+            recent = self.history[-SCALING_WINDOW:]
+            v_slope, v_se = log_law_slopes(
+                np.array([h["draws"] for h in recent], dtype=np.float64),
+                np.array([_none_to_nan(h["loss"]) for h in recent]),
+                np.array([_none_to_nan(h["se"]) for h in recent]),
+            )
+            use_val = ~np.isfinite(slope)
+            slope, se = np.where(use_val, v_slope, slope), np.where(use_val, v_se, se)
+        if not np.isfinite(slope).any():
+            return
+        target = self.target if self.target is not None else self.prior
+        slope = shrink_slopes(slope, se, target)
+        self.last_slope = slope
+        draws = np.asarray(self.train_points[-1]["draws"], dtype=np.float64)
+        self.last_gain = target * np.maximum(-slope, 0.0) / np.maximum(draws, 1.0)
+        proposal = scaling_shares(target, slope)
+        if proposal is None:
+            proposal = self.prior
+        proposal = (1.0 - self.smoothing) * proposal + self.smoothing * self.prior
+        self.mixture = geometric_step(self.mixture, proposal, self.learning_rate, self.min_share)
 
     # -- policy ---------------------------------------------------------------------------------------------
     publishes_signals = True
@@ -656,6 +848,10 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             self._seen_result = result
             self._update_from_eval(ctx, result)
             changed = True
+        if self.method == "learnability" and self._record_train_point(ctx) and not changed:
+            before = self.mixture.copy()
+            self._learnability_step()
+            changed = not np.array_equal(before, self.mixture)
         if self._given and not changed:
             return None
         self._given = True
@@ -680,7 +876,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             drawn = row_group_shares(sampler.current_weights, self._ids, len(self.group_names))
             out.update({f"sft/mixture/{n}": v for n, v in named(drawn, self.group_names).items()})
         out.update({f"sft/validation/mixture/{n}": v for n, v in self.mixture_dict().items()})
-        for key, values in (("loss", self.last_losses), ("excess", self.last_excess)):
+        for key, values in (("loss", self.last_losses), ("excess", self.last_excess), ("gain", self.last_gain),
+                            ("slope", self.last_slope), ("target", self.target)):
             if values is not None:
                 out.update({f"sft/validation/{key}/{n}": float(v) for n, v in zip(self.group_names, values) if np.isfinite(v)})
         if self.paced_difficulty:
@@ -701,6 +898,11 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             "evals_without_improvement": self.evals_without_improvement,
             "hard_boost": self.hard_boost,
             "updates": self.updates,
+            "method": self.method,
+            "target": self.target.tolist() if self.target is not None else None,
+            "history": self.history,
+            "log_weights": self.log_weights.tolist() if self.log_weights is not None else None,
+            "train_points": self.train_points,
         }
 
     def load_policy_state(self, state: dict) -> None:
@@ -715,4 +917,14 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
         self.hard_boost = float(state.get("hard_boost", 0.0))
         self.updates = int(state.get("updates", 0))
+        if state.get("method", self.method) != self.method:
+            raise ValueError(
+                f"the checkpoint's mixture was updated with method={state['method']!r}, this callback uses "
+                f"method={self.method!r}; resume with the same method"
+            )
+        self.target = np.asarray(state["target"], dtype=np.float64) if state.get("target") is not None else None
+        self.history = list(state.get("history") or [])
+        lw = state.get("log_weights")
+        self.log_weights = np.asarray(lw, dtype=np.float64) if lw is not None else None
+        self.train_points = list(state.get("train_points") or [])
         self._ids = None  # group ids are recomputed from the data at the next policy call
