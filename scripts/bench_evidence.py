@@ -633,6 +633,46 @@ def run_benchmark(cfg: EvidenceConfig, log=print) -> dict:
     }
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from several evidence runs of the same configuration (other arms or seeds, e.g. more seeds for
+    two arms): runs pooled, paired summary recomputed over every (arm, seed), commits and commands listed.
+
+    A run present in two reports must have the same final target loss (the benchmark is deterministic per seed on
+    one machine); configurations may differ only in arms, seeds, workdir and threads (cleanlab folds too: the noise
+    section is the first report's).
+    """
+    if not reports:
+        raise ValueError("nothing to merge")
+    fixed = [k for k in reports[0]["config"] if k not in ("seeds", "arms", "workdir", "threads", "cv_folds")]
+    runs, seen = [], {}
+    for rep in reports:
+        diff = [k for k in fixed if rep["config"].get(k) != reports[0]["config"].get(k)]
+        if diff:
+            raise ValueError(f"reports differ in {diff}: only arms and seeds may differ")
+        for r in rep["runs"]:
+            key = (r["arm"], r["seed"])
+            if key in seen:
+                a, b = seen[key]["curve"][-1]["target_loss"], r["curve"][-1]["target_loss"]
+                if abs(a - b) > 1e-6:
+                    raise ValueError(f"run {key} appears twice with different results ({a} vs {b})")
+                continue
+            seen[key] = r
+            runs.append(r)
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    first = reports[0]
+    return {
+        **first,
+        "commit": ", ".join(dict.fromkeys(str(rep.get("commit")) for rep in reports)),
+        "config": {**first["config"], "arms": arms, "seeds": seeds},
+        "runs": runs,
+        "summary": paired_summary(runs, arms, seeds),
+        "noise": next((rep["noise"] for rep in reports if rep.get("noise")), None),
+        "total_seconds": float(sum(rep["total_seconds"] for rep in reports)),
+        "command": " ; ".join(rep.get("command", "") for rep in reports),
+    }
+
+
 # ------------------------------------------------------------------------------------------------------------
 # screening candidate domains
 # ------------------------------------------------------------------------------------------------------------

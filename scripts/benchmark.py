@@ -300,6 +300,10 @@ def main(argv=None) -> int:
     ev.add_argument("--out", default="bench_results/evidence.json")
     ev.add_argument("--markdown", default="bench_results/evidence.md")
     ev.add_argument("--plots", default="docs/benchmarks", help="folder for the two plots ('' for none)")
+    mg = sub.add_parser("evidence-merge", help="pool several evidence runs (other arms / seeds) into one report")
+    mg.add_argument("reports", nargs="+", help="JSON reports written by `evidence --out`")
+    mg.add_argument("--out", default="bench_results/evidence_merged.json")
+    mg.add_argument("--markdown", default="bench_results/evidence_merged.md")
     sc = sub.add_parser("screen", help="which candidate domains the model learns (uniform, balanced pool)")
     sc.add_argument("--pool", default="bench_results/candidates.jsonl")
     sc.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
@@ -338,6 +342,14 @@ def main(argv=None) -> int:
         print(noise_domain_table(report))
         if args.plot:
             plot_noise_map({**report, "_frame": frame}, args.plot)
+        return 0
+    if args.benchmark == "evidence-merge":
+        report = bench_evidence.merge_reports([json.loads(Path(p).read_text()) for p in args.reports])
+        _write_json(args.out, report)
+        text = bench_evidence.markdown_report(report)
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text + "\n")
+        print(text)
         return 0
     if args.benchmark == "screen":
         cfg = bench_evidence.EvidenceConfig(model=args.model, tuning=args.tuning, steps=args.steps,
