@@ -74,6 +74,45 @@ def test_paired_summary_differences_are_per_seed():
     assert s["all"]["steps_to_uniform_final"] == [None, None]  # never reached the same seed's uniform final loss
 
 
+def test_merge_reports_pools_runs_and_refuses_mismatches(tmp_path):
+    def run(arm, seed, loss):
+        return {"arm": arm, "seed": seed, "exact_match": 0.5, "exact_match_by_domain": {"d": 0.5},
+                "format_failures_by_domain": {"d": 0.0}, "drawn_shares": {"d": 1.0},
+                "curve": [{"step": 10, "target_loss": loss, "domain_loss": {"d": loss}}]}
+
+    cfg = {"model": "smollm2", "steps": 10, "eval_steps": 10, "seeds": [0], "arms": ["uniform", "static_target"],
+           "workdir": "a", "threads": None, "cv_folds": 2}
+    first = {"config": cfg, "runs": [run("uniform", 0, 1.0), run("static_target", 0, 0.8)], "commit": "abc",
+             "noise": {"methods": {}, "flags": {}}, "total_seconds": 60.0, "command": "one"}
+    second = {"config": {**cfg, "seeds": [0, 1], "arms": ["uniform", "static_target", "validation"], "cv_folds": 0},
+              "runs": [run("uniform", 0, 1.0), run("uniform", 1, 2.0), run("static_target", 1, 1.5),
+                       run("validation", 0, 0.7), run("validation", 1, 1.4)],
+              "commit": "def", "noise": None, "total_seconds": 30.0, "command": "two"}
+    merged = bench_evidence.merge_reports([first, second])
+    assert len(merged["runs"]) == 6 and merged["config"]["seeds"] == [0, 1]
+    assert merged["config"]["arms"] == ["uniform", "static_target", "validation"]
+    assert merged["summary"]["validation"]["vs_static_target"]["target_loss"]["mean"] == pytest.approx(-0.1)
+    assert merged["commit"] == "abc, def" and merged["total_seconds"] == 90.0 and merged["noise"] == {"methods": {}, "flags": {}}
+    with pytest.raises(ValueError, match="different results"):
+        bench_evidence.merge_reports([first, {**second, "runs": [run("uniform", 0, 1.5)]}])
+    with pytest.raises(ValueError, match=r"differ in \['steps'\]"):
+        bench_evidence.merge_reports([first, {**second, "config": {**second["config"], "steps": 20}}])
+    # The command-line entry writes the pooled report and its tables.
+    paths = []
+    for i, rep in enumerate((first, second)):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps({**rep, "data": _fake_data()}))
+    out, md = tmp_path / "m.json", tmp_path / "m.md"
+    assert benchmark.main(["evidence-merge", *map(str, paths), "--out", str(out), "--markdown", str(md)]) == 0
+    assert json.loads(out.read_text())["summary"]["validation"]["seeds"] == [0, 1]
+    assert "| validation |" in md.read_text()
+
+
+def _fake_data():
+    return {"target_shares": {"d": 1.0}, "train_shares": {"d": 1.0}, "noise_rate": 0.2, "noise_rates": {"d": 0.2},
+            "majority": {"d": {"answer": "x", "test_accuracy": 0.3}}, "labels": {"d": ["x", "y"]}, "corrupted": 1}
+
+
 def test_evidence_benchmark_runs_end_to_end_on_the_tiny_model(tmp_path):
     out, md = tmp_path / "evidence.json", tmp_path / "evidence.md"
     rc = benchmark.main(["evidence", "--model", "tiny", "--steps", "12", "--batch-size", "8", "--eval-steps", "4",
