@@ -23,7 +23,7 @@ TRAIN_DOMAINS = sorted(set(sft_rows(66)["domain"]))
 def _callbacks():
     return [
         TrainingDynamicsCallback(sync_every=2),
-        ValidationGuidedResamplingCallback(group_column="domain", reference={d: 0.0 for d in TRAIN_DOMAINS}),
+        ValidationGuidedResamplingCallback(group_column="domain"),  # the default update rule (exp3)
         HardExampleMiningCallback(warmup=2, group_column="domain"),
         CurriculumCallback(difficulty="length", pacing="root", start=0.3, duration=0.6),
         GroupBalanceCallback(group_column="domain", beta=0.5),
@@ -78,6 +78,10 @@ def test_resume_with_all_four_reproduces_weights_and_stream(tmp_path, tokenizer,
         np.testing.assert_allclose(b.last_policy_weights[name], a.last_policy_weights[name], rtol=1e-6)
     assert len(resumed_cbs[1].mixture_dict()) == len(TRAIN_DOMAINS)
     assert resumed_cbs[1].mixture_dict() == full_cbs[1].mixture_dict()
+    # The validation callback's evidence (per-evaluation draws and losses, EXP3 log-weights) came back with it.
+    assert resumed_cbs[1].updates == full_cbs[1].updates == 4
+    assert resumed_cbs[1].history == full_cbs[1].history
+    np.testing.assert_allclose(resumed_cbs[1].log_weights, full_cbs[1].log_weights)
 
 
 def test_tensorboard_shows_mixture_hard_fraction_and_competence(tmp_path, tokenizer, make_model):

@@ -140,7 +140,7 @@ def test_bad_method_and_target_are_refused():
     with pytest.raises(ValueError, match="target weights must be finite"):
         ValidationGuidedResamplingCallback(group_column="g", target={"a": -1.0})
     with pytest.raises(ValueError, match="step fraction in \\[0, 1\\]"):
-        ValidationGuidedResamplingCallback(group_column="g", learning_rate=2.0)
+        ValidationGuidedResamplingCallback(group_column="g", method="scaling", learning_rate=2.0)
     assert ValidationGuidedResamplingCallback(group_column="g", reference={"a": 1.0}).method == "doremi"
     assert ValidationGuidedResamplingCallback(group_column="g").method == DEFAULT_METHOD
 
@@ -187,23 +187,28 @@ def test_default_moves_draws_to_the_rare_learnable_group_and_away_from_noise(tmp
     natural = dict(zip(names, np.bincount(ids) / len(ids)))
     final = guide.mixture_dict()
     # It starts from the validation mix (a third each) and learns from the losses: the rare group ends far above
-    # its natural share, the noise group (its validation loss rises with its draws) ends at the floor.
+    # its natural share, the noise group (its validation loss rises with its draws) well below its natural share
+    # (EXP3's exploration keeps a little of the starting mix: sqrt(ln 3 / (3 t)) of it after t updates).
     assert final["rare"] > 3 * natural["rare"], final
-    assert final["noise"] < natural["noise"] / 4, final
-    assert guide.last_slope[names.index("noise")] > 0 > guide.last_slope[names.index("rare")]
-    drawn = np.array(guide.history[-1]["draws"]) - np.array(guide.history[1]["draws"])
-    assert drawn[names.index("noise")] / drawn.sum() < natural["noise"]  # after it has seen two evaluations
+    assert final["noise"] < 0.6 * natural["noise"], final
+    assert guide.method == "exp3" and guide.log_weights[names.index("noise")] < guide.log_weights[names.index("rare")]
+    drawn = np.array(guide.history[-1]["draws"]) - np.array(guide.history[2]["draws"])
+    assert drawn[names.index("noise")] / drawn.sum() < natural["noise"]  # once three evaluations are in
     # The sampler draws the mixture; the logs say why it moved (gain per drawn row, fitted slope, target).
     w = guide.session.sampler.current_weights
     np.testing.assert_allclose(row_group_shares(w, ids, len(names)), [final[n] for n in names], rtol=1e-4)
     logged = [h for h in trainer.state.log_history if "sft/validation/gain/rare" in h]
-    assert logged and {"sft/validation/slope/noise", "sft/validation/target/rare", "sft/validation/mixture/rare"} \
+    assert logged and {"sft/validation/loss/noise", "sft/validation/target/rare", "sft/validation/mixture/rare"} \
         <= set(logged[-1])
-    assert logged[-1]["sft/validation/gain/noise"] == 0.0 < logged[-1]["sft/validation/gain/rare"]
+    # Gain = target-loss decrease per drawn row over the last interval: the noise group's loss rose with its draws.
+    assert logged[-1]["sft/validation/gain/noise"] < 0 < logged[-1]["sft/validation/gain/rare"]
+    # The target weighs each group by its share of the eval tokens (the Trainer's eval loss), not of its rows.
+    t = dict(zip(names, guide.target))
+    assert sum(t.values()) == pytest.approx(1.0) and t["rare"] > t["noise"] > t["easy"] > 0.1
     # The history is checkpoint state: a restored callback continues from the same mixture and evidence.
     restored = ValidationGuidedResamplingCallback(group_column="group")
     restored.load_policy_state(json.loads(json.dumps(guide.policy_state())))
     assert restored.mixture_dict() == pytest.approx(final)
     assert restored.history == guide.history and restored.target.tolist() == pytest.approx(guide.target.tolist())
     with pytest.raises(ValueError, match="resume with the same method"):
-        ValidationGuidedResamplingCallback(group_column="group", method="exp3").load_policy_state(guide.policy_state())
+        ValidationGuidedResamplingCallback(group_column="group", method="scaling").load_policy_state(guide.policy_state())

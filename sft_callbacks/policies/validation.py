@@ -362,7 +362,7 @@ def _none_to_nan(values) -> np.ndarray:
 # Update rules and their default learning rate (for "scaling": the fraction of the way to the fitted allocation
 # taken at each evaluation).
 METHODS = {"scaling": 0.5, "learnability": 0.5, "aioli": 1.0, "exp3": 1.0, "doremi": 1.0}
-DEFAULT_METHOD = "scaling"
+DEFAULT_METHOD = "exp3"
 SCALING_WINDOW = 3  # evaluations in each log-law fit
 LEARN_WINDOW = 4  # sync intervals in each first-visit loss fit (learnability)
 
@@ -743,14 +743,15 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         k = len(self.group_names)
         if self.log_weights is None:
             self.log_weights = np.log(np.maximum(self.mixture, 1e-12))
-        if previous is None:
+        if previous is None or self.target is None:
             return
         new = np.asarray(point["draws"]) - np.asarray(previous["draws"])
         drawn = new / new.sum() if new.sum() > 0 else self.mixture
         before, after = _none_to_nan(previous["loss"]), _none_to_nan(point["loss"])
-        updated = exp3_update(self.log_weights, before, after, drawn, self.target, self.learning_rate, self.min_share)
-        self.last_gain = (updated - self.log_weights) / max(self.learning_rate, 1e-12) * drawn / np.maximum(new, 1.0)
-        self.log_weights = updated
+        self.log_weights = exp3_update(self.log_weights, before, after, drawn, self.target, self.learning_rate,
+                                       self.min_share)
+        # What one drawn row of the group was worth in the last interval: target-loss decrease per row.
+        self.last_gain = self.target * np.nan_to_num(before - after) / np.maximum(new, 1.0)
         # Exploration like EXP3's gamma: mix the prior back in, less as evaluations accumulate.
         explore = max(self.smoothing, min(1.0, np.sqrt(np.log(k) / (k * max(self.updates, 1)))) if k > 1 else 0.0)
         self.mixture = softmax_shares(self.log_weights, self.prior, explore, self.min_share)
