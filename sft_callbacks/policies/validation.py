@@ -1,6 +1,7 @@
-"""Validation-guided resampling: per-group validation loss steers the training mixture (DoReMi-style), with an
-optional preference for training rows that resemble the validation set (DSIR-style hashed n-grams) and an
-optional validation-paced hardness signal.
+"""Validation-guided resampling: per-group validation loss steers the training mixture towards where more draws
+lower the target validation loss most (update rules in ``mixing.py``; DoReMi's here), with an optional
+preference for training rows that resemble the validation set (DSIR-style hashed n-grams) and an optional
+validation-paced hardness signal.
 
 Pure functions (:func:`group_eval_losses`, :func:`doremi_update`, :func:`dataset_texts`,
 :func:`hashed_ngram_features`, :func:`dsir_log_ratio`, :func:`dsir_importance`, :func:`plateau_step`) and the
@@ -368,24 +369,29 @@ LEARN_WINDOW = 4  # sync intervals in each first-visit loss fit (learnability)
 
 
 class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
-    """A [`~transformers.TrainerCallback`] that moves the training mixture over groups towards the groups whose
-    validation loss is worst, after every evaluation.
+    """A [`~transformers.TrainerCallback`] that moves the training mixture over groups to where more draws lower
+    the target validation loss most per drawn row, after every evaluation.
 
-    The per-group validation loss is taken from the tracker's capture of the evaluation the Trainer runs anyway
-    (``eval_strategy``), not from an extra pass: each eval row's loss is assigned to the group in ``group_column``
-    of your eval dataset, and a group's loss is the token-weighted mean over its rows. After each evaluation the
-    mixture ``alpha`` over the training groups takes one exponentiated-gradient step on the excess loss over a
-    reference (DoReMi, Xie et al. 2023; online data mixing, Albalak et al. 2023):
+    The target is the validation loss over your eval dataset, each group weighing its share of the eval tokens
+    (``target="eval"``), or over ``target={group: weight}``. The mixture ``alpha`` over the training groups starts
+    at the eval dataset's group mix (``prior="target"``); rows are drawn with weight ``alpha_g / n_g``. The
+    per-group validation loss is taken from the tracker's capture of the evaluation the Trainer runs anyway
+    (``eval_strategy``), not from an extra pass; the rows drawn per group between evaluations come from the
+    tracker's visit counts. Default update (``method="exp3"``): an EXP3 bandit over groups (online data mixing,
+    Albalak et al. 2023) whose reward is the group's target-weighted validation-loss decrease per drawn share since
+    the previous evaluation:
 
-        ``alpha' ∝ alpha * exp(eta * max(L_g - L_ref_g, 0))``, then ``(1 - c) * alpha' + c * prior``, then every
-        share floored at ``min_share``,
+        ``r_g = w_g (L_g_prev - L_g) / max(d_g, min_share)``, ``theta += eta * r``,
+        ``alpha = (1 - gamma_t) softmax(theta) + gamma_t prior`` with ``gamma_t = max(c, sqrt(ln K / (K t)))``,
+        every share floored at ``min_share``.
 
-    with ``eta = learning_rate``, ``c = smoothing``, ``L_ref_g`` = ``reference`` (the first evaluation's group
-    losses, or your per-group baselines, e.g. a reference model's losses), and ``prior`` the natural training
-    mixture (or yours). Rows are drawn with weight ``alpha_g / n_g`` (each group's total probability is its share).
-    With ``reference="first"`` the first evaluation sets the reference and the mixture moves from the second on,
-    towards groups whose loss has risen above it (forgetting, interference); per-group baselines make it move
-    towards groups that are furthest from what they can reach.
+    A group whose loss does not respond to its draws (noise, nothing left to learn, overfitting) loses share; a
+    rare group that keeps improving on few draws gains it. Other rules, measured side by side on the evidence
+    benchmark (method card): ``"scaling"`` (per-group log-law fits of validation loss against rows drawn, draws
+    where the target falls most per row; ADO-style), ``"learnability"`` (the same with slopes of first-visit
+    training losses), ``"aioli"`` (an online linear mixing law), and ``"doremi"`` (DoReMi's excess-loss step over
+    ``reference`` losses: the rule when you pass ``reference={group: loss}``; ``reference="first"`` reacts only
+    to forgetting, the previous default).
 
     Options:
 
@@ -401,25 +407,33 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
     Combined with :class:`~sft_callbacks.policies.balance.GroupBalanceCallback` (or any other sampling policy)
     the product rule multiplies the row weights: the effective share of a group is ``∝ p_g * alpha_g / natural_g``.
 
-    Per-step cost: none at training steps (the callback returns ``None``). At each evaluation: O(eval rows +
-    training rows) NumPy work on the host. With ``dsir=True``: one pass over the training and validation texts
-    when training begins (vectorised; about a second per 100k short rows).
+    Per-step cost: none at training steps (the callback returns ``None``; ``"learnability"`` sums first-visit
+    losses per group at each sync point). At each evaluation: O(eval rows + training rows) NumPy work on the host.
+    With ``dsir=True``: one pass over the training and validation texts when training begins (vectorised; about a
+    second per 100k short rows).
 
     Metrics: ``sft/mixture/<group>`` (the group's share of the sampler's current draw distribution, all active
     policies together; equals ``alpha_g`` when this callback is alone), ``sft/validation/mixture/<group>``
-    (``alpha_g``), ``sft/validation/loss/<group>``, ``sft/validation/excess/<group>``, and with
+    (``alpha_g``), ``sft/validation/loss/<group>``, ``sft/validation/target/<group>`` (``w_g``),
+    ``sft/validation/gain/<group>`` (why it moved: the estimated target-loss decrease per drawn row),
+    ``sft/validation/slope/<group>`` (scaling, learnability), ``sft/validation/excess/<group>`` (doremi), and with
     ``paced_difficulty`` ``sft/validation/hard_boost``.
 
     Args:
         group_column (`str`): column naming each row's group, in the training *and* the eval dataset.
-        learning_rate (`float`, defaults to 1.0): step size ``eta`` of the exponentiated-gradient update (per
-            nat of excess loss per evaluation).
-        smoothing (`float`, defaults to 1e-3): weight ``c`` of the prior mixed into every update, in [0, 1].
+        method (`str`, *optional*): update rule, `"exp3"` (default), `"scaling"`, `"learnability"`, `"aioli"` or
+            `"doremi"` (the default when `reference` is a dict).
+        target (`"eval"` or `dict`, defaults to `"eval"`): the loss to minimise: the eval dataset's token-weighted
+            group mix, or `{group: weight}` for every training group.
+        learning_rate (`float`, *optional*): ``eta``; default per method (exp3, aioli, doremi 1.0; scaling and
+            learnability 0.5, a fraction of the way to the fitted allocation, in [0, 1]).
+        smoothing (`float`, defaults to 1e-3): weight ``c`` of the prior mixed into every update (exp3: the floor
+            of its exploration rate), in [0, 1].
         min_share (`float`, defaults to 0.01): floor on every group's share, in [0, 1/groups].
-        reference (`"first"` or `dict`, defaults to `"first"`): the reference losses ``L_ref``: the first
+        reference (`"first"` or `dict`, defaults to `"first"`): doremi's reference losses ``L_ref``: the first
             evaluation's group losses, or `{group: loss}` for every training group.
-        prior (`"natural"` or `dict`, defaults to `"natural"`): initial mixture and smoothing target: the
-            training set's group shares, or `{group: share}` for every training group (normalised).
+        prior (`"target"`, `"natural"` or `dict`, *optional*): initial mixture and smoothing target: the eval
+            rows' group mix (default), the training set's (default for doremi), or `{group: share}`.
         eval_name (`str`, defaults to `"eval"`): which evaluation to follow (`"eval_<key>"` for a dict of eval
             datasets).
         dsir (`bool`, defaults to `False`): prefer rows resembling the validation texts within each group.
@@ -432,7 +446,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
 
     Example:
         >>> from sft_callbacks.policies.validation import ValidationGuidedResamplingCallback  # doctest: +SKIP
-        >>> guide = ValidationGuidedResamplingCallback(group_column="domain", learning_rate=1.0)  # doctest: +SKIP
+        >>> guide = ValidationGuidedResamplingCallback(group_column="domain")  # doctest: +SKIP
         >>> args = SFTConfig(..., eval_strategy="steps", eval_steps=50)  # doctest: +SKIP
         >>> trainer = SFTTrainer(..., args=args, train_dataset=train, eval_dataset=val, callbacks=[guide])  # doctest: +SKIP
         >>> trainer.train()  # doctest: +SKIP
