@@ -179,6 +179,27 @@ def sft_config(cfg: EvidenceConfig, output_dir: str, seed: int, steps: int, eval
 # ------------------------------------------------------------------------------------------------------------
 
 
+def validation_candidate(arm: str) -> dict:
+    """Arguments of the arm ``validation:<method>`` or ``validation:<method>@<learning_rate>``."""
+    spec = arm.split(":", 1)[1]
+    method, _, lr = spec.partition("@")
+    return {"method": method, **({"learning_rate": float(lr)} if lr else {})}
+
+
+def is_arm(arm: str) -> bool:
+    """A known arm, or a validation candidate whose method the callback knows."""
+    if arm in ARMS:
+        return True
+    if not arm.startswith("validation:"):
+        return False
+    from sft_callbacks.policies.validation import METHODS
+
+    try:
+        return validation_candidate(arm)["method"] in METHODS
+    except ValueError:
+        return False
+
+
 def make_policies(arm: str, target_shares: dict) -> list:
     """The sampling callbacks of one arm (fresh instances); empty for ``uniform``."""
     from sft_callbacks import (
@@ -199,7 +220,7 @@ def make_policies(arm: str, target_shares: dict) -> list:
     if arm == "uniform":
         return []
     if arm.startswith("validation:"):  # a candidate update rule of the validation-guided callback
-        return [ValidationGuidedResamplingCallback(group_column="domain", method=arm.split(":", 1)[1])]
+        return [ValidationGuidedResamplingCallback(group_column="domain", **validation_candidate(arm))]
     if arm == "all":
         return [parts[p]() for p in ("validation", "hard", "curriculum", "balance")]
     if arm not in parts:

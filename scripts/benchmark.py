@@ -277,6 +277,12 @@ def plot_noise_map(report: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _arm(text: str) -> str:
+    if not bench_evidence.is_arm(text):
+        raise argparse.ArgumentTypeError(f"unknown arm {text!r}")
+    return text
+
+
 def main(argv=None) -> int:
     import sys
 
@@ -292,7 +298,9 @@ def main(argv=None) -> int:
     ev.add_argument("--eval-steps", type=int, default=None)
     ev.add_argument("--lr", type=float, default=None)
     ev.add_argument("--seeds", type=int, nargs="+", default=None)
-    ev.add_argument("--arms", nargs="+", default=None, choices=bench_evidence.ARMS + bench_evidence.VALIDATION_CANDIDATES)
+    ev.add_argument("--arms", nargs="+", default=None, type=_arm,
+                    help=f"arms among {list(bench_evidence.ARMS)}, or validation:<method>[@<learning_rate>] "
+                         f"(e.g. {', '.join(bench_evidence.VALIDATION_CANDIDATES[:2])}, validation:exp3@3)")
     ev.add_argument("--cv-folds", type=int, default=None, help="cleanlab's out-of-sample folds (0: skip)")
     ev.add_argument("--data-fraction", type=float, default=None, help="keep this fraction of every split")
     ev.add_argument("--threads", type=int, default=None, help="torch threads")

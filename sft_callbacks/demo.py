@@ -102,7 +102,7 @@ def run_demo(
         lr_scheduler_type="constant",
         logging_steps=10,
         eval_strategy="steps",
-        eval_steps=max(10, steps // 2),
+        eval_steps=max(10, steps // 3),  # three evaluations: the validation-guided mixture updates twice
         per_device_eval_batch_size=16,
         save_strategy="no",
         report_to=[],

@@ -170,3 +170,14 @@ def test_load_benchmark_dataset_splits_mixes_and_bad_split():
     assert train[0]["prompt"][0]["role"] == "system"  # replaces SmolLM2's default system prompt
     with pytest.raises(ValueError, match="unknown benchmark split 'dev'"):
         load_benchmark_dataset("dev")
+
+
+def test_validation_candidate_arms_parse_and_unknown_arms_are_refused():
+    assert bench_evidence.validation_candidate("validation:exp3@3") == {"method": "exp3", "learning_rate": 3.0}
+    assert bench_evidence.validation_candidate("validation:aioli") == {"method": "aioli"}
+    assert all(bench_evidence.is_arm(a) for a in bench_evidence.ARMS + bench_evidence.VALIDATION_CANDIDATES)
+    assert not bench_evidence.is_arm("validation:greedy") and not bench_evidence.is_arm("validation:exp3@fast")
+    (cb,) = bench_evidence.make_policies("validation:scaling@0.25", {"d": 1.0})
+    assert cb.method == "scaling" and cb.learning_rate == 0.25
+    with pytest.raises(SystemExit):
+        benchmark.main(["evidence", "--arms", "uniform", "validation:greedy"])
