@@ -212,3 +212,29 @@ def test_default_moves_draws_to_the_rare_learnable_group_and_away_from_noise(tmp
     assert restored.history == guide.history and restored.target.tolist() == pytest.approx(guide.target.tolist())
     with pytest.raises(ValueError, match="resume with the same method"):
         ValidationGuidedResamplingCallback(group_column="group", method="scaling").load_policy_state(guide.policy_state())
+
+
+@pytest.mark.parametrize("method", ["scaling", "learnability", "aioli", "doremi"])
+def test_every_rule_runs_in_a_real_trainer_and_round_trips(tmp_path, tokenizer, make_model, method):
+    train, val = _three_groups()
+    guide = ValidationGuidedResamplingCallback(group_column="group", method=method)
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=32, per_device_train_batch_size=8, learning_rate=3e-3,
+                     report_to=[], use_cpu=True, save_strategy="no", logging_steps=8, max_length=64, seed=0,
+                     activation_checkpointing=False, eval_strategy="steps", eval_steps=8,
+                     per_device_eval_batch_size=8, disable_tqdm=True)
+    trainer = SFTTrainer(model=make_model(), args=args, train_dataset=train, eval_dataset=val,
+                         processing_class=tokenizer, callbacks=[guide])
+    trainer.train()
+    names = guide.group_names
+    ids, _ = group_ids(guide.session.columns["group"])
+    start = np.bincount(ids) / len(ids) if method == "doremi" else np.full(3, 1 / 3)  # natural / the eval mix
+    final = np.array([guide.mixture_dict()[n] for n in names])
+    assert guide.updates == 4 and [h["step"] for h in guide.history] == [8, 16, 24, 32]
+    assert np.abs(final - start).max() > 0.02, (method, final)
+    np.testing.assert_allclose(row_group_shares(guide.session.sampler.current_weights, ids, 3), final, rtol=1e-4)
+    if method == "learnability":  # it also updates between evaluations, at the tracker's sync points
+        assert len(guide.train_points) == 5 and guide.train_points[-1]["step"] == 32
+    restored = ValidationGuidedResamplingCallback(group_column="group", method=method)
+    restored.load_policy_state(json.loads(json.dumps(guide.policy_state())))
+    assert restored.mixture_dict() == pytest.approx(guide.mixture_dict()) and restored.history == guide.history
+    assert restored.train_points == guide.train_points

@@ -776,13 +776,17 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         losses = np.array([_none_to_nan(h["loss"]) for h in recent])
         errors = np.array([_none_to_nan(h["se"]) for h in recent])
         slope, se = log_law_slopes(draws, losses, errors)
+        self._step_to_allocation(slope, se, self.target, draws[-1])
+
+    def _step_to_allocation(self, slope: np.ndarray, se: np.ndarray, target: np.ndarray, draws: np.ndarray) -> None:
+        """Shrink the slopes, then move the mixture towards draws ``∝ target * (-slope)`` (scaling, learnability)."""
         if not np.isfinite(slope).any():
             return
-        slope = shrink_slopes(slope, se, self.target)
+        slope = shrink_slopes(slope, se, target)
         self.last_slope = slope
         # d(target loss)/d(row of g) = target_g * b_g / n_g: what one more drawn row of the group is worth now.
-        self.last_gain = self.target * np.maximum(-slope, 0.0) / np.maximum(draws[-1], 1.0)
-        proposal = scaling_shares(self.target, slope)
+        self.last_gain = target * np.maximum(-slope, 0.0) / np.maximum(draws, 1.0)
+        proposal = scaling_shares(target, slope)
         if proposal is None:  # no group's loss falls: keep the mixture, smoothed back towards the prior
             proposal = self.prior
         proposal = (1.0 - self.smoothing) * proposal + self.smoothing * self.prior
@@ -835,18 +839,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             )
             use_val = ~np.isfinite(slope)
             slope, se = np.where(use_val, v_slope, slope), np.where(use_val, v_se, se)
-        if not np.isfinite(slope).any():
-            return
-        target = self.target if self.target is not None else self.prior
-        slope = shrink_slopes(slope, se, target)
-        self.last_slope = slope
-        draws = np.asarray(self.train_points[-1]["draws"], dtype=np.float64)
-        self.last_gain = target * np.maximum(-slope, 0.0) / np.maximum(draws, 1.0)
-        proposal = scaling_shares(target, slope)
-        if proposal is None:
-            proposal = self.prior
-        proposal = (1.0 - self.smoothing) * proposal + self.smoothing * self.prior
-        self.mixture = geometric_step(self.mixture, proposal, self.learning_rate, self.min_share)
+        target = self.target if self.target is not None else self.prior  # before the first evaluation
+        self._step_to_allocation(slope, se, target, np.asarray(self.train_points[-1]["draws"], dtype=np.float64))
 
     # -- policy ---------------------------------------------------------------------------------------------
     publishes_signals = True
