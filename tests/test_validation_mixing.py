@@ -176,8 +176,9 @@ def test_default_moves_draws_to_the_rare_learnable_group_and_away_from_noise(tmp
     train, val = _three_groups()
     guide = ValidationGuidedResamplingCallback(group_column="group")
     args = SFTConfig(output_dir=str(tmp_path), max_steps=48, per_device_train_batch_size=8, learning_rate=3e-3,
-                     report_to=[], use_cpu=True, save_strategy="no", logging_steps=8, max_length=64, seed=0, activation_checkpointing=False,
-                     eval_strategy="steps", eval_steps=8, per_device_eval_batch_size=8, disable_tqdm=True)
+                     report_to=[], use_cpu=True, save_strategy="no", logging_steps=8, max_length=64, seed=0,
+                     activation_checkpointing=False, eval_strategy="steps", eval_steps=8, per_device_eval_batch_size=8,
+                     disable_tqdm=True)
     trainer = SFTTrainer(model=make_model(), args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, callbacks=[guide])
     trainer.train()
@@ -210,8 +211,9 @@ def test_default_moves_draws_to_the_rare_learnable_group_and_away_from_noise(tmp
     restored.load_policy_state(json.loads(json.dumps(guide.policy_state())))
     assert restored.mixture_dict() == pytest.approx(final)
     assert restored.history == guide.history and restored.target.tolist() == pytest.approx(guide.target.tolist())
+    other = ValidationGuidedResamplingCallback(group_column="group", method="scaling")
     with pytest.raises(ValueError, match="resume with the same method"):
-        ValidationGuidedResamplingCallback(group_column="group", method="scaling").load_policy_state(guide.policy_state())
+        other.load_policy_state(guide.policy_state())
 
 
 @pytest.mark.parametrize("method", ["scaling", "learnability", "aioli", "doremi"])

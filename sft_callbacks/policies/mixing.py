@@ -90,7 +90,7 @@ def softmax_shares(log_weights: np.ndarray, prior: np.ndarray, explore: float, m
 def log_law_slopes(
     draws: np.ndarray, losses: np.ndarray, errors: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per group, the slope ``b`` of ``loss ≈ a + b * log(draws)`` over the evaluations so far, and its standard error.
+    """Per group, the slope ``b`` of ``loss ≈ a + b * log(draws)`` over the evaluations given, and its standard error.
 
     ``draws`` and ``losses`` are ``(evaluations, groups)``: rows of each group drawn before each evaluation and
     its validation loss there. Least squares over the evaluations where both are known and ``draws > 0``; fewer

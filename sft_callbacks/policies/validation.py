@@ -517,7 +517,9 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             if sum(float(v) for v in prior.values()) <= 0:
                 raise ValueError("prior shares are all zero")
         else:
-            raise ValueError(f"prior must be 'natural', 'target' or a dict {{group: share}} (got {type(prior).__name__})")
+            raise ValueError(
+                f"prior must be 'natural', 'target' or a dict {{group: share}} (got {type(prior).__name__})"
+            )
         if not isinstance(eval_name, str) or not eval_name.startswith("eval"):
             raise ValueError(f"eval_name must be 'eval' or 'eval_<key>' (got {eval_name!r})")
         if not (np.isfinite(dsir_strength) and dsir_strength >= 0):
