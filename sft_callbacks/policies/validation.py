@@ -73,11 +73,7 @@ def group_eval_losses(
         raise ValueError(f"{loss.shape[0]} losses for {g.shape[0]} group ids")
     w = np.ones_like(loss) if n_tokens is None else np.asarray(n_tokens, dtype=np.float64)
     k = int(num_groups) if num_groups is not None else (int(g.max()) + 1 if g.size else 0)
-    ok = np.isfinite(loss) & (g >= 0) & (g < k) & (w > 0)
-    total = np.bincount(g[ok], weights=(loss * w)[ok], minlength=k)
-    weight = np.bincount(g[ok], weights=w[ok], minlength=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), np.nan)
+    return group_loss_stats(loss, g, w, k)[0]
 
 
 def doremi_update(
@@ -718,7 +714,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         if measured is None:
             return
         losses, se, tokens, overall = measured
-        if self.target is None or self.target_arg == "eval":
+        if self.target_arg == "eval":  # (a target dict was set from the data when training began)
             # The eval loss is token-weighted over its rows, so each group weighs its share of the eval tokens.
             if tokens.sum() > 0:
                 self.target = tokens / tokens.sum()
@@ -772,11 +768,17 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         explore = max(self.smoothing, min(1.0, np.sqrt(np.log(k) / (k * max(self.updates, 1)))) if k > 1 else 0.0)
         self.mixture = softmax_shares(self.log_weights, self.prior, explore, self.min_share)
 
+    def _history_arrays(self, last: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(draws, losses, errors, steps)`` of the last ``last`` evaluations (all by default), one row each."""
+        points = self.history[-last:] if last else self.history
+        return (np.array([h["draws"] for h in points], dtype=np.float64),
+                np.array([_none_to_nan(h["loss"]) for h in points]),
+                np.array([_none_to_nan(h["se"]) for h in points]),
+                np.array([h["step"] for h in points], dtype=np.float64))
+
     def _scaling_step(self) -> None:
-        recent = self.history[-SCALING_WINDOW:]  # the local slope: returns diminish as a group is learnt
-        draws = np.array([h["draws"] for h in recent], dtype=np.float64)
-        losses = np.array([_none_to_nan(h["loss"]) for h in recent])
-        errors = np.array([_none_to_nan(h["se"]) for h in recent])
+        # The local slope, over the last few evaluations: returns diminish as a group is learnt.
+        draws, losses, errors, _ = self._history_arrays(SCALING_WINDOW)
         slope, se = log_law_slopes(draws, losses, errors)
         self._step_to_allocation(slope, se, self.target, draws[-1])
 
@@ -797,9 +799,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
     def _aioli_step(self) -> None:
         if len(self.history) < 2:
             return
-        draws = np.array([h["draws"] for h in self.history], dtype=np.float64)
-        losses = np.array([_none_to_nan(h["loss"]) for h in self.history])
-        steps = np.array([h["step"] for h in self.history], dtype=np.float64)
+        draws, losses, _, steps = self._history_arrays()
         new = np.diff(draws, axis=0)
         shares = new / np.maximum(new.sum(axis=1, keepdims=True), 1.0)
         per_step = -np.diff(losses, axis=0) / np.maximum(np.diff(steps), 1.0)[:, None]
@@ -833,12 +833,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         rows left; then the scaling rule."""
         slope, se = fresh_loss_slopes(self.train_points)
         if len(self.history) >= 2:
-            recent = self.history[-SCALING_WINDOW:]
-            v_slope, v_se = log_law_slopes(
-                np.array([h["draws"] for h in recent], dtype=np.float64),
-                np.array([_none_to_nan(h["loss"]) for h in recent]),
-                np.array([_none_to_nan(h["se"]) for h in recent]),
-            )
+            v_slope, v_se = log_law_slopes(*self._history_arrays(SCALING_WINDOW)[:3])
             use_val = ~np.isfinite(slope)
             slope, se = np.where(use_val, v_slope, slope), np.where(use_val, v_se, se)
         target = self.target if self.target is not None else self.prior  # before the first evaluation
