@@ -8,6 +8,11 @@ paired differences with 95% intervals; the noise section (the package's scores v
 out-of-sample probabilities) from the uniform runs. ``--quick``: 1 seed, uniform + static target + all, no
 cleanlab folds. ``--model tiny``: the same code path on a random 2-layer model in seconds (the test suite runs it).
 
+``python scripts/benchmark.py evidence-noise``: finding the wrong answers on the evidence data (code in
+``scripts/bench_evidence_noise.py``): a uniform mapping run of ``--epochs`` epochs per seed, every noise score of
+``DataMapCallback`` against cleanlab on K-fold out-of-sample probabilities (same epochs), per domain, beside the
+run's clean test accuracy.
+
 ``python scripts/benchmark.py screen``: uniform SFT on the balanced pool of every candidate domain
 (``scripts/build_benchmark_data.py --candidates``): which domains the model learns within the budget.
 
@@ -321,6 +326,17 @@ def main(argv=None) -> int:
     sc.add_argument("--lr", type=float, default=None)
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--out", default="bench_results/screen.json")
+    en = sub.add_parser("evidence-noise", help="finding the wrong answers on the evidence data: every noise score "
+                                              "vs cleanlab on K-fold out-of-sample probabilities, per seed")
+    en.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    en.add_argument("--epochs", type=int, default=3)
+    en.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    en.add_argument("--cv-folds", type=int, default=2, help="cleanlab's out-of-sample folds on every seed (0: skip)")
+    en.add_argument("--data-fraction", type=float, default=None, help="default: 1 (tiny: 0.05)")
+    en.add_argument("--threads", type=int, default=None)
+    en.add_argument("--workdir", default="bench_results/evidence_noise_runs")
+    en.add_argument("--out", default="bench_results/evidence_noise.json")
+    en.add_argument("--markdown", default="bench_results/evidence_noise.md")
     noi = sub.add_parser("noise", help="finding the corrupted answers: data map and loss vs cleanlab")
     noi.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     noi.add_argument("--epochs", type=int, default=3, help="training epochs (the data map needs >= 2)")
@@ -350,6 +366,21 @@ def main(argv=None) -> int:
         print(noise_domain_table(report))
         if args.plot:
             plot_noise_map({**report, "_frame": frame}, args.plot)
+        return 0
+    if args.benchmark == "evidence-noise":
+        import bench_evidence_noise
+
+        fraction = args.data_fraction if args.data_fraction is not None else (0.05 if args.model == "tiny" else 1.0)
+        cfg = bench_evidence_noise.NoiseConfig(model=args.model, epochs=args.epochs, seeds=args.seeds,
+                                               cv_folds=args.cv_folds, data_fraction=fraction, threads=args.threads,
+                                               workdir=args.workdir)  # fmt: skip
+        report = bench_evidence_noise.run(cfg, report_path=args.out)
+        report["command"] = "python scripts/benchmark.py " + " ".join((argv if argv is not None else sys.argv[1:]))
+        _write_json(args.out, report)
+        text = bench_evidence_noise.markdown(report)
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text + "\n")
+        print(text)
         return 0
     if args.benchmark == "evidence-merge":
         report = bench_evidence.merge_reports([json.loads(Path(p).read_text()) for p in args.reports])

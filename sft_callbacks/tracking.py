@@ -109,6 +109,72 @@ _STAT_FIELDS = {
 }
 
 
+_N_FLOATS = 6  # per sequence: nll_sum, n_tokens, n_correct, entropy_sum, min_logp, margin_sum
+
+
+class VisitLog:
+    """Every training visit of every sample, in order: the history the noise scores read.
+
+    Per visit: the sample (``uid``, uint32), the optimizer ``step`` (int32), the mean NLL over its trained
+    tokens (``loss``, float16), whether the greedy prediction matched every trained token (``correct``), the
+    least likely trained token's log-probability (``min_logp``, float16) and the mean AUM margin over its
+    trained tokens (``margin``, float16; NaN under TRL's fused head, which gives no runner-up logit): 15 bytes
+    per visit, so three epochs over 10M rows hold 450 MB.
+
+    Example:
+        >>> log = VisitLog()
+        >>> log.append(np.array([0, 1]), np.array([3, 3]), np.array([0.1, 2.0]), np.array([True, False]),
+        ...            np.array([-0.2, -3.0]), np.array([np.nan, np.nan]))
+        >>> log.arrays()["correct"].tolist(), len(log)
+        ([True, False], 2)
+    """
+
+    BYTES_PER_VISIT = 15
+    _DTYPES = {"uid": np.uint32, "step": np.int32, "loss": np.float16, "correct": np.bool_, "min_logp": np.float16,
+               "margin": np.float16}
+
+    def __init__(self):
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._merged: dict[str, np.ndarray] | None = None
+
+    def append(self, uid, step, loss, correct, min_logp, margin) -> None:
+        """Add visits (arrays of equal length, in visit order)."""
+        if len(uid) == 0:
+            return
+        values = {"uid": uid, "step": step, "loss": loss, "correct": correct, "min_logp": min_logp, "margin": margin}
+        with np.errstate(over="ignore"):  # float16 saturates at 65504: a loss that large reads as inf, not garbage
+            self._chunks.append({k: np.asarray(v).astype(self._DTYPES[k]) for k, v in values.items()})
+        self._merged = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The log as one array per field (concatenated once, then cached until the next append)."""
+        if self._merged is None:
+            if not self._chunks:
+                self._merged = {k: np.zeros(0, dtype=t) for k, t in self._DTYPES.items()}
+            else:
+                self._merged = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._DTYPES}
+            self._chunks = [self._merged] if self._chunks else []
+        return self._merged
+
+    def __len__(self) -> int:
+        return sum(len(c["uid"]) for c in self._chunks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for c in self._chunks for a in c.values())
+
+    def state_dict(self) -> dict:
+        return {k: encode_array(v) for k, v in self.arrays().items()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> VisitLog:
+        log = cls()
+        arrays = {k: decode_array(v) for k, v in d.items()}
+        if len(arrays.get("uid", ())):
+            log._chunks = [arrays]
+        return log
+
+
 @dataclass
 class SampleStats:
     """Flat per-key arrays of training statistics (see ``_STAT_FIELDS``) plus per-epoch loss sums and counts."""
@@ -265,6 +331,7 @@ class SampleTracker:
         self._loss_tables: dict = {}
         self.eval_results: dict[str, dict] = {}
         self._eval_indices: dict[str, tuple] = {}
+        self.visits = VisitLog()
 
     # -- hook --------------------------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> None:
@@ -297,7 +364,8 @@ class SampleTracker:
         return None
 
     def _record(self, kwargs, output):
-        """``(keys, [nll_sum, n_tokens, n_correct, entropy_sum], to_tokens)`` per sequence, or ``None``."""
+        """``(keys, [nll_sum, n_tokens, n_correct, entropy_sum, min_logp, margin_sum], to_tokens)`` per sequence,
+        or ``None``."""
         input_ids = kwargs.get("input_ids")
         labels = kwargs.get("labels")
         if input_ids is None or labels is None or input_ids.dim() != 2:
@@ -308,6 +376,7 @@ class SampleTracker:
             logp = log_probs.detach().float()
             entropy = output.entropy.detach().float() if getattr(output, "entropy", None) is not None else None
             top1 = output.is_top1.float() if getattr(output, "is_top1", None) is not None else None
+            margin = None  # the fused head never materialises the logits: no runner-up token to compare with
         else:
             logits = getattr(output, "logits", None)
             if logits is None or logits.shape[:2] != input_ids.shape:
@@ -318,7 +387,11 @@ class SampleTracker:
             logp = -F.cross_entropy(
                 flat.reshape(-1, flat.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
             ).view(target.shape)
-            top1 = ((flat.argmax(-1) == target) & mask).float()
+            top2 = flat.topk(2, dim=-1)
+            top1 = ((top2.indices[..., 0] == target) & mask).float()
+            # AUM margin (Pleiss et al., 2020): the given token's logit minus the best other token's.
+            given = flat.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+            margin = given - torch.where(top1.bool(), top2.values[..., 1], top2.values[..., 0])
             entropy = None
         maskf = mask.float()
         attention_mask = kwargs.get("attention_mask")
@@ -333,6 +406,10 @@ class SampleTracker:
                 out = torch.zeros(n_seg, dtype=torch.float32, device=x.device)
                 return out.index_add_(0, seg, x[0])
 
+            def min_seq(x):
+                out = torch.full((n_seg,), float("inf"), dtype=torch.float32, device=x.device)
+                return out.scatter_reduce_(0, seg, x[0], "amin")
+
             def to_tokens(w):
                 return w[seg][None, :]
 
@@ -344,6 +421,9 @@ class SampleTracker:
             def per_seq(x):
                 return x.sum(1)
 
+            def min_seq(x):
+                return x.amin(1)
+
             def to_tokens(w):
                 return w[:, None]
 
@@ -354,17 +434,21 @@ class SampleTracker:
                 per_seq(maskf),
                 per_seq(top1 * maskf) if top1 is not None else nan,
                 per_seq(entropy * maskf) if entropy is not None else nan,
+                min_seq(torch.where(mask, logp, torch.inf)),  # the least likely trained token
+                per_seq(margin * maskf) if margin is not None else nan,
             ]
         )
         return keys, floats, to_tokens
 
     def memory_per_sample(self) -> dict[str, float]:
-        """Bytes per training sample: ``fixed`` statistics (incl. key), ``mapping`` (index arrays), ``history``."""
+        """Bytes per training sample: ``fixed`` statistics (incl. key), ``mapping`` (index arrays), ``history``
+        (per-epoch sums) and ``visits`` (the per-visit log, :data:`VisitLog.BYTES_PER_VISIT` per visit)."""
         n = max(1, len(self.index.keys)) if self.index is not None else 1
         idx = self.index.nbytes() if self.index is not None else {"per_sample": 0, "mapping": 0}
         stats_fixed = self.stats.nbytes_fixed if self.stats is not None else 0
         history = self.stats.nbytes_history if self.stats is not None else 0
-        return {"fixed": (stats_fixed + idx["per_sample"]) / n, "mapping": idx["mapping"] / n, "history": history / n}
+        return {"fixed": (stats_fixed + idx["per_sample"]) / n, "mapping": idx["mapping"] / n, "history": history / n,
+                "visits": self.visits.nbytes / n}
 
     # -- loss weighting ------------------------------------------------------------------------------------
     def set_loss_weights(self, sample_weights: np.ndarray | None) -> None:
@@ -418,13 +502,15 @@ class SampleTracker:
             return index
         self.index = index
         self.stats = SampleStats(len(index.keys))
+        self.visits = VisitLog()
         return index
 
     # -- flushing -------------------------------------------------------------------------------------------
     @staticmethod
     def _drain(pending: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if not pending:
-            return (np.zeros(0, np.uint64), np.zeros((4, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+            return (np.zeros(0, np.uint64), np.zeros((_N_FLOATS, 0), np.float32), np.zeros(0, np.int64),
+                    np.zeros(0, np.int64))
         keys = torch.cat([p[0] for p in pending]).cpu().numpy().view(np.uint64)
         floats = torch.cat([p[1] for p in pending], dim=1).cpu().numpy()
         steps = np.concatenate([np.full(p[0].shape[0], p[2], dtype=np.int64) for p in pending])
@@ -450,6 +536,8 @@ class SampleTracker:
         known = finite & (uid >= 0)
         self.unmatched += int((finite & (uid < 0)).sum())
         ntok = floats[1][known]
+        self.visits.append(uid[known], steps[known], loss[known], floats[2][known] == ntok, floats[4][known],
+                           floats[5][known] / ntok)
         self.stats.apply(
             uid[known],
             loss[known],
@@ -501,6 +589,7 @@ class SampleTracker:
             "stats": self.stats.state_dict() if self.stats is not None else None,
             "keys": encode_array(self.index.keys) if self.index is not None else None,
             "counters": {"nonfinite": self.nonfinite, "unmatched": self.unmatched, "observed": self.observed},
+            "visits": self.visits.state_dict(),
         }
 
     def load_state_dict(self, d: dict) -> None:
@@ -513,5 +602,6 @@ class SampleTracker:
                 "resume with the same dataset and tokenizer settings"
             )
         self.stats = SampleStats.from_state_dict(d["stats"])
+        self.visits = VisitLog.from_state_dict(d["visits"]) if d.get("visits") is not None else VisitLog()
         for k, v in d.get("counters", {}).items():
             setattr(self, k, int(v))

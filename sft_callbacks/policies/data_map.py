@@ -1,7 +1,8 @@
 """Dataset cartography for generation (Swayamdipta et al., 2020): confidence, variability, regions, noisy flags.
 
 Pure functions first (per-epoch losses in, map coordinates out), then :class:`DataMapCallback`, which reads the
-tracker's per-epoch statistics (no extra forward pass), optionally down-weights flagged samples after a number of
+tracker's per-epoch statistics and visit history (no extra forward pass), ranks likely wrong answers by a noise
+score from :mod:`~sft_callbacks.policies.noise`, optionally down-weights flagged samples after a number of
 epochs (a denoising curriculum) and logs what it did; :func:`plot_data_map` draws the map.
 """
 
@@ -12,6 +13,7 @@ import pandas as pd
 
 from ..base import SamplingPolicyCallback
 from ..session import PolicyContext
+from .noise import DEFAULT_NOISE_SCORE, NOISE_SCORES, estimate_noise_rate, flag_by_score, history_scores, window_of_trust
 
 REGIONS = ("easy-to-learn", "ambiguous", "hard-to-learn")
 
@@ -31,6 +33,9 @@ def epoch_confidences(epoch_loss: np.ndarray) -> np.ndarray:
 def data_map_coordinates(epoch_loss: np.ndarray, learned_threshold: float = 0.5) -> dict[str, np.ndarray]:
     """Confidence (mean over epochs), variability (std over epochs), epochs seen and forgetting events.
 
+    Variability is NaN for a sample seen in fewer than 2 epochs: one reading has no spread, and placing it at
+    variability 0 would put it in a region the map knows nothing about.
+
     A forgetting event is a move from learned (epoch confidence >= ``learned_threshold``) to not learned between
     two consecutive epochs in which the sample was seen (Toneva et al., 2019, at epoch granularity).
 
@@ -38,13 +43,15 @@ def data_map_coordinates(epoch_loss: np.ndarray, learned_threshold: float = 0.5)
         >>> c = data_map_coordinates(np.array([[0.1, 0.1], [0.1, 1.5], [np.nan, 0.2]]))
         >>> c["epochs_seen"].tolist(), c["forgetting_events"].tolist()
         ([2, 2, 1], [0, 1, 0])
+        >>> bool(np.isnan(c["variability"][2]))  # one epoch: not placed
+        True
     """
     conf = epoch_confidences(epoch_loss)
     seen = np.isfinite(conf)
     n_seen = seen.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n_seen > 0, np.nansum(conf, 1) / np.maximum(n_seen, 1), np.nan)
-        var = np.where(n_seen > 0, np.nansum((conf - mean[:, None]) ** 2, 1) / np.maximum(n_seen, 1), np.nan)
+        var = np.where(n_seen > 1, np.nansum((conf - mean[:, None]) ** 2, 1) / np.maximum(n_seen, 1), np.nan)
     forgetting = np.zeros(conf.shape[0], dtype=np.int64)
     previous = np.full(conf.shape[0], np.nan)
     for e in range(conf.shape[1]):
@@ -141,31 +148,38 @@ def flag_noisy(
     return candidates & (confidence <= c_cut)
 
 
-def noise_scores(confidence: np.ndarray) -> np.ndarray:
-    """Score for ranking likely label noise (higher = more suspicious): ``1 - confidence``; NaN stays NaN."""
-    return 1.0 - np.asarray(confidence, dtype=np.float64)
-
-
 class DataMapCallback(SamplingPolicyCallback):
     """A [`~transformers.TrainerCallback`] that maps every training sample by confidence and variability across
-    epochs (dataset cartography) and flags likely mislabeled samples, from the training forward passes themselves.
+    epochs (dataset cartography) and flags likely wrong answers, from the training forward passes themselves.
 
     Adapted to generation: a sample's confidence in an epoch is the geometric-mean probability of its target
     tokens, ``exp(-mean NLL)``, from the per-epoch statistics the tracker already keeps; confidence is its mean
     over epochs, variability its standard deviation (Swayamdipta et al., 2020, "Dataset Cartography"),
     correctness the mean token accuracy, and forgetting events count learned -> not learned transitions
-    (Toneva et al., 2019). Samples that stay low-confidence with low variability are flagged ``flag_noisy``.
+    (Toneva et al., 2019). A sample seen in fewer than 2 epochs has no variability: it is not placed on the map
+    (no region), and is not flagged.
+
+    Wrong answers are ranked by ``noise_score`` (see :data:`~sft_callbacks.policies.noise.NOISE_SCORES`). The
+    default, ``"confidence_after_burn_in"``, averages each sample's confidence over the window of the run in which
+    a low confidence means a wrong answer: after the model has learnt the task (the clean-looking samples'
+    accuracy saturates), before it memorises the wrong answers; both ends are read from the run
+    (:func:`~sft_callbacks.policies.noise.window_of_trust`). It was chosen on the SmolLM2 benchmark
+    (BENCHMARKS.md, "Finding wrong answers"). The ``noise_rate`` highest-scoring samples are flagged
+    ``flag_noisy`` (within each group with ``group_column``); without a rate, it is estimated per group from a
+    two-component mixture of the scores, which also gives each sample's ``noise_probability`` and the flags'
+    expected precision (:attr:`noise_report`, and the ``sft/data_map/*`` logs).
+
     With ``downweight_after_epochs`` set, flagged samples are drawn ``downweight`` times as often from then on
     (a denoising curriculum; the flags are recomputed at every epoch end).
 
-    Per-step cost: none (it reads statistics at epoch ends, O(n * epochs)).
+    Per-step cost: none (it reads statistics at epoch ends, O(n * epochs + visits)). Memory: the tracker's visit
+    log, 15 bytes per visit.
 
     Args:
         min_epochs (`int`, defaults to 2): epochs a sample must have been seen in before it can be flagged.
-        noise_rate (`float`, *optional*): expected fraction of noisy samples; flags that many lowest-confidence,
-            low-variability samples. Without it, the ``confidence_quantile`` rule is used.
-        confidence_quantile (`float`, defaults to 0.25), variability_quantile (`float`, defaults to 0.5): the
-            thresholds of the hard-to-learn corner when ``noise_rate`` is not given.
+        noise_rate (`float`, *optional*): expected fraction of wrong answers; flags that many highest-scoring
+            samples. Without it the rate is estimated from the scores.
+        noise_score (`str`, defaults to ``"confidence_after_burn_in"``): the ranking, one of ``NOISE_SCORES``.
         downweight_after_epochs (`int`, *optional*): from this epoch on, down-weight flagged samples.
         downweight (`float`, defaults to 0.1): sampling weight of a flagged sample relative to 1 (0 drops it).
         group_column (`str`, *optional*): flag within each group of this training-dataset column (e.g. the
@@ -173,11 +187,12 @@ class DataMapCallback(SamplingPolicyCallback):
             multi-domain data (see BENCHMARKS.md, noise).
 
     Example:
-        >>> data_map = DataMapCallback(noise_rate=0.2)  # doctest: +SKIP
-        >>> trainer = SFTTrainer(..., args=SFTConfig(num_train_epochs=4, ...), callbacks=[data_map])  # doctest: +SKIP
+        >>> data_map = DataMapCallback(group_column="domain")  # doctest: +SKIP
+        >>> trainer = SFTTrainer(..., args=SFTConfig(num_train_epochs=3, ...), callbacks=[data_map])  # doctest: +SKIP
         >>> trainer.train()  # doctest: +SKIP
         >>> frame = data_map.data_map()  # indexed by your dataset's row  # doctest: +SKIP
-        >>> frame[frame.flag_noisy]  # doctest: +SKIP
+        >>> frame[frame.flag_noisy].sort_values("noise_score")  # doctest: +SKIP
+        >>> data_map.noise_report["expected_precision"]  # doctest: +SKIP
         >>> plot_data_map(frame, "data_map.png")  # doctest: +SKIP
     """
 
@@ -186,8 +201,7 @@ class DataMapCallback(SamplingPolicyCallback):
         *,
         min_epochs: int = 2,
         noise_rate: float | None = None,
-        confidence_quantile: float = 0.25,
-        variability_quantile: float = 0.5,
+        noise_score: str = DEFAULT_NOISE_SCORE,
         downweight_after_epochs: int | None = None,
         downweight: float = 0.1,
         group_column: str | None = None,
@@ -195,26 +209,28 @@ class DataMapCallback(SamplingPolicyCallback):
         if min_epochs < 1:
             raise ValueError("min_epochs must be >= 1")
         if noise_rate is not None and not 0 < noise_rate < 1:
-            raise ValueError("noise_rate must be in (0, 1)")
-        if not 0 < confidence_quantile < 1 or not 0 < variability_quantile <= 1:
-            raise ValueError("confidence_quantile must be in (0, 1) and variability_quantile in (0, 1]")
+            raise ValueError("noise_rate must be in (0, 1), or None to estimate it")
+        if noise_score not in NOISE_SCORES:
+            raise ValueError(f"noise_score must be one of {sorted(NOISE_SCORES)}, got {noise_score!r}")
         if downweight_after_epochs is not None and downweight_after_epochs < 1:
             raise ValueError("downweight_after_epochs must be >= 1")
         if not 0 <= downweight <= 1:
             raise ValueError("downweight must be in [0, 1]")
         super().__init__(
-            min_epochs=min_epochs, noise_rate=noise_rate, confidence_quantile=confidence_quantile,
-            variability_quantile=variability_quantile, downweight_after_epochs=downweight_after_epochs,
-            downweight=downweight, group_column=group_column,
+            min_epochs=min_epochs, noise_rate=noise_rate, noise_score=noise_score,
+            downweight_after_epochs=downweight_after_epochs, downweight=downweight, group_column=group_column,
         )
         self.group_column = group_column
         self._uid_groups: np.ndarray | None = None
+        self._group_names: list[str] = []
         self.min_epochs = min_epochs
         self.noise_rate = noise_rate
-        self.confidence_quantile = confidence_quantile
-        self.variability_quantile = variability_quantile
+        self.noise_score = noise_score
         self.downweight_after_epochs = downweight_after_epochs
         self.downweight = downweight
+        #: What the last flagging did: the score, its window of steps, and per group the rate (given or
+        #: estimated), the flags and their expected precision (the mean noise probability of the flagged).
+        self.noise_report: dict = {}
         # Only a sampling policy when it down-weights; otherwise it leaves the sampler alone.
         self.needs_sampler = downweight_after_epochs is not None
         self._metrics: dict[str, float] = {}
@@ -234,60 +250,106 @@ class DataMapCallback(SamplingPolicyCallback):
             from .groups import group_ids, uid_groups
 
             index = self.session.tracker.index
-            ids, _ = group_ids(self.session.columns[self.group_column])
+            ids, self._group_names = group_ids(self.session.columns[self.group_column])
             self._uid_groups = uid_groups(ids, index.seq_uid, index.seq_row, len(index.keys))
         return self._uid_groups
 
     def _per_sample(self) -> dict[str, np.ndarray]:
-        stats = self.session.tracker.stats
+        tracker = self.session.tracker
+        stats = tracker.stats
         coords = data_map_coordinates(stats.epoch_loss_matrix())
         with np.errstate(invalid="ignore", divide="ignore"):
             coords["correctness"] = np.where(stats.times_seen > 0, stats.acc_sum / stats.times_seen, np.nan)
         coords["region"] = assign_regions(coords["confidence"], coords["variability"])
-        coords["flag_noisy"] = flag_noisy(
-            coords["confidence"], coords["variability"], coords["epochs_seen"], min_epochs=self.min_epochs,
-            rate=self.noise_rate, confidence_quantile=self.confidence_quantile,
-            variability_quantile=self.variability_quantile, groups=self._groups(),
-        )
+        n = stats.size
+        visits = tracker.visits.arrays()
+        start, end = window_of_trust(visits, n, rate=self.noise_rate or 0.2)
+        score = history_scores(visits, n, start=start, end=end)[self.noise_score]
+        eligible = (coords["epochs_seen"] >= self.min_epochs) & np.isfinite(score)
+        groups = self._groups()
+        labels = np.zeros(n, dtype=np.int64) if groups is None else groups
+        flags = np.zeros(n, dtype=bool)
+        probability = np.full(n, np.nan)
+        report = {"noise_score": self.noise_score, "window": [start, end], "groups": {}}
+        for g in np.unique(labels):
+            at = np.flatnonzero((labels == g) & eligible)
+            if not at.size:
+                continue
+            estimated, post = estimate_noise_rate(score[at])
+            rate = self.noise_rate if self.noise_rate is not None else estimated
+            chosen = flag_by_score(score[at], rate)
+            flags[at] = chosen
+            probability[at] = post
+            name = self._group_names[g] if groups is not None and 0 <= g < len(self._group_names) else "all"
+            report["groups"][name] = {
+                "eligible": int(at.size), "rate": float(rate), "rate_given": self.noise_rate is not None,
+                "estimated_rate": float(estimated), "flagged": int(chosen.sum()),
+                "expected_precision": float(post[chosen].mean()) if chosen.any() else float("nan"),
+            }
+        report["flagged"] = int(flags.sum())
+        report["eligible"] = int(eligible.sum())
+        report["expected_precision"] = float(np.mean(probability[flags])) if flags.any() else float("nan")
+        self.noise_report = report
+        coords["noise_score"] = np.where(np.isfinite(score), score, np.nan)
+        coords["noise_probability"] = probability
+        coords["flag_noisy"] = flags
         return coords
 
     def data_map(self) -> pd.DataFrame:
-        """The map, indexed by your training-dataset row: ``confidence``, ``variability``, ``correctness``,
-        ``forgetting_events``, ``epochs_seen``, ``region``, ``flag_noisy``, ``noise_score`` (rows TRL dropped: NaN /
-        empty region / not flagged)."""
-        coords = self._per_sample()
+        """The map, indexed by your training-dataset row: ``confidence``, ``variability`` (NaN for rows seen in
+        fewer than 2 epochs), ``correctness``, ``forgetting_events``, ``epochs_seen``, ``region`` (empty where not
+        placed), ``noise_score``, ``noise_probability`` (NaN where not eligible), ``flag_noisy`` (rows TRL dropped:
+        NaN / empty region / not flagged)."""
+        return self._by_row(self._per_sample())
+
+    def noise_scores(self) -> pd.DataFrame:
+        """Every score of :data:`~sft_callbacks.policies.noise.NOISE_SCORES` for each training row (higher = more
+        likely a wrong answer; NaN: no visit to read), over the window the last flagging used; to compare them on
+        data whose wrong answers you know.
+
+        Example:
+            >>> data_map.noise_scores().corrwith(my_dataset.to_pandas()["is_wrong"])  # doctest: +SKIP
+        """
+        tracker = self.session.tracker
+        visits = tracker.visits.arrays()
+        start, end = window_of_trust(visits, tracker.stats.size, rate=self.noise_rate or 0.2)
+        return self._by_row(history_scores(visits, tracker.stats.size, start=start, end=end))
+
+    def _by_row(self, coords: dict[str, np.ndarray]) -> pd.DataFrame:
         index = self.session.tracker.index
         if index.packed:
             uid = index.seq_uid
             frame = pd.DataFrame({k: v[uid] for k, v in coords.items()})
             frame.index.name = "sample"  # as in dynamics(): packed samples, not user rows
-        else:
-            user_uid = index.user_uid()
-            dropped = user_uid < 0
-            safe = np.where(dropped, 0, user_uid)
-            cols = {}
-            for k, v in coords.items():
-                col = v[safe]
-                if k == "region":
-                    col = np.where(dropped, "", col)
-                elif k == "flag_noisy":
-                    col = col & ~dropped
-                elif np.issubdtype(col.dtype, np.floating):
-                    col = np.where(dropped, np.nan, col)
-                else:
-                    col = np.where(dropped, 0, col)
-                cols[k] = col
-            frame = pd.DataFrame(cols)
-            frame.index.name = "row"
-        frame["noise_score"] = noise_scores(frame["confidence"].to_numpy())
+            return frame
+        user_uid = index.user_uid()
+        dropped = user_uid < 0
+        safe = np.where(dropped, 0, user_uid)
+        cols = {}
+        for k, v in coords.items():
+            col = v[safe]
+            if k == "region":
+                col = np.where(dropped, "", col)
+            elif k == "flag_noisy":
+                col = col & ~dropped
+            elif np.issubdtype(col.dtype, np.floating):
+                col = np.where(dropped, np.nan, col)
+            else:
+                col = np.where(dropped, 0, col)
+            cols[k] = col
+        frame = pd.DataFrame(cols)
+        frame.index.name = "row"
         return frame
 
     # -- policy -----------------------------------------------------------------------------------------
     def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
         coords = self._per_sample()
         flags = coords["flag_noisy"]
+        report = self.noise_report
         self._metrics = {
             "sft/data_map/flagged_fraction": float(flags.mean()) if flags.size else 0.0,
+            "sft/data_map/expected_precision": report.get("expected_precision", float("nan")),
+            "sft/data_map/window_start": float(report["window"][0]) if report.get("window") else float("nan"),
             "sft/data_map/mean_confidence": float(np.nanmean(coords["confidence"])) if np.isfinite(coords["confidence"]).any() else float("nan"),
         }
         for region in REGIONS:
@@ -331,7 +393,9 @@ def plot_data_map(frame: pd.DataFrame, path: str, *, color_by: str = "region", t
     missing = [c for c in ("confidence", "variability", color_by) if c not in frame.columns]
     if missing:
         raise ValueError(f"the frame lacks columns {missing}: pass DataMapCallback.data_map()")
-    data = frame[np.isfinite(frame["confidence"]) & np.isfinite(frame["variability"])]
+    placed = np.isfinite(frame["confidence"]) & np.isfinite(frame["variability"])
+    unplaced = int((np.isfinite(frame["confidence"]) & ~placed).sum())  # seen, but in fewer than 2 epochs
+    data = frame[placed]
     if data.empty:
         raise ValueError(
             "no sample has data-map coordinates: each needs at least one epoch's statistics; train for at least "
@@ -346,6 +410,8 @@ def plot_data_map(frame: pd.DataFrame, path: str, *, color_by: str = "region", t
         groups = [("flagged noisy", data[data["flag_noisy"]]), ("not flagged", data[~data["flag_noisy"]])]
     for label, part in groups:
         ax.scatter(part["variability"], part["confidence"], s=8, alpha=0.6, label=f"{label} ({len(part)})")
+    if unplaced:  # counted, not drawn: a single epoch gives no variability
+        ax.scatter([], [], s=0, label=f"seen in < 2 epochs, not placed ({unplaced})")
     ax.set_xlabel("variability (std of per-epoch confidence)")
     ax.set_ylabel("confidence (mean geometric-mean token probability)")
     ax.set_title(title or "Data map")
