@@ -129,7 +129,8 @@ def summarise(cfg: NoiseConfig, data: dict, maps: list[dict], cleanlabs: list[di
                 "coverage": float(m.sum() / max((domains == d).sum(), 1))}
 
     for run in maps:
-        entry = per_seed.setdefault(str(run["seed"]), {"scores": {}, "flags": {}, "test_em": run["test_em_by_domain"]})
+        entry = per_seed.setdefault(str(run["seed"]), {"scores": {}, "flags": {}})
+        entry["test_em"] = run["test_em_by_domain"]
         for name, score in run["scores"].items():
             entry["scores"][name] = {d: metrics(np.asarray(score), d) for d in names}
         flags = np.asarray(run["flags"], dtype=bool)
@@ -146,15 +147,45 @@ def summarise(cfg: NoiseConfig, data: dict, maps: list[dict], cleanlabs: list[di
     for run in cleanlabs:
         entry = per_seed.setdefault(str(run["seed"]), {"scores": {}, "flags": {}})
         entry["cleanlab"] = {d: metrics(np.asarray(run["score"]), d) for d in names}
-    score_names = list(maps[0]["scores"]) if maps else []
-    pooled = {name: {d: {m: mean_ci([per_seed[s]["scores"][name][d][m] for s in per_seed if name in per_seed[s]["scores"]])
+    return pool(per_seed, names)
+
+
+def pool(per_seed: dict, names: list[str]) -> dict:
+    """Means and 95% intervals over the seeds of ``per_seed``, and the targets checked seed by seed."""
+    score_names = list(dict.fromkeys(n for e in per_seed.values() for n in e.get("scores", {})))
+    pooled = {name: {d: {m: mean_ci([e["scores"][name][d][m] for e in per_seed.values() if name in e.get("scores", {})])
                          for m in ("auroc", "p_at_noise", "coverage")} for d in names} for name in score_names}
-    if cleanlabs:
-        pooled["cleanlab (out-of-sample)"] = {d: {m: mean_ci([per_seed[s]["cleanlab"][d][m] for s in per_seed
-                                                              if "cleanlab" in per_seed[s]])
+    if any("cleanlab" in e for e in per_seed.values()):
+        pooled["cleanlab (out-of-sample)"] = {d: {m: mean_ci([e["cleanlab"][d][m] for e in per_seed.values()
+                                                              if "cleanlab" in e])
                                                   for m in ("auroc", "p_at_noise")} for d in names}
-    test_em = {d: mean_ci([per_seed[s]["test_em"][d] for s in per_seed if "test_em" in per_seed[s]]) for d in names}
+    test_em = {d: mean_ci([e["test_em"][d] for e in per_seed.values() if "test_em" in e]) for d in names}
     return {"per_seed": per_seed, "pooled": pooled, "test_em": test_em, "targets": targets(per_seed, names, test_em)}
+
+
+def merge(reports: list[dict]) -> dict:
+    """Several runs of this benchmark (other seeds) pooled into one report; a seed in two reports is refused."""
+    base = dict(reports[0])
+    per_seed: dict = {}
+    for rep in reports:
+        for key in ("epochs", "batch_size", "lr", "noise", "data_fraction", "model"):
+            if rep["config"][key] != base["config"][key]:
+                raise ValueError(f"reports differ in {key}: {rep['config'][key]} vs {base['config'][key]}")
+        for s, e in rep["per_seed"].items():
+            if s in per_seed:
+                raise ValueError(f"seed {s} is in two reports")
+            per_seed[s] = e
+    base.update(pool(per_seed, base["data"]["domains"]))
+    base["config"] = {**base["config"], "seeds": sorted(int(s) for s in per_seed)}
+    base["merged_from"] = [{"commit": r.get("commit"), "seeds": sorted(r["per_seed"]), "command": r.get("command")}
+                           for r in reports]
+    for key in ("visits_bytes_per_row",):
+        base[key] = [v for r in reports for v in r.get(key, [])]
+    base["windows"] = {k: v for r in reports for k, v in r.get("windows", {}).items()}
+    base["seconds"] = {"total": sum(r["seconds"]["total"] for r in reports),
+                       "mapping_run": [v for r in reports for v in r["seconds"]["mapping_run"]],
+                       "cleanlab_folds": [v for r in reports for v in r["seconds"]["cleanlab_folds"]]}
+    return base
 
 
 SINGLE_VISIT = ("loss_first", "loss_last")

@@ -337,6 +337,10 @@ def main(argv=None) -> int:
     en.add_argument("--workdir", default="bench_results/evidence_noise_runs")
     en.add_argument("--out", default="bench_results/evidence_noise.json")
     en.add_argument("--markdown", default="bench_results/evidence_noise.md")
+    enm = sub.add_parser("evidence-noise-merge", help="pool evidence-noise reports (other seeds) into one")
+    enm.add_argument("reports", nargs="+")
+    enm.add_argument("--out", default="bench_results/evidence_noise_merged.json")
+    enm.add_argument("--markdown", default="bench_results/evidence_noise_merged.md")
     noi = sub.add_parser("noise", help="finding the corrupted answers: data map and loss vs cleanlab")
     noi.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     noi.add_argument("--epochs", type=int, default=3, help="training epochs (the data map needs >= 2)")
@@ -376,6 +380,16 @@ def main(argv=None) -> int:
                                                workdir=args.workdir)  # fmt: skip
         report = bench_evidence_noise.run(cfg, report_path=args.out)
         report["command"] = "python scripts/benchmark.py " + " ".join((argv if argv is not None else sys.argv[1:]))
+        _write_json(args.out, report)
+        text = bench_evidence_noise.markdown(report)
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text + "\n")
+        print(text)
+        return 0
+    if args.benchmark == "evidence-noise-merge":
+        import bench_evidence_noise
+
+        report = bench_evidence_noise.merge([json.loads(Path(p).read_text()) for p in args.reports])
         _write_json(args.out, report)
         text = bench_evidence_noise.markdown(report)
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

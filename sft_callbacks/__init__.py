@@ -7,6 +7,8 @@ Public API (everything else is internal):
 - :class:`AdaptiveSampler`, :func:`combine_weights`: the weighted sampler and the rule that combines policies.
 - Strategies: :class:`ValidationGuidedResamplingCallback`, :class:`HardExampleMiningCallback`,
   :class:`CurriculumCallback`, :class:`GroupBalanceCallback`.
+- Finding wrong answers: :class:`DataMapCallback` (noise scores from the visit history, flags, the data map),
+  :func:`out_of_sample_losses` (K-fold), :func:`estimate_noise_rate`.
 """
 
 from .active_learning import select_for_annotation
@@ -35,6 +37,8 @@ from .policies import (
     plot_data_map,
 )
 from .dynamics import TrainingDynamicsCallback, annotate_dataset, dynamics_frame, eval_frame
+from .out_of_sample import out_of_sample_losses
+from .policies.noise import NOISE_SCORES, estimate_noise_rate
 from .sampling import AdaptiveSampler
 from .session import PolicyContext
 from .weights import check_weights, combine_weights
@@ -42,6 +46,7 @@ from .weights import check_weights, combine_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "NOISE_SCORES",
     "AdaptiveSampler",
     "BackTranslation",
     "Paraphrase",
@@ -80,5 +85,7 @@ __all__ = [
     "dynamics_frame",
     "eval_frame",
     "plot_data_map",
+    "estimate_noise_rate",
+    "out_of_sample_losses",
     "__version__",
 ]

@@ -33,7 +33,7 @@ _DYNAMICS = {
     "entropy_mean": "entropy_mean",
     "dropped": "dropped_by_trl",
 }
-_DATA_MAP = ("confidence", "variability", "correctness", "forgetting_events", "region", "flag_noisy")
+_DATA_MAP = ("confidence", "variability", "correctness", "forgetting_events", "region", "noise_score", "flag_noisy")
 
 
 def _sessions(callbacks: Sequence[Any]):

@@ -118,7 +118,8 @@ def run_demo(
     trainer.train()
     frame = dyn.dynamics()
     dmap = data_map.data_map()
-    map_columns = ["confidence", "variability", "correctness", "forgetting_events", "region", "flag_noisy"]
+    map_columns = ["confidence", "variability", "correctness", "forgetting_events", "region", "noise_score",
+                   "flag_noisy"]
     annotated = annotate_dataset(dyn.to_dataset(train), dmap[map_columns])
     annotated.save_to_disk(str(out / "annotated"))
     flat = frame.drop(columns=["loss_per_epoch"])
@@ -129,8 +130,10 @@ def run_demo(
     if mapped:
         plot_data_map(dmap, str(out / "data_map.png"), title=f"Data map: {mapped} rows, {model_name.split(' ')[0]}")
         plot_data_map(dmap, str(out / "data_map_flags.png"), color_by="flag_noisy", title="Flagged as likely mislabeled")
-    flagged = dmap[dmap.flag_noisy].join(labels).sort_values("confidence")
+    flagged = dmap[dmap.flag_noisy].join(labels).sort_values("noise_score", ascending=False)
     eligible = int((dmap.epochs_seen >= data_map.min_epochs).sum())
+    planted = labels.corrupted.to_numpy(bool)
+    hits = int((dmap.flag_noisy.to_numpy(bool) & planted).sum())
     seen = frame[frame.times_seen > 0].join(train.select_columns(["domain"]).to_pandas())
     per_group = seen.groupby("domain")["loss_last"].agg(["mean", "count"]).sort_values("mean", ascending=False)
     hardest = seen.nlargest(5, "loss_last")
@@ -164,13 +167,19 @@ def run_demo(
             "rows_mapped": mapped,
             "rows_eligible": eligible,
             "min_epochs": data_map.min_epochs,
+            "noise_score": data_map.noise_score,
+            "window": data_map.noise_report.get("window"),
+            "precision": round(hits / len(flagged), 4) if len(flagged) else None,
+            "recall": round(hits / int(planted.sum()), 4) if planted.any() else None,
+            "expected_precision": _round(data_map.noise_report.get("expected_precision")),
             "regions": {r: int(c) for r, c in dmap.region[dmap.region != ""].value_counts().items()},
             "flagged": [
                 {
                     "row": int(i),
                     "domain": r["domain"],
+                    "noise_score": round(float(r["noise_score"]), 4),
                     "confidence": round(float(r["confidence"]), 4),
-                    "variability": round(float(r["variability"]), 4),
+                    "variability": _round(r["variability"]),
                     "answer": r["answer"],
                     "planted": bool(r["corrupted"]),
                 }
@@ -183,6 +192,11 @@ def run_demo(
     if push_to:
         summary["published"] = _publish(push_to, private, out, train, trainer, [dyn, data_map, *strategies])
     return summary
+
+
+def _round(value, digits: int = 4):
+    """``value`` rounded, or ``None`` when missing or not finite (JSON has no NaN)."""
+    return round(float(value), digits) if value is not None and np.isfinite(value) else None
 
 
 def _publish(repo_id: str, private: bool, out: Path, train, trainer, callbacks) -> dict:
@@ -263,12 +277,18 @@ def _format_data_map(summary: dict) -> list[str]:
     flagged = dm["flagged"]
     lines = [f"data map ({dm['rows_mapped']} rows; {regions}): {out}/data_map.png"]
     planted = sum(f["planted"] for f in flagged)
+    window = dm.get("window") or [None, None]
     lines.append(f"flagged as likely mislabeled: {len(flagged)} of {dm['rows_eligible']} rows seen in "
                  f">= {dm['min_epochs']} epochs; {planted} of them carry a planted wrong answer "
                  f"({summary.get('planted_noise', 0)} planted in all)")
+    if dm.get("precision") is not None:
+        expected = dm.get("expected_precision")
+        lines.append(f"  against the planted answers: precision {dm['precision']:.2f}, recall {dm['recall']:.2f}"
+                     + (f" (the data map expected precision {expected:.2f})" if expected is not None else "")
+                     + f"; score {dm.get('noise_score')} over steps {window[0]}-{window[1] or 'end'}")
     for f in flagged[:10]:
         mark = "planted" if f["planted"] else "       "
-        lines.append(f"  row {f['row']:<5} {f['domain']:<14} conf {f['confidence']:.3f} var {f['variability']:.3f} "
+        lines.append(f"  row {f['row']:<5} {f['domain']:<14} score {f['noise_score']:.3f} conf {f['confidence']:.3f} "
                      f"{mark} answer={f['answer']!r}")
     if len(flagged) > 10:
         lines.append(f"  ... {len(flagged) - 10} more in {out}/data_map.csv (flag_noisy)")

@@ -177,7 +177,8 @@ class TrainingDynamicsCallback(SFTCallback):
 
     Per-step cost: a few element-wise ops on the batch's device and no host synchronisation; statistics are
     copied to the host and merged across processes every ``sync_every`` steps and when the Trainer logs,
-    evaluates or saves. Memory: 52 bytes per training row plus 6 bytes per row per epoch.
+    evaluates or saves. Memory: 52 bytes per training row, 6 bytes per row per epoch, and the visit log (the
+    history the noise scores read): 15 bytes per training visit.
 
     Args:
         sync_every (`int`, defaults to 10): optimizer steps between merges of the statistics (besides logging,

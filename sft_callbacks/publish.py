@@ -76,8 +76,8 @@ class PushResult:
 ANNOTATION_COLUMNS = (
     "times_seen", "loss_mean", "loss_last", "loss_first", "token_accuracy", "token_accuracy_mean", "entropy_mean",
     "last_step", "n_trained_tokens", "dropped", "dropped_by_trl", "n_duplicates", "weight", "confidence",
-    "variability", "correctness", "forgetting_events", "epochs_seen", "region", "flag_noisy", "difficulty",
-    "conflict",
+    "variability", "correctness", "forgetting_events", "epochs_seen", "region", "noise_score", "flag_noisy",
+    "difficulty", "conflict",
 )  # fmt: skip
 
 

@@ -33,6 +33,38 @@ def reference_losses(model, input_ids_rows, labels_rows):
     return np.array(out)
 
 
+def reference_visit_stats(model, input_ids_rows, labels_rows):
+    """Independent per-row whole-answer correctness, least likely trained token's log-probability and mean AUM
+    margin (the given token's logit minus the best other token's): one plain forward per row."""
+    model.eval()
+    out = []
+    for ids, labels in zip(input_ids_rows, labels_rows):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        target = torch.tensor(labels[1:])
+        mask = target != -100
+        z, t = logits[mask], target[mask]
+        logp = torch.log_softmax(z, -1).gather(1, t[:, None])[:, 0]
+        given = z.gather(1, t[:, None])[:, 0]
+        other = z.scatter(1, t[:, None], float("-inf")).max(1).values
+        out.append((float((z.argmax(-1) == t).all()), float(logp.min()), float((given - other).mean())))
+    return np.array(out)
+
+
+def visits_by_row(tracker) -> dict[int, list[dict]]:
+    """The tracker's visit log grouped by user row: ``{row: [{"loss", "correct", "min_logp", "margin"}, ...]}``."""
+    log = tracker.visits.arrays()
+    user_uid = tracker.index.user_uid()
+    rows_of = {}
+    for row, uid in enumerate(user_uid):
+        rows_of.setdefault(int(uid), []).append(row)
+    out: dict[int, list[dict]] = {}
+    for i, uid in enumerate(log["uid"]):
+        for row in rows_of.get(int(uid), []):
+            out.setdefault(row, []).append({k: log[k][i] for k in ("step", "loss", "correct", "min_logp", "margin")})
+    return out
+
+
 class BatchRecorder:
     """Records the dataloader rows of every training micro-batch (by content key) and counts eval forwards."""
 

@@ -115,6 +115,10 @@ def test_resume_reproduces_stream_weights_and_statistics(tmp_path, tokenizer, ma
     fa, fb = cbs_a[0].dynamics(), cbs_b[0].dynamics()  # the user's own callback objects still answer
     assert (fa.times_seen.to_numpy() == fb.times_seen.to_numpy()).all()
     np.testing.assert_allclose(fb.loss_mean.to_numpy(), fa.loss_mean.to_numpy(), rtol=1e-4, equal_nan=True)
+    va, vb = sa.tracker.visits.arrays(), sb.tracker.visits.arrays()  # the visit history survives the checkpoint
+    for k in ("uid", "step", "correct"):
+        np.testing.assert_array_equal(vb[k], va[k])
+    np.testing.assert_allclose(vb["loss"].astype(float), va["loss"].astype(float), rtol=2e-3)
     restored_policy = [cb for cb in sb.members if isinstance(cb, LossWeighted)][0]
     assert restored_policy.updates == [cb for cb in sa.members if isinstance(cb, LossWeighted)][0].updates
 

@@ -10,7 +10,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from sft_callbacks import TrainingDynamicsCallback
 
-from .helpers import reference_losses, sft_rows
+from .helpers import reference_losses, reference_visit_stats, sft_rows, visits_by_row
 
 
 def _sft_config(tmp_path, **kw):
@@ -78,6 +78,17 @@ def test_sft_losses_match_independent_forward(name, tmp_path, tokenizer, make_mo
     ref = reference_losses(model, [r["input_ids"] for r in rows], [r["labels"] for r in rows])
     np.testing.assert_allclose(seen["loss_last"].to_numpy(), ref[:, 0], atol=1e-4, rtol=0)
     np.testing.assert_allclose(seen["loss_mean"].to_numpy(), ref[:, 0], atol=1e-4, rtol=0)
+    # The visit log: one entry per pass, each equal to the independent forward (float16 storage).
+    tracker = cb.session.tracker
+    assert len(tracker.visits) == int(frame["times_seen"].sum()) == tracker.observed
+    visits = visits_by_row(tracker)
+    extra = reference_visit_stats(model, [r["input_ids"] for r in rows], [r["labels"] for r in rows])
+    for i, row in enumerate(seen.index):
+        for v in visits[int(row)]:
+            assert abs(float(v["loss"]) - ref[i, 0]) <= 2e-3 * max(1.0, ref[i, 0])
+            assert bool(v["correct"]) == bool(extra[i, 0])
+            assert abs(float(v["min_logp"]) - extra[i, 1]) <= 2e-3 * max(1.0, abs(extra[i, 1]))
+            assert np.isnan(v["margin"])  # TRL's fused head gives no runner-up logit
     np.testing.assert_allclose(seen["token_accuracy"].to_numpy(), ref[:, 1], atol=1e-6)
     # Every drawn sample was attributed: draws = steps x batch (x accumulation).
     args = trainer.args
@@ -87,6 +98,8 @@ def test_sft_losses_match_independent_forward(name, tmp_path, tokenizer, make_mo
     mem = cb.session.tracker.memory_per_sample()
     assert mem["fixed"] <= 52 and mem["fixed"] + mem["mapping"] <= 64  # flat arrays, <= 64 bytes per sample
     assert mem["history"] == 6  # one epoch: float32 loss sum + uint16 count
+    # the visit log: 15 bytes per visit
+    assert mem["visits"] * len(cb.session.tracker.index.keys) == 15 * len(cb.session.tracker.visits) == 15 * frame.times_seen.sum()
 
 
 def test_plain_trainer_losses_match(tmp_path, tokenizer, make_model, small_sft):
@@ -120,6 +133,15 @@ def test_plain_trainer_losses_match(tmp_path, tokenizer, make_model, small_sft):
     np.testing.assert_allclose(seen["loss_last"].to_numpy(), ref[:, 0], atol=1e-4, rtol=0)
     np.testing.assert_allclose(seen["token_accuracy"].to_numpy(), ref[:, 1], atol=1e-6)
     assert seen["entropy_mean"].isna().all()  # the plain Trainer's forward gives no entropy
+    # With logits, every visit also carries the AUM margin (given token's logit minus the best other one).
+    extra = reference_visit_stats(model, [data[int(i)]["input_ids"] for i in seen.index],
+                                  [data[int(i)]["labels"] for i in seen.index])
+    visits = visits_by_row(cb.session.tracker)
+    for i, row in enumerate(seen.index):
+        for v in visits[int(row)]:
+            assert bool(v["correct"]) == bool(extra[i, 0])
+            assert abs(float(v["min_logp"]) - extra[i, 1]) <= 2e-3 * max(1.0, abs(extra[i, 1]))
+            assert abs(float(v["margin"]) - extra[i, 2]) <= 2e-3 * max(1.0, abs(extra[i, 2]))
 
 
 def test_dropped_and_duplicate_rows(tmp_path, tokenizer, make_model, small_sft):

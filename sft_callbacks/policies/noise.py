@@ -161,11 +161,13 @@ def estimate_noise_rate(score: np.ndarray, iterations: int = 200) -> tuple[float
     if x.size < 10 or np.ptp(x) <= 0:
         post[ok] = 0.0
         return 0.0, post
-    lo, hi = np.quantile(x, [0.25, 0.95])
-    mu = np.array([lo, hi])
+    # Start from "almost all clean": the clean mode at the median, the noisy one at the top 5%'s mean. Started
+    # in the middle of the bulk, EM splits the clean mode in two instead.
+    top = x >= np.quantile(x, 0.95)
+    mu = np.array([np.median(x), x[top].mean()])
     floor = max(1e-6, (np.ptp(x) / 100) ** 2)
-    var = np.full(2, max(x.var() / 4, floor))
-    pi = np.array([0.8, 0.2])
+    var = np.full(2, max(x[~top].var() if (~top).sum() > 1 else x.var(), floor))
+    pi = np.array([0.95, 0.05])
     for _ in range(iterations):
         logp = -0.5 * (x[:, None] - mu) ** 2 / var - 0.5 * np.log(var) + np.log(pi)
         logp -= logp.max(1, keepdims=True)
@@ -180,6 +182,9 @@ def estimate_noise_rate(score: np.ndarray, iterations: int = 200) -> tuple[float
             break
         mu = mu_new
     noisy = int(np.argmax(mu))
+    if pi[noisy] > 0.5:  # the "noisy" mode is the majority: no separate mode of wrong answers was found
+        post[ok] = 0.0
+        return 0.0, post
     p = r[:, noisy]
     # The higher mode's posterior falls again far below it only through the variance ratio: scores above that
     # mode's mean are at least as suspicious, so the posterior is made non-decreasing in the score.
