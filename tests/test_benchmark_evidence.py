@@ -181,3 +181,34 @@ def test_validation_candidate_arms_parse_and_unknown_arms_are_refused():
     assert cb.method == "scaling" and cb.learning_rate == 0.25
     with pytest.raises(SystemExit):
         benchmark.main(["evidence", "--arms", "uniform", "validation:greedy"])
+
+
+def test_evidence_noise_benchmark_and_merge_run_on_the_tiny_model(tmp_path):
+    reports = []
+    for seed in (0, 1):
+        out, md = tmp_path / f"noise{seed}.json", tmp_path / f"noise{seed}.md"
+        rc = benchmark.main(["evidence-noise", "--model", "tiny", "--epochs", "2", "--seeds", str(seed),
+                             "--workdir", str(tmp_path / "runs"), "--out", str(out), "--markdown", str(md)])
+        assert rc == 0
+        reports.append(out)
+    report = json.loads(reports[0].read_text())
+    domains = report["data"]["domains"]
+    entry = report["per_seed"]["0"]
+    from sft_callbacks import NOISE_SCORES
+
+    assert set(entry["scores"]) == set(NOISE_SCORES)
+    for by in (*entry["scores"].values(), entry["cleanlab"]):
+        assert set(by) == set(domains) and all(0.0 <= by[d]["auroc"] <= 1.0 or np.isnan(by[d]["auroc"])
+                                               for d in domains)
+    assert set(entry["flags"]) == set(domains) and set(entry["test_em"]) == set(domains)
+    assert report["visits_bytes_per_row"][0] == pytest.approx(15 * 2, rel=0.05)  # two epochs: ~2 visits a row
+    assert set(report["targets"]["vs_cleanlab"]["0"]) == set(domains)
+    merged_md = tmp_path / "merged.md"
+    assert benchmark.main(["evidence-noise-merge", *map(str, reports), "--out", str(tmp_path / "merged.json"),
+                           "--markdown", str(merged_md)]) == 0
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert sorted(merged["per_seed"]) == ["0", "1"] and merged["config"]["seeds"] == [0, 1]
+    assert merged["pooled"]["loss_first"][domains[0]]["auroc"]["n"] == 2
+    assert "cleanlab (out-of-sample)" in merged_md.read_text()
+    with pytest.raises(ValueError, match="two reports"):
+        benchmark.main(["evidence-noise-merge", str(reports[0]), str(reports[0]), "--out", str(tmp_path / "x.json")])
