@@ -440,7 +440,8 @@ class CuratedSource:
             c = np.asarray([_str(v) for v in col.to_pylist()], dtype=object)
         else:
             c = np.full(ok.size, "", dtype=object)
-        out = {"row": ok, "x": x[ok], "y": y[ok], "c": c, "total": int(np.isfinite(x).sum())}
+        out = {"row": ok, "x": x[ok], "y": y[ok], "c": c, "total": int(np.isfinite(x).sum()),
+               "unplaced": int((np.isfinite(y) & ~np.isfinite(x)).sum())}  # seen in < 2 epochs: no variability
         with s._lock:
             s._data_map[key] = out
         return out
@@ -830,6 +831,8 @@ def plot_data_map(dm: dict[str, np.ndarray] | None, colour: str) -> np.ndarray |
     ax.set_ylabel("confidence (mean prob. of the reference)")
     shown = dm["row"].size
     ax.set_title(f"Data map: {shown:,} of {dm['total']:,} rows" + (" (seeded sample)" if shown < dm["total"] else ""), fontsize=10)
+    if dm.get("unplaced"):
+        ax.scatter([], [], s=0, label=f"seen in < 2 epochs, not placed ({dm['unplaced']:,})")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=2, frameon=False)
     return _pixels(fig)
 
@@ -1071,7 +1074,9 @@ def build_app(source: str | None = None, revision: str | None = None, *, allow_l
                 if dm is None:
                     map_msg = message_html("Data map: not recorded (no confidence / variability columns: DataMapCallback did not run).", "warn")
                 else:
-                    map_msg = message_html(f"{dm['row'].size:,} points of {dm['total']:,} (seeded sample when larger than {DATA_MAP_POINTS:,}). Click a point to open its sample.")
+                    map_msg = message_html(f"{dm['row'].size:,} points of {dm['total']:,} (seeded sample when larger than {DATA_MAP_POINTS:,})"
+                                           + (f"; {dm['unplaced']:,} rows seen in fewer than 2 epochs have no variability and are not placed" if dm.get("unplaced") else "")
+                                           + ". Click a point to open its sample.")
                 w_img = plot_weights(src, split or None)
                 w_msg = "" if w_img is not None else message_html("Weights: not recorded (no sampling policy ran).", "warn")
                 m_img, m_msg = plot_mixture(src, split or None, gcol or src.group_column)
