@@ -27,6 +27,8 @@ def test_bad_arguments_are_refused():
         DataMapCallback(noise_rate=1.5)
     with pytest.raises(ValueError, match="min_epochs"):
         DataMapCallback(min_epochs=0)
+    with pytest.raises(ValueError, match="noise_score must be one of"):
+        DataMapCallback(noise_score="loss")
     with pytest.raises(RuntimeError, match="not been attached"):
         DataMapCallback().data_map()
 
