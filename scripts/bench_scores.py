@@ -191,11 +191,7 @@ def cleanlab_scores(per_domain: dict, n_rows: int) -> tuple[np.ndarray, np.ndarr
 
 
 def fold_ids(domains, k: int, seed: int) -> np.ndarray:
-    """Fold of each row, stratified by domain."""
-    domains = np.asarray(domains)
-    rng = np.random.default_rng(seed)
-    folds = np.zeros(len(domains), dtype=np.int64)
-    for d in np.unique(domains):
-        idx = rng.permutation(np.flatnonzero(domains == d))
-        folds[idx] = np.arange(len(idx)) % k
-    return folds
+    """Fold of each row, stratified by domain: the package's own assignment (``out_of_sample_losses`` uses it)."""
+    from sft_callbacks.out_of_sample import fold_assignment
+
+    return fold_assignment(len(domains), k, seed, groups=domains)

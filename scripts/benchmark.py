@@ -380,29 +380,17 @@ def main(argv=None) -> int:
                                                workdir=args.workdir)  # fmt: skip
         report = bench_evidence_noise.run(cfg, report_path=args.out)
         report["command"] = "python scripts/benchmark.py " + " ".join((argv if argv is not None else sys.argv[1:]))
-        _write_json(args.out, report)
-        text = bench_evidence_noise.markdown(report)
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text + "\n")
-        print(text)
+        _write_report(args.out, args.markdown, report, bench_evidence_noise.markdown(report))
         return 0
     if args.benchmark == "evidence-noise-merge":
         import bench_evidence_noise
 
         report = bench_evidence_noise.merge([json.loads(Path(p).read_text()) for p in args.reports])
-        _write_json(args.out, report)
-        text = bench_evidence_noise.markdown(report)
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text + "\n")
-        print(text)
+        _write_report(args.out, args.markdown, report, bench_evidence_noise.markdown(report))
         return 0
     if args.benchmark == "evidence-merge":
         report = bench_evidence.merge_reports([json.loads(Path(p).read_text()) for p in args.reports])
-        _write_json(args.out, report)
-        text = bench_evidence.markdown_report(report)
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text + "\n")
-        print(text)
+        _write_report(args.out, args.markdown, report, bench_evidence.markdown_report(report))
         return 0
     if args.benchmark == "screen":
         cfg = bench_evidence.EvidenceConfig(model=args.model, tuning=args.tuning, steps=args.steps,
@@ -415,15 +403,10 @@ def main(argv=None) -> int:
     cfg = evidence_config(args)
     report = bench_evidence.run_benchmark(cfg)
     report["command"] = "python scripts/benchmark.py " + " ".join((argv if argv is not None else sys.argv[1:]))
-    _write_json(args.out, report)
     if args.plots:
         bench_evidence.plot_target_loss(report, os.path.join(args.plots, "evidence_target_loss.png"))
         bench_evidence.plot_mixture(report, os.path.join(args.plots, "evidence_mixture.png"))
-    text = bench_evidence.markdown_report(report)
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text + "\n")
-    print(text)
+    _write_report(args.out, args.markdown, report, bench_evidence.markdown_report(report))
     return 0
 
 
@@ -442,6 +425,15 @@ def evidence_config(args) -> "bench_evidence.EvidenceConfig":
                                            "data_fraction", "threads", "tuning") if getattr(args, k) is not None}
     return bench_evidence.EvidenceConfig(model=args.model, device=args.device, workdir=args.workdir,
                                          **{**base, **given})
+
+
+def _write_report(json_path: str, markdown_path: str | None, report: dict, text: str) -> None:
+    """The report as JSON, its markdown beside it (unless ``markdown_path`` is empty), and the markdown printed."""
+    _write_json(json_path, report)
+    if markdown_path:
+        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown_path).write_text(text + "\n")
+    print(text)
 
 
 def _write_json(path: str, report: dict) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 
 def fold_assignment(n: int, folds: int, seed: int = 0, groups=None) -> np.ndarray:
     """Fold of each of ``n`` rows: a seeded shuffle dealt round-robin, within each group when ``groups`` is given
-    (so every fold keeps the group mix).
+    (so every fold keeps the group mix; groups are visited in sorted order).
 
     Example:
         >>> fold_assignment(6, 2, groups=["a", "a", "a", "a", "b", "b"]).tolist()
@@ -28,7 +28,8 @@ def fold_assignment(n: int, folds: int, seed: int = 0, groups=None) -> np.ndarra
     if n < folds:
         raise ValueError(f"{n} rows cannot be split into {folds} folds")
     rng = np.random.default_rng(seed)
-    labels = np.zeros(n, dtype=np.int64) if groups is None else pd.factorize(np.asarray(groups, dtype=object))[0]
+    labels = (np.zeros(n, dtype=np.int64) if groups is None
+              else pd.factorize(np.asarray(groups, dtype=object), sort=True)[0])  # fmt: skip
     if len(labels) != n:
         raise ValueError(f"groups has {len(labels)} values for {n} rows")
     out = np.zeros(n, dtype=np.int64)

@@ -135,7 +135,6 @@ class VisitLog:
 
     def __init__(self):
         self._chunks: list[dict[str, np.ndarray]] = []
-        self._merged: dict[str, np.ndarray] | None = None
 
     def append(self, uid, step, loss, correct, min_logp, margin) -> None:
         """Add visits (arrays of equal length, in visit order)."""
@@ -144,17 +143,14 @@ class VisitLog:
         values = {"uid": uid, "step": step, "loss": loss, "correct": correct, "min_logp": min_logp, "margin": margin}
         with np.errstate(over="ignore"):  # float16 saturates at 65504: a loss that large reads as inf, not garbage
             self._chunks.append({k: np.asarray(v).astype(self._DTYPES[k]) for k, v in values.items()})
-        self._merged = None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The log as one array per field (concatenated once, then cached until the next append)."""
-        if self._merged is None:
-            if not self._chunks:
-                self._merged = {k: np.zeros(0, dtype=t) for k, t in self._DTYPES.items()}
-            else:
-                self._merged = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._DTYPES}
-            self._chunks = [self._merged] if self._chunks else []
-        return self._merged
+        """The log as one array per field (the chunks are concatenated once, into one, until the next append)."""
+        if not self._chunks:
+            return {k: np.zeros(0, dtype=t) for k, t in self._DTYPES.items()}
+        if len(self._chunks) > 1:
+            self._chunks = [{k: np.concatenate([c[k] for c in self._chunks]) for k in self._DTYPES}]
+        return self._chunks[0]
 
     def __len__(self) -> int:
         return sum(len(c["uid"]) for c in self._chunks)

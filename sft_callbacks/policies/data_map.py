@@ -262,9 +262,8 @@ class DataMapCallback(SamplingPolicyCallback):
             coords["correctness"] = np.where(stats.times_seen > 0, stats.acc_sum / stats.times_seen, np.nan)
         coords["region"] = assign_regions(coords["confidence"], coords["variability"])
         n = stats.size
-        visits = tracker.visits.arrays()
-        start, end = window_of_trust(visits, n, rate=self.noise_rate or 0.2)
-        score = history_scores(visits, n, start=start, end=end)[self.noise_score]
+        (start, end), scores = self._history_scores()
+        score = scores[self.noise_score]
         eligible = (coords["epochs_seen"] >= self.min_epochs) & np.isfinite(score)
         groups = self._groups()
         labels = np.zeros(n, dtype=np.int64) if groups is None else groups
@@ -310,10 +309,14 @@ class DataMapCallback(SamplingPolicyCallback):
         Example:
             >>> data_map.noise_scores().corrwith(my_dataset.to_pandas()["is_wrong"])  # doctest: +SKIP
         """
+        return self._by_row(self._history_scores()[1])
+
+    def _history_scores(self) -> tuple[tuple[int, int | None], dict[str, np.ndarray]]:
+        """The window of trust read from the tracker's visit log, and every noise score over it (per sample)."""
         tracker = self.session.tracker
-        visits = tracker.visits.arrays()
-        start, end = window_of_trust(visits, tracker.stats.size, rate=self.noise_rate or 0.2)
-        return self._by_row(history_scores(visits, tracker.stats.size, start=start, end=end))
+        visits, n = tracker.visits.arrays(), tracker.stats.size
+        start, end = window_of_trust(visits, n, rate=self.noise_rate or 0.2)
+        return (start, end), history_scores(visits, n, start=start, end=end)
 
     def _by_row(self, coords: dict[str, np.ndarray]) -> pd.DataFrame:
         index = self.session.tracker.index
