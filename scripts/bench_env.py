@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
 
 
 def git_state() -> str | None:
-    """``<commit>`` (``+dirty`` when tracked files differ from it) of the checkout this runs from, if any."""
+    """``<commit>`` (``+dirty`` when tracked files differ from it) of the checkout this runs from, if any.
+
+    A copy without ``.git`` (the GPU machine gets the working tree only) reports ``$SFT_CALLBACKS_COMMIT``, which
+    ``gpu_evidence.py`` sets from the commit recorded where the copy was made."""
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists() and os.environ.get("SFT_CALLBACKS_COMMIT"):
+        return os.environ["SFT_CALLBACKS_COMMIT"]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip()

@@ -242,7 +242,7 @@ def run(cfg: NoiseConfig, log=print, report_path: str | None = None) -> dict:
             cleanlabs.append(cleanlab_run(cfg, data, seed, log))
         report = {
             "benchmark": "evidence-noise", "config": asdict(cfg), "commit": commit,
-            "hardware": f"CPU {cpu_name()}" if cfg.device == "cpu" else "cuda",
+            "hardware": f"CPU {cpu_name()}" if cfg.device == "cpu" else torch.cuda.get_device_name(0),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "trl": trl.__version__},
             "data": {"train_rows": len(data["train"]), "corrupted": int(sum(data["train"]["corrupted"])),

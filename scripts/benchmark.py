@@ -330,6 +330,8 @@ def main(argv=None) -> int:
                                               "vs cleanlab on K-fold out-of-sample probabilities, per seed")
     en.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     en.add_argument("--epochs", type=int, default=3)
+    en.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    en.add_argument("--batch-size", type=int, default=8)
     en.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     en.add_argument("--cv-folds", type=int, default=2, help="cleanlab's out-of-sample folds on every seed (0: skip)")
     en.add_argument("--data-fraction", type=float, default=None, help="default: 1 (tiny: 0.05)")
@@ -375,7 +377,8 @@ def main(argv=None) -> int:
         import bench_evidence_noise
 
         fraction = args.data_fraction if args.data_fraction is not None else (0.05 if args.model == "tiny" else 1.0)
-        cfg = bench_evidence_noise.NoiseConfig(model=args.model, epochs=args.epochs, seeds=args.seeds,
+        cfg = bench_evidence_noise.NoiseConfig(model=args.model, device=args.device, batch_size=args.batch_size,
+                                               epochs=args.epochs, seeds=args.seeds,
                                                cv_folds=args.cv_folds, data_fraction=fraction, threads=args.threads,
                                                workdir=args.workdir)  # fmt: skip
         report = bench_evidence_noise.run(cfg, report_path=args.out)
