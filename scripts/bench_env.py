@@ -11,10 +11,11 @@ from pathlib import Path
 def git_state() -> str | None:
     """``<commit>`` (``+dirty`` when tracked files differ from it) of the checkout this runs from, if any.
 
-    A copy without ``.git`` (the GPU machine gets the working tree only) reports ``$SFT_CALLBACKS_COMMIT``, which
-    ``gpu_evidence.py`` sets from the commit recorded where the copy was made."""
+    ``$SFT_CALLBACKS_COMMIT`` wins where set: ``gpu_evidence.py`` sets it on the GPU machine from the commit
+    recorded where the copy was made (the copy there may carry a stale ``.git``: one run reported the session's
+    first commit while measuring a later one)."""
     root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists() and os.environ.get("SFT_CALLBACKS_COMMIT"):
+    if os.environ.get("SFT_CALLBACKS_COMMIT"):
         return os.environ["SFT_CALLBACKS_COMMIT"]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,

@@ -46,16 +46,35 @@ def _make_classes():
     from sft_callbacks import SamplingPolicyCallback
 
     class StepTimer(TrainerCallback):
-        """Timestamps at ``on_train_begin`` and every ``on_step_end``; ``durations`` are per optimizer step."""
+        """Timestamps at ``on_train_begin`` and every ``on_step_end``; ``durations`` are per optimizer step and
+        ``tokens`` the input tokens the model's training forwards took in that step (a forward pre-hook reads
+        the shape: no device sync), so steps of different size can be compared per token."""
 
         def __init__(self):
             self.stamps: list[float] = []
+            self.tokens: list[int] = []
+            self._count = 0
+            self._handle = None
 
-        def on_train_begin(self, args, state, control, **kwargs):
+        def _pre_hook(self, module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if module.training and ids is not None:
+                self._count += int(ids.numel())
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.stamps = [time.perf_counter()]
+            if model is not None and self._handle is None:
+                self._handle = model.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
         def on_step_end(self, args, state, control, **kwargs):
             self.stamps.append(time.perf_counter())
+            self.tokens.append(self._count)
+            self._count = 0
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self._handle is not None:
+                self._handle.remove()
+                self._handle = None
 
         @property
         def durations(self) -> list[float]:
@@ -94,8 +113,9 @@ def build_dataset(tokenizer, seq_len: int, n_rows: int, margin: int = 4):
     """Prompt-completion rows from the demo set, each about ``seq_len`` tokens once chat-templated.
 
     The demo completions are 1-9 characters, so every row's assistant answer is extended with text from the
-    following demo rows (their user messages) and trimmed, by tokens, to fit ``seq_len``: batches are full
-    length and most tokens are trained, so the run looks like real SFT rather than a batch of padding.
+    following demo rows (their user messages) and trimmed, by tokens, to fill ``seq_len``: batches are full
+    length, most tokens are trained, and every row has about the same length, so sampling policies that prefer
+    some rows (short ones first, say) do not change the work per step.
     Rows whose prompt alone does not leave 16 tokens of completion are skipped.
     """
     import datasets
@@ -123,8 +143,14 @@ def build_dataset(tokenizer, seq_len: int, n_rows: int, margin: int = 4):
         i += 1
         if budget < 16:
             continue
-        filler = completions[j][0]["content"] + "\n" + "\n".join(users[(j + k) % n_base] for k in range(1, 12))
-        ids = tokenizer(filler, add_special_tokens=False)["input_ids"][:budget]
+        # Every row exactly fills its budget (the next rows' user messages, as many as it takes): all rows then cost
+        # the same, so a callback that changes WHICH rows are drawn cannot change the tokens per step.
+        filler, k, ids = completions[j][0]["content"], 1, []
+        while len(ids) < budget and k < 50 * n_base:
+            filler += "\n" + "\n".join(users[(j + k + m) % n_base] for m in range(16))
+            k += 16
+            ids = tokenizer(filler, add_special_tokens=False)["input_ids"]
+        ids = ids[:budget]
         text = tokenizer.decode(ids, skip_special_tokens=True)
         rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": text}],
                      "domain": base["domain"][j]})
@@ -280,6 +306,9 @@ def run_once(arm: str, make_model, tokenizer, dataset, cfg: dict, warmup: int, e
         "step_times_s": d,
         "median_s": statistics.median(kept),
         "mean_s": statistics.fmean(kept),
+        "step_tokens": timer.tokens,
+        # time per 1,000 trained input tokens over the kept steps: the fair comparison when the arms' batches differ
+        "ms_per_1k_tokens": 1e6 * sum(kept) / max(1, sum(timer.tokens[warmup:])),
         "train_wall_s": wall,
         # CPU seconds of this process per wall second: about torch's thread count when the machine is not
         # shared; much lower means other processes took the cores (the timing is then noisy).
@@ -328,6 +357,10 @@ def summarize(runs: list[dict], repeats: int) -> dict:
             "median_B_s": b["median_s"],
             "ratio_median": b["median_s"] / a["median_s"],
             "ratio_mean": b["mean_s"] / a["mean_s"],
+            "tokens_per_step_A": statistics.fmean(a["step_tokens"]) if a.get("step_tokens") else None,
+            "tokens_per_step_B": statistics.fmean(b["step_tokens"]) if b.get("step_tokens") else None,
+            "ratio_per_token": (b["ms_per_1k_tokens"] / a["ms_per_1k_tokens"]
+                                if a.get("ms_per_1k_tokens") and b.get("ms_per_1k_tokens") else None),
             "cpu_per_wall_A": a.get("cpu_per_wall"),
             "cpu_per_wall_B": b.get("cpu_per_wall"),
             "other_cpu_per_wall_A": a.get("other_cpu_per_wall"),
@@ -360,6 +393,8 @@ def summarize(runs: list[dict], repeats: int) -> dict:
         "clean_rounds": len(clean),
         "ratio_median_clean_rounds": statistics.median(clean) if clean else None,
         "ratio_median_of_rounds": statistics.median(ratios),
+        "ratio_per_token_median_of_rounds": (statistics.median([p["ratio_per_token"] for p in per_round])
+                                             if all(p["ratio_per_token"] for p in per_round) else None),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
         "ratio_mean_steps_median_of_rounds": statistics.median(ratios_mean),
@@ -377,6 +412,10 @@ def _f(x) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
+def _f3(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def markdown(result: dict) -> str:
     env, cfg, s = result["env"], result["config"], result["summary"]
     lines = [
@@ -391,13 +430,16 @@ def markdown(result: dict) -> str:
         f"Arm B: {', '.join(result.get('arm_b_callbacks') or ['TrainingDynamicsCallback', 'LossWeighted'])}",
         "",
         "| round | order | median step A (no callbacks) | median step B (sft-callbacks on) | B/A (median) | B/A (mean) "
-        "| CPU s per wall s, A / B | other processes' CPU s per wall s, A / B |",
-        "|---|---|---|---|---|---|---|---|",
+        "| tokens per step, A / B | B/A per token | CPU s per wall s, A / B | other processes' CPU s per wall s, A / B |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in s["per_round"]:
+        tok = (f"{p['tokens_per_step_A']:.0f} / {p['tokens_per_step_B']:.0f}"
+               if p.get("tokens_per_step_A") is not None else "n/a")
         lines.append(
             f"| {p['round']} | {p['order']} | {p['median_A_s'] * 1e3:.1f} ms | {p['median_B_s'] * 1e3:.1f} ms | "
-            f"{p['ratio_median']:.3f} | {p['ratio_mean']:.3f} | {p['cpu_per_wall_A']:.2f} / {p['cpu_per_wall_B']:.2f} | "
+            f"{p['ratio_median']:.3f} | {p['ratio_mean']:.3f} | {tok} | {_f3(p.get('ratio_per_token'))} | "
+            f"{p['cpu_per_wall_A']:.2f} / {p['cpu_per_wall_B']:.2f} | "
             f"{_f(p['other_cpu_per_wall_A'])} / {_f(p['other_cpu_per_wall_B'])} |"
         )
     lines += [
@@ -406,6 +448,8 @@ def markdown(result: dict) -> str:
         "|---|---|",
         f"| B/A median step time, median over rounds (min - max) | **{s['ratio_median_of_rounds']:.3f}** "
         f"({s['ratio_min']:.3f} - {s['ratio_max']:.3f}) |",
+        f"| B/A time per token (whole kept steps), median over rounds | "
+        f"**{_f3(s.get('ratio_per_token_median_of_rounds'))}** |",
         f"| B/A median step time, median over the {s['clean_rounds']} clean rounds (others' CPU < "
         f"{s['clean_rounds_threshold_other_cpu_per_wall']} s/s in both runs) | {_f(s['ratio_median_clean_rounds']).replace('n/a', 'no clean round')} |",
         f"| B/A mean step time (includes the sync steps), median over rounds | {s['ratio_mean_steps_median_of_rounds']:.3f} |",

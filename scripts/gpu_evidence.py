@@ -323,19 +323,24 @@ def run(args) -> int:
     overhead_json = out / "overhead.json"
     overhead_md = work / "overhead.md"
     t = time.monotonic()
-    try:
-        rc = subprocess.run([sys.executable, str(HERE / "bench_overhead.py"), *plan.overhead, "--out",
-                             str(overhead_json), "--markdown", str(overhead_md)], env=env, cwd=str(HERE),
-                            stdout=open(work / "overhead.log", "w"), stderr=subprocess.STDOUT,
-                            timeout=max(60.0, plan.budget_s / 2)).returncode
-    except subprocess.TimeoutExpired:
-        rc = -9  # overhead.json keeps the rounds that finished (written after every run)
-    log(f"overhead: rc {rc} in {time.monotonic() - t:.0f}s")
-    if rc != 0:
-        log("\n".join("    | " + x for x in (work / "overhead.log").read_text(errors="replace").splitlines()[-25:]))
+    rc = 0
+    if "overhead" in args.skip:
+        log("overhead: skipped")
+    else:
+        try:
+            rc = subprocess.run([sys.executable, str(HERE / "bench_overhead.py"), *plan.overhead, "--out",
+                                 str(overhead_json), "--markdown", str(overhead_md)], env=env, cwd=str(HERE),
+                                stdout=open(work / "overhead.log", "w"), stderr=subprocess.STDOUT,
+                                timeout=max(60.0, plan.budget_s / 2)).returncode
+        except subprocess.TimeoutExpired:
+            rc = -9  # overhead.json keeps the rounds that finished (written after every run)
+        log(f"overhead: rc {rc} in {time.monotonic() - t:.0f}s")
+        if rc != 0:
+            tail = (work / "overhead.log").read_text(errors="replace").splitlines()[-25:]
+            log("\n".join("    | " + x for x in tail))
 
     # 2. the evidence and noise jobs, sharing the device
-    jobs = plan_jobs(plan, work)
+    jobs = [j for j in plan_jobs(plan, work) if j.kind not in args.skip]
     run_pool(jobs, plan.workers, t0 + plan.budget_s, work, env, log)
 
     # 3. merge what finished
@@ -441,6 +446,8 @@ def main(argv=None) -> int:
     rn.add_argument("--budget-s", type=float, default=None, help="stop launching / kill jobs after this long")
     rn.add_argument("--workers", type=int, default=None)
     rn.add_argument("--seeds", type=int, nargs="+", default=None)
+    rn.add_argument("--skip", nargs="+", default=[], choices=["overhead", "noise", "evidence"],
+                    help="parts measured by an earlier lease (e.g. --skip noise --seeds 3 4 to finish the seeds)")
     args = parser.parse_args(argv)
     return {"prepare": prepare, "stash": stash, "run": run}[args.command](args)
 

@@ -116,9 +116,25 @@ def test_dry_run_runs_the_whole_gpu_path_on_the_cpu(tmp_path):
     assert evidence["summary"]  # the paired differences over both seeds
     overhead = json.loads((out / "overhead.json").read_text())
     assert overhead["complete"] and overhead["profile"]["sft_callbacks_ms_per_step"] > 0
+    # every row fills the sequence length, so both arms train the same tokens per step whatever they draw
+    tokens = {t for r in overhead["runs"] for t in r["step_tokens"]}
+    assert len(tokens) == 1 and overhead["summary"]["ratio_per_token_median_of_rounds"] > 0
     assert "ValidationGuidedResamplingCallback" in overhead["arm_b_callbacks"]
     noise = json.loads((out / "evidence_noise.json").read_text())
     assert sorted(noise["per_seed"]) == ["0", "1"]
     summary = (out / "summary.md").read_text()
     for heading in ("## Per-step overhead", "## Evidence benchmark", "## Finding wrong answers"):
         assert heading in summary
+
+
+@pytest.mark.timeout(300)
+def test_skip_runs_only_what_an_earlier_lease_left(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(SCRIPTS / "gpu_evidence.py"), "run", "--dry-run", "--out", str(out),
+                        "--workdir", str(tmp_path / "work"), "--skip", "overhead", "evidence", "--seeds", "1"],
+                       capture_output=True, text=True, timeout=290)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    jobs = json.loads((out / "jobs.json").read_text())["jobs"]
+    assert [(j["name"], j["status"]) for j in jobs] == [("noise-1", "done")]
+    assert not (out / "overhead.json").exists() and not (out / "evidence.json").exists()
+    assert sorted(json.loads((out / "evidence_noise.json").read_text())["per_seed"]) == ["1"]
