@@ -143,6 +143,9 @@ class Plan:
         "--model", "smollm2", "--device", "cuda", "--bf16", "--dtype", "bf16", "--seq-len", "1024",
         "--batch-size", "16", "--padding-free", "--no-gradient-checkpointing", "--callbacks", "all",
         "--steps", "40", "--warmup", "5", "--repeats", "4", "--profile-steps", "20"])
+    # Measured on the H200 (BENCHMARKS.md): 14 jobs at once, a 300-step evidence run took ~200 s and a noise seed
+    # ~265 s, the overhead run 102 s. So one 10-minute call holds the overhead, the 5 noise seeds and about 9
+    # evidence runs; the rest go to later calls with --skip (e.g. --skip overhead noise --seeds 2 3 4).
     workers: int = 14
     budget_s: float = 500.0
 
