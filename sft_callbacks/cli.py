@@ -1,4 +1,4 @@
-"""Command line: ``sft-callbacks demo | export | push``."""
+"""Command line: ``sft-callbacks demo | sft | export | push | preview``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
                       "with its provenance card to <output-dir>/curated and push it to the Hub dataset repo REPO "
                       "(needs a token: `hf auth login` or HF_TOKEN)")
     demo.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    sub.add_parser(
+        "sft",
+        help="run a `trl sft` YAML recipe with our callbacks: sft-callbacks sft --config recipe.yaml",
+        description="Runs TRL's SFT script on a recipe (TRL's parser and dataclasses, so every `trl sft` recipe runs "
+        "unchanged) plus three keys of ours: `callbacks:` (names and arguments, checked before anything loads), "
+        "`mixture_column:` (each row of a `datasets:` mixture gets its dataset's name there; default 'dataset') and "
+        "`curate:` (or --curate-to DIR: curate and export the training set after training). Any TRL flag may "
+        "follow and wins over the file. Several processes: accelerate launch -m sft_callbacks.sft --config ...",
+        epilog="example: sft-callbacks sft --config recipe.yaml --curate-to out/curated",
+    )
     _add_export_parser(sub)
     _add_push_parser(sub)
     _add_preview_parser(sub)
@@ -181,6 +191,11 @@ def _push(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sft-callbacks`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sft"] and not {"-h", "--help"} & set(argv[1:2]):
+        from .sft import main as sft_main  # TRL's parser takes the rest of the line
+
+        return sft_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import format_summary, run_demo

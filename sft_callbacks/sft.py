@@ -1,0 +1,376 @@
+"""``sft-callbacks sft --config recipe.yaml``: TRL's SFT script, unchanged, plus our callbacks.
+
+A ``trl sft`` recipe runs as it is: the script arguments are parsed by TRL's own ``TrlParser`` into TRL's own
+dataclasses (``ScriptArguments``, ``SFTConfig``, ``ModelConfig``, ``DatasetMixtureConfig``), the model and the
+datasets are loaded the way ``trl/scripts/sft.py`` loads them, and TRL's ``SFTTrainer`` trains. Three extra
+top-level keys of the YAML are ours (they are taken out before TRL parses the rest, so an unknown key still gets
+TRL's error):
+
+``callbacks``
+    The callbacks to add, in order: a list whose entries are a name, or ``{name: {argument: value}}``; a name is
+    a callback exported by ``sft_callbacks`` or ``"package.module:ClassName"`` for your own. Every name and
+    argument is checked before anything loads, with an error that names the bad key and the accepted ones.
+``mixture_column`` (default ``"dataset"``)
+    With a ``datasets:`` mixture, every row gets the name of the dataset it came from in this column (its
+    ``name``, else its ``data_files`` stem, else its ``path``), so group-aware policies
+    (``group_column: dataset``) balance or steer TRL's mixture without you adding a column.
+``curate``
+    After training, curate the training set with what the callbacks learnt and write an export folder with its
+    provenance card (:func:`~sft_callbacks.curate`, :func:`~sft_callbacks.save_curated_dataset`):
+    ``{output_dir: DIR, drop: [...], group_column: ..., quotas: ..., top_k: ..., score: ..., splits: {...},
+    license: ..., language: ..., pretty_name: ..., tags: [...]}``. ``--curate-to DIR`` on the command line is
+    the short form.
+
+Several processes: ``accelerate launch --num_processes 2 -m sft_callbacks.sft --config recipe.yaml``.
+
+Example recipe::
+
+    model_name_or_path: HuggingFaceTB/SmolLM2-135M-Instruct
+    datasets:
+      - path: json
+        data_files: data/support.jsonl
+      - path: json
+        data_files: data/billing.jsonl
+    output_dir: out
+    max_steps: 200
+    callbacks:
+      - TrainingDynamicsCallback
+      - GroupBalanceCallback: {group_column: dataset}
+      - HardExampleMiningCallback: {}
+    curate:
+      output_dir: out/curated
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUR_KEYS = ("callbacks", "mixture_column", "curate")
+CURATE_KEYS = {
+    # curate()
+    "drop", "group_column", "quotas", "top_k", "score", "ascending", "seed",
+    # save_curated_dataset()
+    "output_dir", "splits", "source", "source_revision", "license", "language", "tags", "pretty_name",
+    "max_shard_size",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe's ``callbacks`` / ``curate`` / ``mixture_column`` section is wrong; the message says what to fix."""
+
+
+@dataclass
+class RecipeExtras:
+    """Our part of a recipe (see the module docstring)."""
+
+    callbacks: list = field(default_factory=list)  # instantiated TrainerCallbacks
+    mixture_column: str = "dataset"
+    curate: dict | None = None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# callbacks: names -> instances
+# ------------------------------------------------------------------------------------------------------------
+
+
+def available_callbacks() -> dict[str, type]:
+    """The callbacks a recipe can name without an import path: every ``TrainerCallback`` ``sft_callbacks``
+    exports.
+
+    Example:
+        >>> "GroupBalanceCallback" in available_callbacks()
+        True
+    """
+    import transformers
+
+    import sft_callbacks
+
+    out = {}
+    for name in sft_callbacks.__all__:
+        obj = getattr(sft_callbacks, name)
+        if (inspect.isclass(obj) and issubclass(obj, transformers.TrainerCallback) and not inspect.isabstract(obj)
+                and name not in ("SFTCallback", "SamplingPolicyCallback")):
+            out[name] = obj
+    return out
+
+
+def _resolve(name: str) -> type:
+    known = available_callbacks()
+    if name in known:
+        return known[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise RecipeError(f"callbacks: cannot import {name!r} ({e})") from e
+        import transformers
+
+        if not (inspect.isclass(obj) and issubclass(obj, transformers.TrainerCallback)):
+            raise RecipeError(f"callbacks: {name!r} is not a transformers.TrainerCallback subclass")
+        return obj
+    raise RecipeError(f"callbacks: unknown callback {name!r}; use one of {sorted(known)} or 'package.module:Class'")
+
+
+def build_callbacks(spec: Any) -> list:
+    """Instances of the callbacks a recipe's ``callbacks`` section names, in order.
+
+    ``spec``: a list of names or ``{name: {argument: value}}`` entries, or one mapping ``{name: arguments}``.
+    Raises :class:`RecipeError` naming the entry, the bad argument and the accepted ones.
+
+    Example:
+        >>> [type(c).__name__ for c in build_callbacks(["TrainingDynamicsCallback",
+        ...                                             {"GroupBalanceCallback": {"group_column": "dataset"}}])]
+        ['TrainingDynamicsCallback', 'GroupBalanceCallback']
+    """
+    if spec is None:
+        return []
+    if isinstance(spec, Mapping):
+        entries = [{k: v} for k, v in spec.items()]
+    elif isinstance(spec, Sequence) and not isinstance(spec, str):
+        entries = list(spec)
+    else:
+        raise RecipeError(f"callbacks must be a list (or a mapping name -> arguments), got {type(spec).__name__}")
+    out = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            name, kwargs = entry, {}
+        elif isinstance(entry, Mapping) and len(entry) == 1:
+            name, kwargs = next(iter(entry.items()))
+            kwargs = {} if kwargs is None else kwargs
+        else:
+            raise RecipeError(f"callbacks[{i}] must be a name or {{name: {{argument: value}}}}, got {entry!r}")
+        if not isinstance(kwargs, Mapping):
+            raise RecipeError(f"callbacks[{i}] {name}: arguments must be a mapping, got {kwargs!r}")
+        cls = _resolve(str(name))
+        params = inspect.signature(cls).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        accepted = [p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)]
+        unknown = [k for k in kwargs if k not in accepted]
+        if unknown and not takes_any:
+            raise RecipeError(f"callbacks[{i}] {name}: unknown argument(s) {unknown}; it takes {accepted}")
+        try:
+            out.append(cls(**dict(kwargs)))
+        except (TypeError, ValueError) as e:
+            raise RecipeError(f"callbacks[{i}] {name}: {e}") from e
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the recipe: TRL's part and ours
+# ------------------------------------------------------------------------------------------------------------
+
+
+def split_recipe(config: Mapping) -> tuple[dict, dict]:
+    """``(trl_part, our_part)`` of a recipe mapping: our keys are :data:`OUR_KEYS`."""
+    if not isinstance(config, Mapping):
+        raise RecipeError(f"a recipe must be a YAML mapping, got {type(config).__name__}")
+    ours = {k: config[k] for k in OUR_KEYS if k in config}
+    return {k: v for k, v in config.items() if k not in OUR_KEYS}, ours
+
+
+def check_extras(ours: Mapping, curate_to: str | None = None) -> RecipeExtras:
+    """Validate our part of a recipe and build the callbacks (before anything heavy loads)."""
+    column = ours.get("mixture_column", "dataset")
+    if not isinstance(column, str) or not column:
+        raise RecipeError(f"mixture_column must be a column name, got {column!r}")
+    curate = ours.get("curate")
+    if curate is not None:
+        if not isinstance(curate, Mapping):
+            raise RecipeError(f"curate must be a mapping of options, got {curate!r}")
+        unknown = sorted(set(curate) - CURATE_KEYS)
+        if unknown:
+            raise RecipeError(f"curate: unknown option(s) {unknown}; it takes {sorted(CURATE_KEYS)}")
+        curate = dict(curate)
+    if curate_to:
+        curate = {**(curate or {}), "output_dir": curate_to}
+    if curate is not None and not curate.get("output_dir"):
+        raise RecipeError("curate needs an output_dir (or pass --curate-to DIR)")
+    callbacks = build_callbacks(ours.get("callbacks"))
+    if curate is not None and not any(type(c).__name__ == "TrainingDynamicsCallback" for c in callbacks):
+        raise RecipeError("curate reads what TrainingDynamicsCallback recorded: add it to callbacks")
+    return RecipeExtras(callbacks=callbacks, mixture_column=column, curate=curate)
+
+
+def parse_recipe(argv: Sequence[str] | None = None):
+    """TRL's four argument dataclasses and our :class:`RecipeExtras`, from ``--config recipe.yaml`` plus any
+    command-line flags (which win over the file, as in ``trl sft``)."""
+    import yaml
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    curate_to = None
+    if "--curate-to" in args:
+        i = args.index("--curate-to")
+        if i + 1 >= len(args):
+            raise RecipeError("--curate-to needs a folder")
+        curate_to = args[i + 1]
+        del args[i : i + 2]
+    ours: dict = {}
+    tmp = None
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise RecipeError("--config needs a YAML file")
+        with open(args[i + 1]) as fh:
+            trl_part, ours = split_recipe(yaml.safe_load(fh) or {})
+        # TRL parses its part from a file of its own, so its defaults / env / unknown-key handling is unchanged.
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        yaml.safe_dump(trl_part, tmp)
+        tmp.close()
+        args[i + 1] = tmp.name
+    extras = check_extras(ours, curate_to)
+    try:
+        parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig))
+        parsed = parser.parse_args_and_config(args=args, fail_with_unknown_args=True)
+    except ValueError as e:  # TRL's own message (unknown keys, bad values), as a recipe error
+        raise RecipeError(str(e)) from e
+    finally:
+        if tmp is not None:
+            os.unlink(tmp.name)
+    return (*parsed, extras)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# data: TRL's mixture, each row labelled with its dataset
+# ------------------------------------------------------------------------------------------------------------
+
+
+def dataset_label(config) -> str:
+    """The group name of one mixture entry: its ``name``, else its ``data_files`` stem, else its ``path``."""
+    if config.name:
+        return str(config.name)
+    files = config.data_files
+    if isinstance(files, Mapping):
+        files = next(iter(files.values()), None)
+    if isinstance(files, (list, tuple)):
+        files = files[0] if files else None
+    if files:
+        return Path(str(files)).name.split(".")[0]
+    return str(config.path)
+
+
+def load_mixture(mixture, column: str = "dataset"):
+    """TRL's ``get_dataset(mixture)`` with one more column: each row's dataset (:func:`dataset_label`).
+
+    Each entry is loaded by TRL's own ``get_dataset`` (so ``columns``, ``split``, ``streaming`` mean what they
+    mean there); ``fraction`` and ``test_split_size`` are then applied as TRL applies them to the whole mixture,
+    which ``tests/test_recipe.py`` checks row for row against ``trl.get_dataset``.
+    """
+    import datasets
+    from trl import DatasetMixtureConfig, get_dataset
+
+    if mixture.streaming:
+        raise RecipeError("a streaming datasets: mixture cannot be sampled by row: set streaming: false")
+    labels = [dataset_label(c) for c in mixture.datasets]
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):  # two entries from the same file stem stay two groups
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label}#{seen[label]}"
+    parts = []
+    for config, label in zip(mixture.datasets, labels):
+        one = DatasetMixtureConfig(datasets=[config.__class__(**{**vars(config), "fraction": None})])
+        ds = get_dataset(one)["train"]
+        if column in ds.column_names:
+            raise RecipeError(f"dataset {label!r} already has a column {column!r}: set mixture_column to another name")
+        parts.append(ds.add_column(column, [label] * len(ds)))
+    fractions = [c.fraction for c in mixture.datasets]
+    if any(f is not None for f in fractions):
+        if any(f is None for f in fractions):
+            raise RecipeError("`fraction` must be set for either all datasets in the mixture or none of them.")
+        weights = [f / sum(fractions) for f in fractions]
+        total = min(len(ds) / w for ds, w in zip(parts, weights) if w > 0)
+        parts = [ds.select(range(round(w * total))) for ds, w in zip(parts, weights)]
+    combined = datasets.concatenate_datasets(parts)
+    if mixture.test_split_size is not None:
+        return combined.train_test_split(test_size=mixture.test_split_size)
+    return datasets.DatasetDict({"train": combined})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# run
+# ------------------------------------------------------------------------------------------------------------
+
+
+def run_recipe(argv: Sequence[str] | None = None):
+    """Parse, train (as ``trl/scripts/sft.py`` does, plus the recipe's callbacks), save, curate; the trainer.
+
+    Example::
+
+        trainer = run_recipe(["--config", "recipe.yaml"])
+    """
+    from datasets import load_dataset
+    from trl import SFTTrainer, get_peft_config, get_quantization_config
+
+    script_args, training_args, model_args, dataset_args, extras = parse_recipe(argv)
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    if dataset_args.datasets:
+        dataset = load_mixture(dataset_args, extras.mixture_column)
+    elif script_args.dataset_name:
+        dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config,
+                               streaming=script_args.dataset_streaming)
+    else:
+        raise RecipeError("Either `datasets` or `dataset_name` must be provided.")
+    train = dataset[script_args.dataset_train_split]
+    trainer = SFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+        callbacks=extras.callbacks,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if extras.curate is not None and trainer.is_world_process_zero():
+        export = curate_after_training(trainer, train, extras.callbacks, extras.curate)
+        trainer.accelerator.print(f"curated training set written to {export}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer
+
+
+def curate_after_training(trainer, train, callbacks, options: Mapping) -> Path:
+    """The recipe's ``curate`` section: :func:`~sft_callbacks.curate` the training set with what ``callbacks``
+    learnt, then :func:`~sft_callbacks.save_curated_dataset` it with its provenance card; the folder."""
+    from .curation import curate
+    from .publish import save_curated_dataset
+
+    opts = dict(options)
+    curate_keys = ("drop", "group_column", "quotas", "top_k", "score", "ascending", "seed")
+    curated = curate(train, callbacks, **{k: opts.pop(k) for k in curate_keys if k in opts})
+    out_dir = opts.pop("output_dir")
+    return save_curated_dataset(out_dir, curated, trainer=trainer, seed=int(options.get("seed", 0)),
+                                fetch_source_card=False, **opts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``sft-callbacks sft`` / ``python -m sft_callbacks.sft``: run a recipe; exit code 2 on a bad recipe."""
+    try:
+        trainer = run_recipe(argv)
+    except RecipeError as e:
+        print(f"sft-callbacks sft: {e}", file=sys.stderr)
+        return 2
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
+        trainer.end()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
