@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sft-callbacks`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sft"] and not {"-h", "--help"} & set(argv[1:2]):
-        from .sft import main as sft_main  # TRL's parser takes the rest of the line
+        from .sft import launch  # TRL's parser takes the rest of the line
 
-        return sft_main(argv[1:])
+        return launch(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import format_summary, run_demo

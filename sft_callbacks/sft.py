@@ -21,7 +21,11 @@ TRL's error):
     license: ..., language: ..., pretty_name: ..., tags: [...]}``. ``--curate-to DIR`` on the command line is
     the short form.
 
-Several processes: ``accelerate launch --num_processes 2 -m sft_callbacks.sft --config recipe.yaml``.
+As under ``trl sft``, keys that are neither TRL's nor ours are ``accelerate launch`` arguments (``num_processes:
+2``, ``accelerate_config: fsdp2``, on the command line ``--num_processes 2``): ``sft-callbacks sft`` checks the
+whole recipe, then starts it through ``accelerate launch`` (:func:`launch`); a key nobody knows is refused. Or
+start the processes yourself: ``accelerate launch --num_processes 2 -m sft_callbacks.sft --config recipe.yaml``
+(:func:`main` runs one process).
 
 Example recipe::
 
@@ -200,20 +204,93 @@ def check_extras(ours: Mapping, curate_to: str | None = None) -> RecipeExtras:
     return RecipeExtras(callbacks=callbacks, mixture_column=column, curate=curate)
 
 
-def parse_recipe(argv: Sequence[str] | None = None):
-    """TRL's four argument dataclasses and our :class:`RecipeExtras`, from ``--config recipe.yaml`` plus any
-    command-line flags (which win over the file, as in ``trl sft``)."""
+@dataclass
+class ParsedRecipe:
+    """A parsed recipe: TRL's four dataclasses, our extras, and what goes to ``accelerate launch``."""
+
+    script_args: Any
+    training_args: Any
+    model_args: Any
+    dataset_args: Any
+    extras: RecipeExtras
+    launch_args: list = field(default_factory=list)  # keys neither TRL's nor ours, as accelerate flags
+    script_argv: list = field(default_factory=list)  # the command line minus the launch flags given on it
+
+
+def _pop_flag(args: list, flag: str) -> str | None:
+    if flag not in args:
+        return None
+    i = args.index(flag)
+    if i + 1 >= len(args):
+        raise RecipeError(f"{flag} needs a value")
+    value = args[i + 1]
+    del args[i : i + 2]
+    return value
+
+
+def _subtract_subsequence(items: list, sub: list) -> list:
+    """``items`` without the ordered subsequence ``sub`` (as trl's CLI does)."""
+    it = iter(sub)
+    current = next(it, None)
+    out = []
+    for x in items:
+        if current is not None and x == current:
+            current = next(it, None)
+        else:
+            out.append(x)
+    return out
+
+
+def _launch_args(remaining: list) -> list:
+    """Keys TRL's dataclasses do not know are ``accelerate launch`` arguments, as under ``trl sft``
+    (``num_processes: 2``, ``accelerate_config: fsdp2``); anything accelerate does not know either is refused."""
+    if not remaining:
+        return []
+    try:  # TRL's own resolution of accelerate_config names (fsdp1, fsdp2, zero1-3, multi_gpu, ...)
+        from trl.cli.accelerate_config import resolve_accelerate_config_argument
+    except ImportError:  # older TRL: paths only
+        def resolve_accelerate_config_argument(a):
+            if "--accelerate_config" not in a:
+                return a
+            i = a.index("--accelerate_config")
+            return ["--config_file", a[i + 1]] + a[:i] + a[i + 2 :]
+    try:
+        launch = resolve_accelerate_config_argument(list(remaining))
+    except ValueError as e:
+        raise RecipeError(str(e)) from e
+    from accelerate.commands.launch import launch_command_parser
+
+    parser = launch_command_parser()
+    # A YAML boolean arrives as "--multi_gpu True": accelerate's switches take no value.
+    switches = {o for a in parser._actions if a.nargs == 0 for o in a.option_strings}
+    fixed, i = [], 0
+    while i < len(launch):
+        if launch[i] in switches and i + 1 < len(launch) and launch[i + 1] in ("True", "False", "true", "false"):
+            if launch[i + 1].lower() == "true":
+                fixed.append(launch[i])
+            i += 2
+            continue
+        fixed.append(launch[i])
+        i += 1
+    launch = fixed
+    _, unknown = parser.parse_known_args([*launch, "--module", "sft_callbacks.sft"])
+    if unknown:
+        keys = [u.lstrip("-") for u in unknown if u.startswith("--")] or unknown
+        raise RecipeError(f"unknown key(s) {keys}: neither TRL's SFT arguments (ScriptArguments, SFTConfig, "
+                          f"ModelConfig, DatasetMixtureConfig), accelerate launch's, nor ours {list(OUR_KEYS)}")
+    return launch
+
+
+def parse_recipe(argv: Sequence[str] | None = None) -> ParsedRecipe:
+    """Parse ``--config recipe.yaml`` plus command-line flags (which win over the file, as in ``trl sft``):
+    TRL's four argument dataclasses by TRL's parser, our :class:`RecipeExtras`, and the ``accelerate launch``
+    arguments among the rest. Every key is checked; a bad one raises :class:`RecipeError` naming it."""
     import yaml
     from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
     args = list(sys.argv[1:] if argv is None else argv)
-    curate_to = None
-    if "--curate-to" in args:
-        i = args.index("--curate-to")
-        if i + 1 >= len(args):
-            raise RecipeError("--curate-to needs a folder")
-        curate_to = args[i + 1]
-        del args[i : i + 2]
+    script_argv = list(args)
+    curate_to = _pop_flag(args, "--curate-to")
     ours: dict = {}
     tmp = None
     if "--config" in args:
@@ -222,7 +299,7 @@ def parse_recipe(argv: Sequence[str] | None = None):
             raise RecipeError("--config needs a YAML file")
         with open(args[i + 1]) as fh:
             trl_part, ours = split_recipe(yaml.safe_load(fh) or {})
-        # TRL parses its part from a file of its own, so its defaults / env / unknown-key handling is unchanged.
+        # TRL parses its part from a file of its own, so its defaults / env handling is unchanged.
         tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         yaml.safe_dump(trl_part, tmp)
         tmp.close()
@@ -230,13 +307,16 @@ def parse_recipe(argv: Sequence[str] | None = None):
     extras = check_extras(ours, curate_to)
     try:
         parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig))
-        parsed = parser.parse_args_and_config(args=args, fail_with_unknown_args=True)
-    except ValueError as e:  # TRL's own message (unknown keys, bad values), as a recipe error
+        *parsed, config_rest, cli_rest = parser.parse_args_and_config(
+            args=args, return_remaining_strings=True, separate_remaining_strings=True)
+    except ValueError as e:  # TRL's own message (bad values), as a recipe error
         raise RecipeError(str(e)) from e
     finally:
         if tmp is not None:
             os.unlink(tmp.name)
-    return (*parsed, extras)
+    launch = _launch_args(config_rest + cli_rest)
+    return ParsedRecipe(*parsed, extras=extras, launch_args=launch,
+                        script_argv=_subtract_subsequence(script_argv, cli_rest))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -311,7 +391,9 @@ def run_recipe(argv: Sequence[str] | None = None):
     from datasets import load_dataset
     from trl import SFTTrainer, get_peft_config, get_quantization_config
 
-    script_args, training_args, model_args, dataset_args, extras = parse_recipe(argv)
+    recipe = parse_recipe(argv)
+    script_args, training_args, model_args, dataset_args, extras = (
+        recipe.script_args, recipe.training_args, recipe.model_args, recipe.dataset_args, recipe.extras)
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
@@ -360,13 +442,33 @@ def curate_after_training(trainer, train, callbacks, options: Mapping) -> Path:
                                 fetch_source_card=False, **opts)
 
 
+def launch(argv: Sequence[str] | None = None) -> int:
+    """``sft-callbacks sft``: check the whole recipe here, then start it with ``accelerate launch`` as ``trl sft``
+    starts TRL's script (keys that are accelerate's, e.g. ``num_processes: 2``, go to the launcher); each process
+    runs :func:`main`. Exit code 2 on a bad recipe, before anything is launched."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    try:
+        recipe = parse_recipe(argv)
+    except RecipeError as e:
+        print(f"sft-callbacks sft: {e}", file=sys.stderr)
+        return 2
+    launch_command(launch_command_parser().parse_args(
+        [*recipe.launch_args, "--module", "sft_callbacks.sft", *recipe.script_argv]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``sft-callbacks sft`` / ``python -m sft_callbacks.sft``: run a recipe; exit code 2 on a bad recipe."""
+    """One training process (``python -m sft_callbacks.sft`` / ``accelerate launch -m sft_callbacks.sft``): run a
+    recipe; exit code 2 on a bad recipe."""
     try:
         trainer = run_recipe(argv)
     except RecipeError as e:
         print(f"sft-callbacks sft: {e}", file=sys.stderr)
         return 2
+    # Every process reaches this point before the group goes (rank 0 may still be curating): tearing gloo down
+    # while a peer is mid-collective hung the peer at exit in about one run in ten.
+    trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
         trainer.end()
     return 0

@@ -119,7 +119,10 @@ def test_bad_recipes_exit_2_with_the_reason(workspace, tmp_path, capsys):
     assert "unknown callback 'NoSuchCallback'" in capsys.readouterr().err
     recipe = _recipe(workspace, tmp_path, no_such_trl_key=1)
     assert cli_main(["sft", "--config", str(recipe)]) == 2
-    assert "no_such_trl_key" in capsys.readouterr().err
+    assert "unknown key(s) ['no_such_trl_key']" in capsys.readouterr().err
+    recipe = _recipe(workspace, tmp_path)
+    assert cli_main(["sft", "--config", str(recipe), "--max_stepz", "3"]) == 2  # a typo on the command line too
+    assert "max_stepz" in capsys.readouterr().err
     recipe = _recipe(workspace, tmp_path, callbacks=["HardExampleMiningCallback"], curate={"output_dir": "x"})
     assert cli_main(["sft", "--config", str(recipe)]) == 2
     assert "add it to callbacks" in capsys.readouterr().err
@@ -153,10 +156,29 @@ def test_two_processes_follow_one_index_stream(workspace, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get(
                "PYTHONPATH")) if p)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["draws"] == r1["draws"] and len(r0["draws"]) == 4  # one stream, sharded by accelerate
     assert all(len(d) == 4 * 2 for d in r0["draws"].values())
     assert r0["groups"] == r1["groups"] == ["food", "logic"]
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="needs torch.distributed with the gloo backend")
+@pytest.mark.timeout(300)
+def test_accelerate_keys_in_the_recipe_launch_processes_as_trl_sft_does(workspace, tmp_path):
+    probe = tmp_path / "probe"
+    recipe = _recipe(workspace, tmp_path, num_processes=2, multi_gpu=True, main_process_port=_free_port(),
+                     callbacks=["TrainingDynamicsCallback", {"tests.recipe_probe:StreamProbe": {"out": str(probe)}}])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get(
+               "PYTHONPATH")) if p)}
+    cmd = [sys.executable, "-c", "import sys; from sft_callbacks.cli import main; sys.exit(main())", "sft",
+           "--config", str(recipe), "--max_steps", "3"]  # a TRL flag on the command line wins over the file
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["draws"] == r1["draws"] and sorted(r0["draws"]) == ["0", "1", "2"]
