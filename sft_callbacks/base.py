@@ -11,6 +11,31 @@ from transformers.trainer_callback import ExportableState
 from .session import PolicyContext, Session
 
 
+def check_liger(args, at_init: bool = False) -> None:
+    """Refuse ``use_liger_kernel=True`` where Liger's fused linear cross-entropy would replace the LM head.
+
+    That kernel (Liger's default) computes the loss inside the model and returns neither logits nor per-token
+    log-probabilities, so there is nothing per sample to capture. TRL's ``SFTTrainer`` (1.16) turns it off itself
+    (``liger_kernel_config["fused_linear_cross_entropy"] = False``) and keeps its fused LM head: the capture then
+    reads that head's outputs as without Liger. So the plain ``Trainer`` (or a config asking for the fused loss) is
+    refused at construction, with what to change; TRL's ``SFTTrainer`` is allowed. At construction an
+    ``SFTConfig`` is let through (TRL adjusts the config after the callbacks' ``on_init_end``); ``on_train_begin``
+    checks the final config.
+    """
+    if not getattr(args, "use_liger_kernel", False):
+        return
+    if at_init and type(args).__name__ == "SFTConfig":
+        return
+    config = getattr(args, "liger_kernel_config", None) or {}
+    if config.get("fused_linear_cross_entropy", True):
+        raise ValueError(
+            "use_liger_kernel=True with Liger's fused linear cross-entropy (its default) returns neither logits nor "
+            "per-token log-probabilities, so sft-callbacks cannot capture per-sample losses. Use TRL's SFTTrainer "
+            "(it keeps its own fused LM head and turns that kernel off), or pass "
+            "liger_kernel_config={'fused_linear_cross_entropy': False}, or use_liger_kernel=False"
+        )
+
+
 class SFTCallback(TrainerCallback, ExportableState):
     """A [`~transformers.TrainerCallback`] that joins the trainer's shared sft-callbacks session.
 
@@ -89,10 +114,12 @@ class SFTCallback(TrainerCallback, ExportableState):
         return self._session is not None and self._session.driver is self
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
+        check_liger(args, at_init=True)
         if model is not None:
             self._session = Session.for_model(model)
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        check_liger(args)
         self._session = Session.for_model(model)
         if self._sft_restore is None and state.global_step > 0:
             self._sft_restore = self._saved_payload(state)

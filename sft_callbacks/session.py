@@ -380,8 +380,10 @@ class Session:
                 "or turn loss weighting off"
             )
         if getattr(args, "use_liger_kernel", False):
-            raise ValueError("per-sample loss weighting does not work with use_liger_kernel=True (its fused loss "
-                             "never exposes per-token log-probabilities); set use_liger_kernel=False")
+            # With TRL's fused head kept, scaling log_probs would reach the loss; not verified with Liger's kernels
+            # (they need a GPU), so refused rather than trusted.
+            raise ValueError("per-sample loss weighting is not verified with use_liger_kernel=True (Liger needs a "
+                             "GPU, our tests run without one); set use_liger_kernel=False or turn loss weighting off")
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is not None and (
             getattr(trainer, "compute_loss_func", None) is not None or getattr(trainer, "label_smoother", None) is not None
