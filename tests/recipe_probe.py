@@ -16,6 +16,19 @@ class StreamProbe(SamplingPolicyCallback):
         super().__init__()
         self.out = out
         self.draws: dict[int, list[int]] = {}
+        self.sharded = None
+        self.optimizer = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        super().on_step_end(args, state, control, model=model, **kwargs)
+        from torch.distributed.tensor import DTensor
+
+        # FSDP2 (fully_shard) turns the parameters into DTensors in place; plain data parallel leaves tensors
+        if model is not None:
+            self.sharded = any(isinstance(p, DTensor) for p in model.parameters())
+        optimizer = kwargs.get("optimizer")
+        inner = getattr(optimizer, "optimizer", None)  # accelerate's wrapper -> the engine's optimizer
+        self.optimizer = type(inner if inner is not None else optimizer).__name__
 
     def required_columns(self):
         return ["dataset"]  # the column the recipe runner adds to a datasets: mixture
@@ -36,5 +49,10 @@ class StreamProbe(SamplingPolicyCallback):
         session = self.session
         column = session.columns["dataset"] if session is not None and session.columns is not None else None
         with open(os.path.join(self.out, f"rank{args.process_index}.json"), "w") as fh:
-            json.dump({"world_size": args.world_size, "draws": self.draws,
-                       "groups": sorted({str(v) for v in column}) if column is not None else None}, fh)
+            frame = self.dynamics() if session is not None else None
+            json.dump({"world_size": args.world_size, "draws": self.draws, "sharded": self.sharded,
+                       "optimizer": self.optimizer,
+                       "groups": sorted({str(v) for v in column}) if column is not None else None,
+                       "times_seen": frame["times_seen"].tolist() if frame is not None else None,
+                       "loss_last": frame["loss_last"].tolist() if frame is not None else None,
+                       "unmatched": int(session.tracker.unmatched) if session is not None else None}, fh)
