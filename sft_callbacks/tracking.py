@@ -375,6 +375,14 @@ class SampleTracker:
             margin = None  # the fused head never materialises the logits: no runner-up token to compare with
         else:
             logits = getattr(output, "logits", None)
+            if logits is None and getattr(output, "loss", None) is not None and log_probs is None:
+                # A loss head that keeps neither per-token log-probabilities nor logits (trl < 1.16's chunked
+                # cross-entropy head, a fused-loss kernel): training would go on with nothing captured.
+                raise RuntimeError(
+                    f"the model's training forward returned {type(output).__name__} with a loss but neither "
+                    "per-token log_probs nor logits, so sft-callbacks cannot capture per-sample losses. Use "
+                    "trl>=1.16 (its fused LM head returns log_probs) or a loss computed from the model's logits"
+                )
             if logits is None or logits.shape[:2] != input_ids.shape:
                 return None
             target = labels[:, 1:]
