@@ -9,6 +9,7 @@ Public API (everything else is internal):
   :class:`CurriculumCallback`, :class:`GroupBalanceCallback`.
 - Finding wrong answers: :class:`DataMapCallback` (noise scores from the visit history, flags, the data map),
   :func:`out_of_sample_losses` (K-fold), :func:`estimate_noise_rate`.
+- Recipes: :func:`run_recipe` (``sft-callbacks sft --config recipe.yaml``: a ``trl sft`` recipe plus callbacks).
 """
 
 from .active_learning import select_for_annotation
@@ -45,6 +46,15 @@ from .weights import check_weights, combine_weights
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # Lazy: `python -m sft_callbacks.sft` (each process of a recipe) must not find the module imported already.
+    if name in ("RecipeError", "run_recipe"):
+        from . import sft
+
+        return getattr(sft, name)
+    raise AttributeError(f"module 'sft_callbacks' has no attribute {name!r}")
+
 __all__ = [
     "NOISE_SCORES",
     "AdaptiveSampler",
@@ -76,6 +86,8 @@ __all__ = [
     "HardExampleMiningCallback",
     "ValidationGuidedResamplingCallback",
     "PolicyContext",
+    "RecipeError",
+    "run_recipe",
     "SFTCallback",
     "SamplingPolicyCallback",
     "TrainingDynamicsCallback",

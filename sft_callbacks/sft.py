@@ -174,7 +174,12 @@ def build_callbacks(spec: Any) -> list:
 
 
 def split_recipe(config: Mapping) -> tuple[dict, dict]:
-    """``(trl_part, our_part)`` of a recipe mapping: our keys are :data:`OUR_KEYS`."""
+    """``(trl_part, our_part)`` of a recipe mapping: our keys are :data:`OUR_KEYS`.
+
+    Example:
+        >>> split_recipe({"max_steps": 10, "callbacks": ["TrainingDynamicsCallback"]})
+        ({'max_steps': 10}, {'callbacks': ['TrainingDynamicsCallback']})
+    """
     if not isinstance(config, Mapping):
         raise RecipeError(f"a recipe must be a YAML mapping, got {type(config).__name__}")
     ours = {k: config[k] for k in OUR_KEYS if k in config}
@@ -182,7 +187,12 @@ def split_recipe(config: Mapping) -> tuple[dict, dict]:
 
 
 def check_extras(ours: Mapping, curate_to: str | None = None) -> RecipeExtras:
-    """Validate our part of a recipe and build the callbacks (before anything heavy loads)."""
+    """Validate our part of a recipe and build the callbacks (before anything heavy loads).
+
+    Example:
+        >>> check_extras({"callbacks": ["TrainingDynamicsCallback"]}, curate_to="out/curated").curate
+        {'output_dir': 'out/curated'}
+    """
     column = ours.get("mixture_column", "dataset")
     if not isinstance(column, str) or not column:
         raise RecipeError(f"mixture_column must be a column name, got {column!r}")
@@ -325,7 +335,13 @@ def parse_recipe(argv: Sequence[str] | None = None) -> ParsedRecipe:
 
 
 def dataset_label(config) -> str:
-    """The group name of one mixture entry: its ``name``, else its ``data_files`` stem, else its ``path``."""
+    """The group name of one mixture entry: its ``name``, else its ``data_files`` stem, else its ``path``.
+
+    Example:
+        >>> from trl.scripts.utils import DatasetConfig
+        >>> dataset_label(DatasetConfig(path="json", data_files="data/billing.jsonl"))
+        'billing'
+    """
     if config.name:
         return str(config.name)
     files = config.data_files
@@ -344,6 +360,12 @@ def load_mixture(mixture, column: str = "dataset"):
     Each entry is loaded by TRL's own ``get_dataset`` (so ``columns``, ``split``, ``streaming`` mean what they
     mean there); ``fraction`` and ``test_split_size`` are then applied as TRL applies them to the whole mixture,
     which ``tests/test_recipe.py`` checks row for row against ``trl.get_dataset``.
+
+    Example::
+
+        mix = DatasetMixtureConfig(datasets=[{"path": "json", "data_files": "a.jsonl"},
+                                             {"path": "json", "data_files": "b.jsonl"}])
+        load_mixture(mix)["train"]["dataset"]   # ["a", ..., "b", ...]
     """
     import datasets
     from trl import DatasetMixtureConfig, get_dataset
@@ -430,7 +452,12 @@ def run_recipe(argv: Sequence[str] | None = None):
 
 def curate_after_training(trainer, train, callbacks, options: Mapping) -> Path:
     """The recipe's ``curate`` section: :func:`~sft_callbacks.curate` the training set with what ``callbacks``
-    learnt, then :func:`~sft_callbacks.save_curated_dataset` it with its provenance card; the folder."""
+    learnt, then :func:`~sft_callbacks.save_curated_dataset` it with its provenance card; the folder.
+
+    Example::
+
+        curate_after_training(trainer, train, callbacks, {"output_dir": "out/curated", "license": "mit"})
+    """
     from .curation import curate
     from .publish import save_curated_dataset
 
