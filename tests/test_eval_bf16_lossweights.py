@@ -107,28 +107,42 @@ def test_per_sample_loss_weights_keep_the_step_normalisation_under_grad_accumula
     cbs = [TrainingDynamicsCallback(), WeightByRow("parity")]
     trainer = SFTTrainer(model=model, args=_config(tmp_path, gradient_accumulation_steps=2), train_dataset=data,
                          processing_class=tokenizer, callbacks=cbs)
-    seen = []  # per micro-batch: (unweighted NLL sums, token counts, uid), read before our hook scales them
+    seen = record_micro_batches(model, cbs[0])  # registered first: runs before ours
+    trainer.train()
+    np.testing.assert_allclose(_step_losses(trainer), parity_weighted_step_losses(seen, cbs[0], steps=4, accum=2),
+                               rtol=1e-5)
+
+
+def record_micro_batches(model, dynamics) -> list:
+    """Per training micro-batch ``(unweighted NLL sums, token counts, uids)``, read from the fused head's outputs by
+    a forward hook on ``model``; register it before training so it runs before our hook scales them."""
+    seen = []
 
     def record(module, args, kwargs, output):
         if module.training:
             from sft_callbacks.row_keys import padded_keys
 
             mask = output.label_mask
-            index = cbs[0].session.tracker.index
-            uid = index.lookup(padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs["attention_mask"]).numpy().view(np.uint64))
+            keys = padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs["attention_mask"]).numpy()
+            uid = dynamics.session.tracker.index.lookup(keys.view(np.uint64))
             seen.append(((-output.log_probs.detach() * mask).sum(1).numpy(), mask.sum(1).numpy(), uid))
 
-    model.register_forward_hook(record, with_kwargs=True)  # registered first: runs before ours
-    trainer.train()
-    index = cbs[0].session.tracker.index
+    model.register_forward_hook(record, with_kwargs=True)
+    return seen
+
+
+def parity_weighted_step_losses(seen, dynamics, steps: int, accum: int) -> list[float]:
+    """The loss the Trainer should log per optimizer step under ``WeightByRow("parity")``: weighted NLL summed over
+    the step's micro-batches, divided by the step's token count (the Trainer's normalisation)."""
+    index = dynamics.session.tracker.index
     uid_user = np.zeros(len(index.keys), dtype=np.int64)
     uid_user[index.row_uid()] = index.row_user
     expected = []
-    for step in range(4):
-        nll, ntok, uid = (np.concatenate(x) for x in zip(*seen[2 * step : 2 * step + 2]))
+    for step in range(steps):
+        nll, ntok, uid = (np.concatenate(x) for x in zip(*seen[accum * step : accum * (step + 1)]))
         w = np.where(uid_user[uid] % 2 == 0, 2.0, 0.25)
-        expected.append((w * nll).sum() / ntok.sum())  # Trainer: token-sum over the whole optimizer step
-    np.testing.assert_allclose(_step_losses(trainer), expected, rtol=1e-5)
+        expected.append((w * nll).sum() / ntok.sum())
+    return expected
 
 
 def test_dft_loss_is_refused_with_loss_weighting(tmp_path, tokenizer, make_model):

@@ -18,7 +18,8 @@ from sft_callbacks import (
 from sft_callbacks.demo_data import load_demo_dataset
 
 from .helpers import reference_losses, sft_rows
-from .test_eval_bf16_lossweights import WeightByRow, _step_losses
+from .test_eval_bf16_lossweights import (WeightByRow, _step_losses, parity_weighted_step_losses,
+                                         record_micro_batches)  # fmt: skip
 
 peft = pytest.importorskip("peft")
 
@@ -91,28 +92,9 @@ def test_loss_weights_keep_the_step_normalisation_with_lora(tmp_path, tokenizer,
     cbs = [TrainingDynamicsCallback(), WeightByRow("parity")]
     trainer = SFTTrainer(model=model, args=_config(tmp_path, gradient_accumulation_steps=2), train_dataset=data,
                          processing_class=tokenizer, peft_config=_lora(), callbacks=cbs)
-    seen = []
-
-    def record(module, args, kwargs, output):
-        if module.training:
-            from sft_callbacks.row_keys import padded_keys
-
-            mask = output.label_mask
-            index = cbs[0].session.tracker.index
-            keys = padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs["attention_mask"]).numpy()
-            seen.append(((-output.log_probs.detach() * mask).sum(1).numpy(), mask.sum(1).numpy(),
-                         index.lookup(keys.view(np.uint64))))
-
     # On the wrapped base model: peft's forward reaches it, and it runs before our hook on the outer model.
-    model.register_forward_hook(record, with_kwargs=True)
+    seen = record_micro_batches(model, cbs[0])
     trainer.train()
-    index = cbs[0].session.tracker.index
-    uid_user = np.zeros(len(index.keys), dtype=np.int64)
-    uid_user[index.row_uid()] = index.row_user
-    expected = []
-    for step in range(4):
-        nll, ntok, uid = (np.concatenate(x) for x in zip(*seen[2 * step : 2 * step + 2]))
-        w = np.where(uid_user[uid] % 2 == 0, 2.0, 0.25)
-        expected.append((w * nll).sum() / ntok.sum())
     assert len(seen) >= 7  # the Trainer's last step may hold fewer micro-batches (epoch end)
-    np.testing.assert_allclose(_step_losses(trainer), expected, rtol=1e-5)
+    np.testing.assert_allclose(_step_losses(trainer), parity_weighted_step_losses(seen, cbs[0], steps=4, accum=2),
+                               rtol=1e-5)
