@@ -554,10 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     make_model, tok, desc = load_model_factory(args.model, args.seq_len, args.tiny_hidden, args.tiny_layers,
                                                args.tiny_vocab, args.dtype)
     n_rows = args.rows or max(64, args.steps * args.batch_size + args.batch_size)
-    dataset = build_dataset(tok, args.seq_len, n_rows)
-    # Evaluation rows (both arms): the next rows of the same construction, two batches' worth.
-    eval_dataset = build_dataset(tok, args.seq_len, n_rows + 2 * args.batch_size).select(
-        range(n_rows, n_rows + 2 * args.batch_size)) if args.eval_steps else None
+    # Evaluation rows (both arms): the next rows of the same construction, two batches' worth; built in one pass.
+    n_eval = 2 * args.batch_size if args.eval_steps else 0
+    rows = build_dataset(tok, args.seq_len, n_rows + n_eval)
+    dataset = rows.select(range(n_rows))
+    eval_dataset = rows.select(range(n_rows, n_rows + n_eval)) if n_eval else None
     mean_tokens = statistics.fmean(
         len(tok(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False), add_special_tokens=False)["input_ids"])
         for r in dataset

@@ -331,10 +331,11 @@ def run(args) -> int:
         log("overhead: skipped")
     else:
         try:
-            rc = subprocess.run([sys.executable, str(HERE / "bench_overhead.py"), *plan.overhead, "--out",
-                                 str(overhead_json), "--markdown", str(overhead_md)], env=env, cwd=str(HERE),
-                                stdout=open(work / "overhead.log", "w"), stderr=subprocess.STDOUT,
-                                timeout=max(60.0, plan.budget_s / 2)).returncode
+            with open(work / "overhead.log", "w") as fh:
+                rc = subprocess.run([sys.executable, str(HERE / "bench_overhead.py"), *plan.overhead, "--out",
+                                     str(overhead_json), "--markdown", str(overhead_md)], env=env, cwd=str(HERE),
+                                    stdout=fh, stderr=subprocess.STDOUT,
+                                    timeout=max(60.0, plan.budget_s / 2)).returncode
         except subprocess.TimeoutExpired:
             rc = -9  # overhead.json keeps the rounds that finished (written after every run)
         log(f"overhead: rc {rc} in {time.monotonic() - t:.0f}s")
@@ -406,6 +407,8 @@ def stash(args) -> int:
 def prepare(args) -> int:
     """Here: the wheels (pip download for Python 3.12, x86-64) into .whl/, the GGUF split into .gpu_a/ and
     .gpu_b/, the commit measured in .gpu_b/commit.txt; all three ignored by git (.git/info/exclude)."""
+    from bench_env import git_state
+
     from sft_callbacks.models import _smollm2_gguf_dir
 
     plats = [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")]
@@ -417,11 +420,8 @@ def prepare(args) -> int:
     if file_sha256(gguf) != GGUF_SHA256:
         raise SystemExit(f"{gguf} is not the GGUF this script expects (sha256 {GGUF_SHA256})")
     parts = split_file(gguf, [ROOT / f for f in PART_FOLDERS], FIRST_PART_BYTES)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    (ROOT / PART_FOLDERS[-1] / "commit.txt").write_text(commit + ("+dirty" if dirty else "") + "\n")
+    commit = git_state() or "unknown"
+    (ROOT / PART_FOLDERS[-1] / "commit.txt").write_text(commit + "\n")
     exclude = ROOT / ".git" / "info" / "exclude"
     have = exclude.read_text().split() if exclude.is_file() else []
     with open(exclude, "a") as fh:

@@ -5,7 +5,6 @@ stream, and a frozen model's captured losses equal those of the same rows withou
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import torch
 from sft_callbacks import TrainingDynamicsCallback
 from sft_callbacks.sft import run_recipe
 
-from .test_recipe import REPO, _free_port, _recipe, workspace  # noqa: F401 - the fixture is used by name
+from .test_recipe import REPO, _free_port, _launch_env, _recipe, workspace  # noqa: F401 - the fixture is used by name
 
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.skipif(
@@ -41,9 +40,7 @@ def test_zero_capture_matches_the_plain_run(stage, optimizer, workspace, plain_l
     callbacks = ["TrainingDynamicsCallback", {"GroupBalanceCallback": {"group_column": "dataset"}},
                  {"tests.recipe_probe:StreamProbe": {"out": str(probe)}}]
     recipe = _recipe(workspace, tmp_path, learning_rate=0.0, callbacks=callbacks)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get(
-               "PYTHONPATH")) if p)}
+    env = _launch_env()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            "--use_deepspeed", "--zero_stage", str(stage), "--zero3_init_flag", "false",

@@ -131,6 +131,14 @@ def test_bad_recipes_exit_2_with_the_reason(workspace, tmp_path, capsys):
     assert "unknown option(s) ['qutoas']" in capsys.readouterr().err
 
 
+def _launch_env() -> dict:
+    """The environment of launched training processes: one thread each, offline, the repository importable (for
+    ``tests.recipe_probe``)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -153,9 +161,7 @@ def test_two_processes_follow_one_index_stream(workspace, tmp_path):
             "--config", str(recipe)]
     if not launcher.exists():
         cmd.remove("launch")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get(
-               "PYTHONPATH")) if p)}
+    env = _launch_env()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -172,9 +178,7 @@ def test_accelerate_keys_in_the_recipe_launch_processes_as_trl_sft_does(workspac
     probe = tmp_path / "probe"
     recipe = _recipe(workspace, tmp_path, num_processes=2, multi_gpu=True, main_process_port=_free_port(),
                      callbacks=["TrainingDynamicsCallback", {"tests.recipe_probe:StreamProbe": {"out": str(probe)}}])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get(
-               "PYTHONPATH")) if p)}
+    env = _launch_env()
     cmd = [sys.executable, "-c", "import sys; from sft_callbacks.cli import main; sys.exit(main())", "sft",
            "--config", str(recipe), "--max_steps", "3"]  # a TRL flag on the command line wins over the file
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
