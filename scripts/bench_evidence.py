@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from transformers import TrainerCallback
+from sft_callbacks.compat import checkpointing_off
 
 ARMS = ("uniform", "static_target", "validation", "hard", "curriculum", "balance", "all")
 QUICK_ARMS = ("uniform", "static_target", "all")
@@ -166,7 +167,7 @@ def sft_config(cfg: EvidenceConfig, output_dir: str, seed: int, steps: int, eval
         bf16=cfg.model != "tiny",  # bf16 autocast: 3-4x faster than fp32 on this CPU (AVX-512 bf16)
         padding_free=True,  # rows concatenated per batch, no pad tokens (exact: block-diagonal attention)
         max_length=None,  # TRL enforces no length with padding_free and no packing; our rows are < 160 tokens
-        gradient_checkpointing=False,
+        **checkpointing_off(),
         seed=seed,
         data_seed=seed,
         disable_tqdm=True,
@@ -309,7 +310,7 @@ def greedy_answers(model, tokenizer, prompts, batch_size: int = 32, max_new_toke
         texts = [tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in prompts]
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.device)
+                            add_special_tokens=False, return_token_type_ids=False).to(model.device)
             with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)

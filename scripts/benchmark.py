@@ -42,6 +42,8 @@ from bench_scores import (
     score_metrics,
     within_groups,
 )
+from sft_callbacks.compat import checkpointing_off
+
 
 def build_model(args, train, seed):
     """A fresh model, its tokenizer and learning rate: the tiny Llama (BPE trained on ``train``) or SmolLM2."""
@@ -79,7 +81,7 @@ def noise_config(args, lr, output_dir):
         bf16=torch.cuda.is_available(),
         max_length=256,
         seed=args.seed,
-        activation_checkpointing=False,
+        **checkpointing_off(),
         disable_tqdm=True,
     )
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from .compat import checkpointing_off
 
 
 def run_demo(
@@ -102,14 +103,17 @@ def run_demo(
         lr_scheduler_type="constant",
         logging_steps=10,
         eval_strategy="steps",
-        eval_steps=max(10, steps // 3),  # three evaluations: the validation-guided mixture updates twice
+        # up to three evaluations (the validation-guided mixture updates between them), the last at or before the
+        # last step:
+        # transformers releases before 5.x do not add one at the end of training
+        eval_steps=-(-steps // 3),
         per_device_eval_batch_size=16,
         save_strategy="no",
         report_to=[],
         use_cpu=True,
         max_length=256,
         seed=seed,
-        activation_checkpointing=False,
+        **checkpointing_off(),
         disable_tqdm=True,
     )
     trainer = SFTTrainer(

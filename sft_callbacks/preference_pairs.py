@@ -298,7 +298,9 @@ def generate_answers(
                 add_special = False  # the template already holds the special tokens
             else:
                 texts, add_special = list(batch), True
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+            # no token_type_ids: a decoder-only model's generate refuses them (some tokenizers return them by default)
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special,
+                            return_token_type_ids=False)
             if tokenizer.pad_token_id is None:
                 enc["input_ids"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, pad_id)
             enc = {k: v.to(device) for k, v in enc.items()}

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import sys
+from sft_callbacks.compat import checkpointing_off
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -108,7 +109,7 @@ def config(outdir: str, name: str) -> SFTConfig:
         report_to=[],
         save_strategy="no",
         logging_steps=2,
-        activation_checkpointing=False,
+        **checkpointing_off(),
         seed=0,
     )
 

@@ -9,6 +9,9 @@ import torch
 from sft_callbacks.demo_data import load_demo_dataset
 from sft_callbacks.row_keys import padded_keys
 
+# Older transformers releases round each logged loss to 4 decimals: logged losses are compared within that.
+LOGGED_LOSS_ATOL = 1e-4
+
 
 def sft_rows(n: int, seed: int = 0) -> datasets.Dataset:
     """``n`` demo rows (several domains) with a ``uid`` column that TRL keeps through preparation."""

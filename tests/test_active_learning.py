@@ -16,6 +16,7 @@ from sft_callbacks.demo_data import load_demo_dataset
 from sft_callbacks.models import build_tiny_llama
 
 from .helpers import reference_losses
+from sft_callbacks.compat import checkpointing_off
 
 AL = ["al_score", "al_rank", "al_reason", "al_strategy", "al_source_row"]
 DOMAIN_ERRORS = {"sarcasm": 0.1, "logic": 0.9, "food": 0.5, "science_mcq": 0.2, "binary_math": 0.7, "radio_exam": 0.3}
@@ -40,7 +41,7 @@ def model(tokenizer, tmp_path_factory):
     args = SFTConfig(
         output_dir=str(tmp_path_factory.mktemp("al")), max_steps=24, per_device_train_batch_size=8,
         learning_rate=5e-3, report_to=[], use_cpu=True, save_strategy="no", logging_steps=50, max_length=96,
-        seed=0, activation_checkpointing=False, disable_tqdm=True,
+        seed=0, **checkpointing_off(), disable_tqdm=True,
     )
     # Eager attention: padded and unpadded forwards agree to ~1e-6, so batched scores match the references.
     net = build_tiny_llama(tokenizer, seed=0, attn_implementation="eager")

@@ -13,6 +13,7 @@ from trl import SFTConfig, SFTTrainer
 from sft_callbacks import SamplingPolicyCallback, TrainingDynamicsCallback
 
 from .helpers import sft_rows
+from sft_callbacks.compat import checkpointing_off
 
 
 def test_demo_tiny_writes_annotated_dataset_and_data_map(tmp_path):
@@ -74,7 +75,7 @@ def test_metrics_reach_tensorboard(tmp_path, tokenizer, make_model):
     args = SFTConfig(
         output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-3,
         report_to=["tensorboard"], logging_steps=2, use_cpu=True, save_strategy="no",
-        max_length=96, activation_checkpointing=False,
+        max_length=96, **checkpointing_off(),
     )
     trainer = SFTTrainer(model=make_model(), args=args, train_dataset=sft_rows(32), processing_class=tokenizer,
                          callbacks=[TrainingDynamicsCallback(), Uniformish()])

@@ -18,6 +18,7 @@ from sft_callbacks import (
 )
 
 from .helpers import sft_rows
+from sft_callbacks.compat import checkpointing_off
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def trained(tmp_path_factory, tokenizer):
                  GroupBalanceCallback(group_column="domain")]
     args = SFTConfig(output_dir=str(tmp_path_factory.mktemp("run")), num_train_epochs=3, per_device_train_batch_size=8,
                      learning_rate=3e-3, report_to=[], use_cpu=True, save_strategy="no", max_length=256, seed=0,
-                     activation_checkpointing=False, disable_tqdm=True, logging_steps=5)
+                     **checkpointing_off(), disable_tqdm=True, logging_steps=5)
     model = build_tiny_llama(tokenizer, hidden_size=64, num_layers=1, seed=0, attn_implementation="eager")
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=callbacks)
     trainer.train()

@@ -8,6 +8,7 @@ from trl import SFTConfig, SFTTrainer
 
 from sft_callbacks import DataMapCallback, TrainingDynamicsCallback, plot_data_map
 from sft_callbacks.policies.data_map import assign_regions, data_map_coordinates, flag_noisy
+from sft_callbacks.compat import checkpointing_off
 
 
 def test_coordinates_regions_and_flags_on_arrays():
@@ -69,7 +70,7 @@ def test_data_map_separates_corrupted_answers_in_real_training(tmp_path, tokeniz
     cb = DataMapCallback(noise_rate=0.25)
     args = SFTConfig(output_dir=str(tmp_path), num_train_epochs=8, per_device_train_batch_size=8, learning_rate=3e-3,
                      lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no", max_length=160,
-                     seed=0, activation_checkpointing=False, logging_steps=5, disable_tqdm=True)
+                     seed=0, **checkpointing_off(), logging_steps=5, disable_tqdm=True)
     trainer = SFTTrainer(model=make_model(hidden_size=128), args=args, train_dataset=data, processing_class=tokenizer,
                          callbacks=[TrainingDynamicsCallback(), cb])
     trainer.train()
@@ -97,7 +98,7 @@ def test_denoising_downweights_flagged_samples_after_the_set_epoch(tmp_path, tok
     cb = DataMapCallback(noise_rate=0.25, downweight_after_epochs=3, downweight=0.0)
     args = SFTConfig(output_dir=str(tmp_path), num_train_epochs=5, per_device_train_batch_size=8, learning_rate=3e-3,
                      report_to=[], use_cpu=True, save_strategy="no", max_length=160, seed=0,
-                     activation_checkpointing=False, logging_steps=5, disable_tqdm=True)
+                     **checkpointing_off(), logging_steps=5, disable_tqdm=True)
     trainer = SFTTrainer(model=make_model(hidden_size=96), args=args, train_dataset=data, processing_class=tokenizer,
                          callbacks=[TrainingDynamicsCallback(), cb])
     trainer.train()
@@ -130,7 +131,7 @@ def test_group_column_flags_within_each_group_so_a_hard_domain_does_not_take_eve
         cb = DataMapCallback(noise_rate=0.2, **kw)
         args = SFTConfig(output_dir=str(tmp_path), num_train_epochs=4, per_device_train_batch_size=8,
                          learning_rate=3e-3, lr_scheduler_type="constant", report_to=[], use_cpu=True,
-                         save_strategy="no", max_length=160, seed=0, activation_checkpointing=False,
+                         save_strategy="no", max_length=160, seed=0, **checkpointing_off(),
                          disable_tqdm=True, logging_steps=50)  # fmt: skip
         SFTTrainer(model=make_model(hidden_size=96), args=args, train_dataset=data, processing_class=tokenizer,
                    callbacks=[cb]).train()

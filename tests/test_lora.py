@@ -17,6 +17,8 @@ from sft_callbacks import (
 )
 from sft_callbacks.demo_data import load_demo_dataset
 
+from sft_callbacks.compat import checkpointing_off
+
 from .helpers import reference_losses, sft_rows
 from .test_eval_bf16_lossweights import (WeightByRow, _step_losses, parity_weighted_step_losses,
                                          record_micro_batches)  # fmt: skip
@@ -34,7 +36,7 @@ def _lora(init_random: bool = True):
 def _config(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=0.0,
                 report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, max_length=96, seed=0,
-                activation_checkpointing=False)
+                **checkpointing_off())
     base.update(kw)
     return SFTConfig(**base)
 

@@ -13,6 +13,7 @@ from sft_callbacks.policies.noise import NOISE_SCORES, flag_by_score, history_sc
 from sft_callbacks.tracking import VisitLog
 
 from .test_data_map import _corrupted
+from sft_callbacks.compat import checkpointing_off
 
 
 def _auroc(score, positive) -> float:
@@ -104,7 +105,7 @@ def test_visit_log_round_trips_through_its_state():
 def _args(tmp_path, epochs, **kw):
     base = dict(output_dir=str(tmp_path), num_train_epochs=epochs, per_device_train_batch_size=8, learning_rate=3e-3,
                 lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no", max_length=160, seed=0,
-                activation_checkpointing=False, logging_steps=1000, disable_tqdm=True)
+                **checkpointing_off(), logging_steps=1000, disable_tqdm=True)
     return SFTConfig(**{**base, **kw})
 
 

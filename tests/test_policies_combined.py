@@ -15,6 +15,7 @@ from sft_callbacks import (
 from sft_callbacks.weights import combine_weights
 
 from .helpers import BatchRecorder, sft_rows
+from sft_callbacks.compat import checkpointing_off
 
 
 TRAIN_DOMAINS = sorted(set(sft_rows(66)["domain"]))
@@ -34,7 +35,7 @@ def _run(tmp_path, tokenizer, make_model, callbacks, resume=None, **kw):
     args = dict(
         output_dir=str(tmp_path), max_steps=16, per_device_train_batch_size=4, learning_rate=1e-3, report_to=[],
         use_cpu=True, save_strategy="no", logging_steps=4, eval_strategy="steps", eval_steps=4,
-        per_device_eval_batch_size=8, max_length=320, seed=0, activation_checkpointing=False, disable_tqdm=True,
+        per_device_eval_batch_size=8, max_length=320, seed=0, **checkpointing_off(), disable_tqdm=True,
     )
     args.update(kw)
     model = make_model()

@@ -18,6 +18,7 @@ from sft_callbacks.policies.groups import floor_shares, group_ids, row_group_sha
 
 from .helpers import sft_rows
 from .helpers import BatchRecorder
+from sft_callbacks.compat import checkpointing_off
 
 # ---------------------------------------------------------------------------------------------------------------
 # pure functions
@@ -144,7 +145,7 @@ def test_bad_arguments_are_refused_at_construction(kwargs, match):
 def _config(tmp_path, **kw):
     base = dict(
         output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=8, learning_rate=1e-3, report_to=[],
-        use_cpu=True, save_strategy="no", logging_steps=5, max_length=128, seed=0, activation_checkpointing=False,
+        use_cpu=True, save_strategy="no", logging_steps=5, max_length=128, seed=0, **checkpointing_off(),
     )
     base.update(kw)
     return SFTConfig(**base)

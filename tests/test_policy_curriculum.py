@@ -25,6 +25,7 @@ from sft_callbacks.scoring import length_difficulty, loss_difficulty, shard_sequ
 from sft_callbacks.tracking import RowIndex
 
 from .helpers import BatchRecorder, reference_losses, sft_rows
+from sft_callbacks.compat import checkpointing_off
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pure functions
@@ -224,7 +225,7 @@ def test_loss_difficulty_scores_packed_samples_apart_and_restores_training_mode(
 def _config(tmp_path, **kw):
     base = dict(
         output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=4, learning_rate=1e-3, report_to=[],
-        use_cpu=True, save_strategy="no", logging_steps=5, max_length=128, seed=0, activation_checkpointing=False,
+        use_cpu=True, save_strategy="no", logging_steps=5, max_length=128, seed=0, **checkpointing_off(),
         disable_tqdm=True,
     )
     base.update(kw)

@@ -28,6 +28,7 @@ from sft_callbacks.policies.validation import (
 )
 
 from .helpers import sft_rows
+from sft_callbacks.compat import checkpointing_off
 
 # ---------------------------------------------------------------------------------------------------------------
 # pure functions
@@ -194,7 +195,7 @@ def _validation_rows(per_domain=3, corrupt=None, domains=DOMAINS):
 def _config(tmp_path, **kw):
     base = dict(
         output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=8, learning_rate=1e-3, report_to=[],
-        use_cpu=True, save_strategy="no", logging_steps=4, max_length=128, seed=0, activation_checkpointing=False,
+        use_cpu=True, save_strategy="no", logging_steps=4, max_length=128, seed=0, **checkpointing_off(),
         eval_strategy="steps", eval_steps=8, per_device_eval_batch_size=8,
     )
     base.update(kw)
@@ -282,14 +283,15 @@ def test_plateau_raises_hard_boost_and_first_eval_is_the_reference(tmp_path, tok
     val = _validation_rows(per_domain=2)
     guide = ValidationGuidedResamplingCallback(group_column="domain", method="doremi", paced_difficulty=True,
                                                patience=1)
-    args = _config(tmp_path, max_steps=5, eval_steps=2, logging_steps=1, learning_rate=0.0)
+    # max_steps a multiple of eval_steps: transformers 4.x does not add an evaluation at the last step, 5.x does
+    args = _config(tmp_path, max_steps=6, eval_steps=2, logging_steps=1, learning_rate=0.0)
     trainer = SFTTrainer(model=make_model(), args=args,
                          train_dataset=train, eval_dataset=val, processing_class=tokenizer, callbacks=[guide])
     with caplog.at_level(logging.WARNING, logger="sft_callbacks.policies.validation"):
         trainer.train()
     assert "['science_mcq'] appear in the eval dataset but not in the training data" in caplog.text
     evals = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
-    assert evals == [2, 4, 5] and guide.updates == 3  # (the Trainer also evaluates at the last step)
+    assert evals == [2, 4, 6] and guide.updates == 3
     assert guide.hard_boost == 0.5  # the first evaluation sets the best loss; the next two do not improve on it
     np.testing.assert_allclose(guide.last_excess, 0.0, atol=1e-6)  # reference = first evaluation
     ids, _ = group_ids(guide.session.columns["domain"])
@@ -297,7 +299,7 @@ def test_plateau_raises_hard_boost_and_first_eval_is_the_reference(tmp_path, tok
     np.testing.assert_allclose(list(guide.mixture_dict().values()), floor_shares(natural, 0.01), rtol=1e-9)
     # Logged with the next logging step after each evaluation (the Trainer logs a step before it evaluates).
     logged = {h["step"]: h["sft/validation/hard_boost"] for h in trainer.state.log_history if "sft/validation/hard_boost" in h}
-    assert logged == {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 0.25}
+    assert logged == {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 0.25, 6: 0.25}
 
 
 def test_eval_dataset_without_the_group_column_is_refused(tmp_path, tokenizer, make_model):

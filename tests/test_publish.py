@@ -27,6 +27,7 @@ from sft_callbacks.publish import load_export, save_curated_dataset
 
 from .helpers import sft_rows
 from .hub_server import TOKEN, USER, last_json, parse_card_data, run_client
+from sft_callbacks.compat import checkpointing_off
 
 REPO = f"{USER}/curated-sft"
 
@@ -57,7 +58,7 @@ def trained(tmp_path_factory, tokenizer):
     args = SFTConfig(
         output_dir=str(root / "ckpt"), max_steps=6, per_device_train_batch_size=8, learning_rate=3e-3, logging_steps=2,
         save_strategy="no", report_to=[], use_cpu=True, max_length=128, seed=7, disable_tqdm=True,
-        activation_checkpointing=False,
+        **checkpointing_off(),
     )  # fmt: skip
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=callbacks)
     trainer.train()

@@ -9,6 +9,7 @@ from trl import SFTConfig, SFTTrainer
 from sft_callbacks import AdaptiveSampler, SamplingPolicyCallback, TrainingDynamicsCallback
 
 from .helpers import BatchRecorder, sft_rows
+from sft_callbacks.compat import checkpointing_off
 
 
 class EvenRowsAfter(SamplingPolicyCallback):
@@ -51,7 +52,7 @@ def _config(tmp_path, **kw):
     base = dict(
         output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=4, learning_rate=1e-3,
         report_to=[], use_cpu=True, save_strategy="no", logging_steps=5, max_length=128, seed=0,
-        activation_checkpointing=False,
+        **checkpointing_off(),
     )
     base.update(kw)
     return SFTConfig(**base)

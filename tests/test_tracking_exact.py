@@ -11,6 +11,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from sft_callbacks import TrainingDynamicsCallback
 
 from .helpers import reference_losses, reference_visit_stats, sft_rows, visits_by_row
+from sft_callbacks.compat import checkpointing_off
 
 
 def _sft_config(tmp_path, **kw):
@@ -25,7 +26,7 @@ def _sft_config(tmp_path, **kw):
         logging_steps=2,
         max_length=96,
         seed=0,
-        activation_checkpointing=False,
+        **checkpointing_off(),
     )
     base.update(kw)
     return SFTConfig(**base)

@@ -25,6 +25,7 @@ from sft_callbacks.policies.mixing import (
     transfer_matrix,
 )
 from sft_callbacks.policies.validation import DEFAULT_METHOD, ValidationGuidedResamplingCallback
+from sft_callbacks.compat import checkpointing_off
 
 
 def test_module_examples_hold():
@@ -177,7 +178,7 @@ def test_default_moves_draws_to_the_rare_learnable_group_and_away_from_noise(tmp
     guide = ValidationGuidedResamplingCallback(group_column="group")
     args = SFTConfig(output_dir=str(tmp_path), max_steps=48, per_device_train_batch_size=8, learning_rate=3e-3,
                      report_to=[], use_cpu=True, save_strategy="no", logging_steps=8, max_length=64, seed=0,
-                     activation_checkpointing=False, eval_strategy="steps", eval_steps=8, per_device_eval_batch_size=8,
+                     **checkpointing_off(), eval_strategy="steps", eval_steps=8, per_device_eval_batch_size=8,
                      disable_tqdm=True)
     trainer = SFTTrainer(model=make_model(), args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, callbacks=[guide])
@@ -222,7 +223,7 @@ def test_every_rule_runs_in_a_real_trainer_and_round_trips(tmp_path, tokenizer, 
     guide = ValidationGuidedResamplingCallback(group_column="group", method=method)
     args = SFTConfig(output_dir=str(tmp_path), max_steps=32, per_device_train_batch_size=8, learning_rate=3e-3,
                      report_to=[], use_cpu=True, save_strategy="no", logging_steps=8, max_length=64, seed=0,
-                     activation_checkpointing=False, eval_strategy="steps", eval_steps=8,
+                     **checkpointing_off(), eval_strategy="steps", eval_steps=8,
                      per_device_eval_batch_size=8, disable_tqdm=True)
     trainer = SFTTrainer(model=make_model(), args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, callbacks=[guide])
