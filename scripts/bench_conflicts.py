@@ -1,4 +1,4 @@
-"""Benchmark ``sft_callbacks.conflicts.find_conflicts`` on synthetic data with planted conflicts.
+"""Benchmark ``sft_callbacks.curation.conflicts.find_conflicts`` on synthetic data with planted conflicts.
 
 Prompts are templated sentences filled with random words. Planted (per ``--plant`` fraction of rows
 each): exact-duplicate conflicts (case/punctuation/whitespace variant, different answer),
@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import datasets
 import numpy as np
 
-from sft_callbacks.conflicts import find_conflicts
+from sft_callbacks.curation.conflicts import find_conflicts
 
 datasets.disable_progress_bars()
 

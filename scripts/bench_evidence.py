@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from transformers import TrainerCallback
-from sft_callbacks.compat import checkpointing_off
+from sft_callbacks.engine.compat import checkpointing_off
 
 ARMS = ("uniform", "static_target", "validation", "hard", "curriculum", "balance", "all")
 QUICK_ARMS = ("uniform", "static_target", "all")
@@ -349,7 +349,7 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
     from trl import SFTTrainer
 
     from sft_callbacks import DataMapCallback, TrainingDynamicsCallback
-    from sft_callbacks.provenance import mixture_history
+    from sft_callbacks.hub.provenance import mixture_history
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -144,7 +144,7 @@ def export_worker(annotated: str, export: str, max_shard_size: str, test_fractio
     import datasets
     import pandas as pd
 
-    from sft_callbacks.publish import curate_annotated, save_curated_dataset
+    from sft_callbacks.hub.publish import curate_annotated, save_curated_dataset
 
     datasets.disable_progress_bars()
     mem = MemorySampler()
@@ -177,7 +177,7 @@ def push_worker(export: str, repo_id: str, max_shard_size: str) -> dict:
     """push + unchanged re-push from the export folder, in a fresh process (what `sft-callbacks push` does)."""
     import datasets
 
-    from sft_callbacks.publish import load_export, push_curated_dataset
+    from sft_callbacks.hub.publish import load_export, push_curated_dataset
 
     datasets.disable_progress_bars()
     mem = MemorySampler()

@@ -82,7 +82,7 @@ def build_weights(n: int) -> tuple[np.ndarray, dict[str, int], tuple[int, int]]:
 
 
 def run(rows: int, draws: int, iter_n: int, lazy_chunk: int, seed: int, repeats: int, try_multinomial: bool) -> dict:
-    from sft_callbacks.sampling import AdaptiveSampler
+    from sft_callbacks.engine.sampling import AdaptiveSampler
 
     import torch  # noqa: F401  (imported by the sampler anyway; counted in the baseline)
 

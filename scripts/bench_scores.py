@@ -192,6 +192,6 @@ def cleanlab_scores(per_domain: dict, n_rows: int) -> tuple[np.ndarray, np.ndarr
 
 def fold_ids(domains, k: int, seed: int) -> np.ndarray:
     """Fold of each row, stratified by domain: the package's own assignment (``out_of_sample_losses`` uses it)."""
-    from sft_callbacks.out_of_sample import fold_assignment
+    from sft_callbacks.curation.out_of_sample import fold_assignment
 
     return fold_assignment(len(domains), k, seed, groups=domains)

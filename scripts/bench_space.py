@@ -93,7 +93,7 @@ def write_export(d: Path, rows: int, shards: int = 4, seed: int = 0) -> Path:
 
 def measure_core(export: str, runs: int) -> dict:
     """In this (fresh) process: cold open + first page, then the other queries; with peak RSS."""
-    from sft_callbacks.space import open_source
+    from sft_callbacks.app import open_source
 
     first, filtered, search, data_map = [], [], [], []
     for _ in range(runs):
@@ -137,7 +137,7 @@ def measure_http(export: Path, runs: int, tmp: Path) -> dict:
     port = _free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_TEMP_DIR": str(tmp / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}  # fmt: skip
-    code = "from sft_callbacks.space import launch; launch(None, port=%d)" % port
+    code = "from sft_callbacks.app import launch; launch(None, port=%d)" % port
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

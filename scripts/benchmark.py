@@ -42,7 +42,7 @@ from bench_scores import (
     score_metrics,
     within_groups,
 )
-from sft_callbacks.compat import checkpointing_off
+from sft_callbacks.engine.compat import checkpointing_off
 
 
 def build_model(args, train, seed):

@@ -7,7 +7,7 @@ and the machine has no trl, datasets, gguf, dill or multiprocess and no SmolLM2.
     python scripts/gpu_evidence.py prepare          # here: wheels into .whl/, the GGUF split into .gpu_a/ .gpu_b/
     bash scripts/gpu_evidence.sh stash .gpu_a        # device call 1 (carry .whl .gpu_a): wheels, part 1, GPU smoke
     bash scripts/gpu_evidence.sh run .gpu_b          # device call 2 (carry .gpu_b), at once: everything into $OUT
-    bash scripts/gpu_evidence.sh run --dry-run --out DIR   # CPU, tiny model: the same path (tests/test_gpu_evidence.py)
+    bash scripts/gpu_evidence.sh run --dry-run --out DIR   # CPU, tiny model: the same path (tests/benchmarks/test_gpu_evidence.py)
 
 ``run`` assembles the parts and checks their sha256, builds the model cache once, measures the overhead ALONE on
 the GPU (``bench_overhead.py``: SmolLM2, bf16 weights, sequence length 1024, batch 16, padding-free, no

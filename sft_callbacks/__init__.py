@@ -1,6 +1,10 @@
 """sft-callbacks: TrainerCallbacks that make TRL SFT learn more from the same data.
 
-Public API (everything else is internal):
+Public API (everything else is internal). The package is layered, each layer importing only those before it
+(docs/ARCHITECTURE.md): ``engine/`` (runs inside ``trainer.train()``: row identity, capture, sampler, weights,
+callback bases), ``policies/`` (the strategies), ``curation/`` and ``hub/`` (after training: curate, publish),
+``app/`` (the preview Space), and on top the CLI, the recipe launcher and the demo.
+
 
 - :class:`TrainingDynamicsCallback`: per-sample loss / accuracy / entropy from the Trainer's own forward passes.
 - :class:`SamplingPolicyCallback`: base class for callbacks that steer which rows are drawn.
@@ -12,8 +16,10 @@ Public API (everything else is internal):
 - Recipes: :func:`run_recipe` (``sft-callbacks sft --config recipe.yaml``: a ``trl sft`` recipe plus callbacks).
 """
 
-from .active_learning import select_for_annotation
-from .augmentation import (
+from . import _moved
+from .curation import CuratedDataset, curate, training_annotations
+from .curation.active_learning import select_for_annotation
+from .curation.augmentation import (
     BackTranslation,
     Paraphrase,
     RandomDeletion,
@@ -23,12 +29,16 @@ from .augmentation import (
     augment,
     augment_hardest,
 )
-from .base import SamplingPolicyCallback, SFTCallback
-from .conflicts import find_conflicts
-from .curation import CuratedDataset, curate, training_annotations
-from .provenance import build_card, build_provenance
-from .publish import PublishError, PushResult, curate_annotated, load_export, push_curated_dataset, save_curated_dataset
-from .preference_pairs import build_preference_pairs
+from .curation.conflicts import find_conflicts
+from .curation.out_of_sample import out_of_sample_losses
+from .curation.preference_pairs import build_preference_pairs
+from .engine.callbacks import SamplingPolicyCallback, SFTCallback
+from .engine.dynamics import TrainingDynamicsCallback, annotate_dataset, dynamics_frame, eval_frame
+from .engine.sampling import AdaptiveSampler
+from .engine.session import PolicyContext
+from .engine.weights import check_weights, combine_weights
+from .hub.provenance import build_card, build_provenance
+from .hub.publish import PublishError, PushResult, curate_annotated, load_export, push_curated_dataset, save_curated_dataset
 from .policies import (
     CurriculumCallback,
     DataMapCallback,
@@ -37,12 +47,9 @@ from .policies import (
     ValidationGuidedResamplingCallback,
     plot_data_map,
 )
-from .dynamics import TrainingDynamicsCallback, annotate_dataset, dynamics_frame, eval_frame
-from .out_of_sample import out_of_sample_losses
 from .policies.noise import NOISE_SCORES, estimate_noise_rate
-from .sampling import AdaptiveSampler
-from .session import PolicyContext
-from .weights import check_weights, combine_weights
+
+_moved.install()  # old module paths (sft_callbacks.tracking, ...) keep working for one release
 
 __version__ = "0.1.0"
 

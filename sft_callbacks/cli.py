@@ -155,7 +155,7 @@ def _split_fractions(values: list[str] | None):
 def _export(args) -> int:
     import datasets
 
-    from .publish import curate_annotated, save_curated_dataset
+    from .hub.publish import curate_annotated, save_curated_dataset
 
     datasets.disable_progress_bars()
     dataset = datasets.load_from_disk(args.annotated)
@@ -178,7 +178,7 @@ def _export(args) -> int:
 
 
 def _push(args) -> int:
-    from .publish import push_curated_dataset
+    from .hub.publish import push_curated_dataset
 
     result = push_curated_dataset(
         args.repo_id, args.directory, private=args.private, revision=args.revision,
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import format_summary, run_demo
-        from .publish import PublishError
+        from .hub.publish import PublishError
 
         try:
             summary = run_demo(
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "preview":
         try:
-            from .space import launch
+            from .app import launch
         except ImportError as e:
             print(f'sft-callbacks preview: {e}; install the app with: pip install "sft-callbacks[space,plot]"',
                   file=sys.stderr)
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         launch(args.source, revision=args.revision, host=args.host, port=args.port)
         return 0
     if args.command in ("export", "push"):
-        from .publish import PublishError
+        from .hub.publish import PublishError
 
         try:
             return _export(args) if args.command == "export" else _push(args)

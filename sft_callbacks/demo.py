@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from .compat import checkpointing_off
+from .engine.compat import checkpointing_off
 
 
 def run_demo(
@@ -50,7 +50,7 @@ def run_demo(
     from trl import SFTConfig, SFTTrainer
 
     from .demo_data import corrupt_answers, load_demo_dataset
-    from .dynamics import TrainingDynamicsCallback, annotate_dataset
+    from .engine.dynamics import TrainingDynamicsCallback, annotate_dataset
     from .policies import (
         CurriculumCallback,
         DataMapCallback,
@@ -207,7 +207,7 @@ def _publish(repo_id: str, private: bool, out: Path, train, trainer, callbacks) 
     """Curate the demo's training set with what the callbacks learnt, export it to ``out/curated``, push it."""
     from .curation import curate
     from .demo_data import _DATA_FILE
-    from .publish import push_curated_dataset, save_curated_dataset
+    from .hub.publish import push_curated_dataset, save_curated_dataset
 
     curated = curate(train, callbacks)  # drops the rows the data map flags as likely mislabeled
     export = save_curated_dataset(

@@ -359,7 +359,7 @@ def load_mixture(mixture, column: str = "dataset"):
 
     Each entry is loaded by TRL's own ``get_dataset`` (so ``columns``, ``split``, ``streaming`` mean what they
     mean there); ``fraction`` and ``test_split_size`` are then applied as TRL applies them to the whole mixture,
-    which ``tests/test_recipe.py`` checks row for row against ``trl.get_dataset``.
+    which ``tests/integrations/test_recipe.py`` checks row for row against ``trl.get_dataset``.
 
     Example::
 
@@ -459,7 +459,7 @@ def curate_after_training(trainer, train, callbacks, options: Mapping) -> Path:
         curate_after_training(trainer, train, callbacks, {"output_dir": "out/curated", "license": "mit"})
     """
     from .curation import curate
-    from .publish import save_curated_dataset
+    from .hub.publish import save_curated_dataset
 
     opts = dict(options)
     curate_keys = ("drop", "group_column", "quotas", "top_k", "score", "ascending", "seed")

@@ -1,6 +1,6 @@
 """Hugging Face Space: preview a dataset curated with sft-callbacks.
 
-Everything lives in ``sft_callbacks.space``; this file only reads the Space's settings:
+Everything lives in ``sft_callbacks.app``; this file only reads the Space's settings:
 
 * ``SFT_DATASET``: the dataset opened when the page loads (a Hub dataset repo id, e.g. ``my-org/curated-sft``);
   the page has a textbox to open another one.
@@ -16,7 +16,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from sft_callbacks.space import build_app, launch_kwargs  # noqa: E402
+from sft_callbacks.app import build_app, launch_kwargs  # noqa: E402
 
 demo = build_app(os.environ.get("SFT_DATASET"), os.environ.get("SFT_DATASET_REVISION"))
 

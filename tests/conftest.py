@@ -14,8 +14,8 @@ import pytest
 from sft_callbacks.demo_data import load_demo_dataset
 from sft_callbacks.models import build_tiny_llama, texts_for_tokenizer, train_tokenizer
 
-from .helpers import sft_rows
-from .hub_server import HubServer
+from .support.helpers import sft_rows
+from .support.hub_server import HubServer
 
 datasets.disable_progress_bars()
 
@@ -43,6 +43,6 @@ def make_model(tokenizer):
 
 @pytest.fixture
 def hub(tmp_path):
-    """A Hub-compatible test server (tests/hub_server.py) on a fresh root; clients go through `run_client`."""
+    """A Hub-compatible test server (tests/support/hub_server.py) on a fresh root; clients go through `run_client`."""
     with HubServer(tmp_path / "hub") as server:
         yield server

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..base import SamplingPolicyCallback
-from ..session import PolicyContext
+from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.session import PolicyContext
 from .groups import (
     floor_shares,
     group_counts,

@@ -4,7 +4,7 @@ Pure functions first (progress -> competence, difficulty -> percentile, percenti
 progress -> stage, groups -> weights), tested on arrays; then :class:`CurriculumCallback`, which computes the
 difficulty once when training begins and, at every sync point, turns the current competence (or stage) into
 sampling weights: 1 for rows the curriculum allows, 0 for the others. A zero excludes the row whatever the
-other active policies say (:func:`~sft_callbacks.weights.combine_weights`), so a curriculum combines with any
+other active policies say (:func:`~sft_callbacks.engine.weights.combine_weights`), so a curriculum combines with any
 reweighting policy: they reweight among the rows it allows.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..base import SamplingPolicyCallback
-from ..sampling import decode_array, encode_array, splitmix64
-from ..scoring import length_difficulty, loss_difficulty
+from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.sampling import decode_array, encode_array, splitmix64
+from ..engine.scoring import length_difficulty, loss_difficulty
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..base import SamplingPolicyCallback
-from ..session import PolicyContext
+from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.session import PolicyContext
 from .noise import DEFAULT_NOISE_SCORE, NOISE_SCORES, estimate_noise_rate, flag_by_score, history_scores, window_of_trust
 
 REGIONS = ("easy-to-learn", "ambiguous", "hard-to-learn")

@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from ..base import SamplingPolicyCallback
+from ..engine.callbacks import SamplingPolicyCallback
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def cap_ratio(weights: np.ndarray, max_ratio: float, groups=None) -> np.ndarray:
     """Cap the ratio of the largest to the smallest positive weight at ``max_ratio``, raising the smallest.
 
     Without ``groups``: weights below ``max(w) / max_ratio`` are raised to it (as
-    :func:`~sft_callbacks.weights.combine_weights` does), then all are scaled to mean 1.
+    :func:`~sft_callbacks.engine.weights.combine_weights` does), then all are scaled to mean 1.
 
     With ``groups`` (one label per weight): the result also keeps mean 1 inside every group (see
     :func:`group_normalise`), so each group keeps its sampling mass exactly. It is the least flattening that

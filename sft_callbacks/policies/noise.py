@@ -1,6 +1,6 @@
 """Which training answers are wrong: suspicion scores read from every sample's visit history.
 
-Pure functions over the tracker's :class:`~sft_callbacks.tracking.VisitLog` (one entry per training forward pass
+Pure functions over the tracker's :class:`~sft_callbacks.engine.tracking.VisitLog` (one entry per training forward pass
 of a sample: step, loss, whole-answer correctness, least likely token, AUM margin). A per-sample loss separates
 wrong answers only in a window of the run: before the model has learnt the task every loss is high (the first
 visits read an untrained model), and once it memorises the wrong answers their loss falls too (Arpit et al.,

@@ -19,8 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..base import SamplingPolicyCallback
-from ..session import PolicyContext
+from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.session import PolicyContext
 from .groups import (
     floor_shares,
     group_counts,

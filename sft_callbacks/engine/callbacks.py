@@ -1,0 +1,267 @@
+"""The base class of every sft-callbacks callback, and the contract a sampling policy implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from .frames import annotate_dataset, dynamics_frame, eval_frame
+from .session import PolicyContext, Session
+
+
+def check_liger(args, at_init: bool = False) -> None:
+    """Refuse ``use_liger_kernel=True`` where Liger's fused linear cross-entropy would replace the LM head.
+
+    That kernel (Liger's default) computes the loss inside the model and returns neither logits nor per-token
+    log-probabilities, so there is nothing per sample to capture. TRL's ``SFTTrainer`` (1.16) turns it off itself
+    (``liger_kernel_config["fused_linear_cross_entropy"] = False``) and keeps its fused LM head: the capture then
+    reads that head's outputs as without Liger. So the plain ``Trainer`` (or a config asking for the fused loss) is
+    refused at construction, with what to change; TRL's ``SFTTrainer`` is allowed. At construction an
+    ``SFTConfig`` is let through (TRL adjusts the config after the callbacks' ``on_init_end``); ``on_train_begin``
+    checks the final config.
+    """
+    if not getattr(args, "use_liger_kernel", False):
+        return
+    if at_init and type(args).__name__ == "SFTConfig":
+        return
+    config = getattr(args, "liger_kernel_config", None) or {}
+    if config.get("fused_linear_cross_entropy", True):
+        raise ValueError(
+            "use_liger_kernel=True with Liger's fused linear cross-entropy (its default) returns neither logits nor "
+            "per-token log-probabilities, so sft-callbacks cannot capture per-sample losses. Use TRL's SFTTrainer "
+            "(it keeps its own fused LM head and turns that kernel off), or pass "
+            "liger_kernel_config={'fused_linear_cross_entropy': False}, or use_liger_kernel=False"
+        )
+
+
+class SFTCallback(TrainerCallback, ExportableState):
+    """A [`~transformers.TrainerCallback`] that joins the trainer's shared sft-callbacks session.
+
+    Every callback of this package derives from it, so that any subset of them, in any order, shares one
+    :class:`~sft_callbacks.engine.tracking.SampleTracker` and one :class:`~sft_callbacks.engine.sampling.AdaptiveSampler`.
+    Its state (and, for the first of our callbacks, the tracker's statistics and the sampler's schedule) is
+    saved in checkpoints through ``ExportableState`` and restored by ``trainer.train(resume_from_checkpoint=...)``.
+
+    After training, :meth:`dynamics` and :meth:`to_dataset` give the per-sample statistics.
+    """
+
+    needs_sampler = False
+    needs_loss_weighting = False
+    publishes_signals = False
+
+    def __init__(self, **config: Any):
+        self._init_kwargs = dict(config)
+        self._session: Session | None = None
+        self._last_state = None
+        self._sft_restore = None
+
+    # -- policy contract (overridden by sampling policies) -----------------------------------------------
+    @property
+    def policy_name(self) -> str:
+        """Name of this policy in logs and checkpoints (class name, ``#k`` for the k-th extra of a class)."""
+        slot = getattr(self, "_policy_slot", 0)
+        return type(self).__name__ if slot == 0 else f"{type(self).__name__}#{slot}"
+
+    def policy_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        """Per-row sampling weights (length ``ctx.num_rows``), or ``None`` to keep the previous ones.
+
+        ``reason`` is ``"step"`` (a periodic sync), ``"evaluate"`` (after an evaluation) or ``"epoch"``.
+        """
+        return None
+
+    def policy_signals(self) -> dict[str, float]:
+        """Signals for other policies (``ctx.signals``), read right after this policy's call.
+
+        Set ``publishes_signals = True`` so the session asks this policy before the others at each sync point.
+        """
+        return {}
+
+    def policy_metrics(self) -> dict[str, float]:
+        """Metrics to log (keys under ``sft/``, e.g. ``{"sft/hard/fraction": 0.3}``) at each logging step."""
+        return {}
+
+    def required_columns(self) -> list[str]:
+        """Columns of the training dataset this callback reads; checked when training begins."""
+        return []
+
+    def policy_loss_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        """Per-sample loss weights (length ``len(ctx.index.keys)``, indexed like ``ctx.stats``) or ``None``.
+
+        Only called when ``needs_loss_weighting`` is True. A weight of 1 leaves a sample's loss unchanged.
+        """
+        return None
+
+    def policy_state(self) -> dict:
+        """JSON-serialisable state of the policy, saved in checkpoints."""
+        return {}
+
+    def load_policy_state(self, state: dict) -> None:
+        """Restore what :meth:`policy_state` returned."""
+
+    # -- events -----------------------------------------------------------------------------------------
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has not been attached to a trainer yet: pass it in "
+                "`callbacks=[...]` of the Trainer / SFTTrainer and call `trainer.train()` first"
+            )
+        return self._session
+
+    def _is_driver(self) -> bool:
+        return self._session is not None and self._session.driver is self
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        check_liger(args, at_init=True)
+        if model is not None:
+            self._session = Session.for_model(model)
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        check_liger(args)
+        self._session = Session.for_model(model)
+        if self._sft_restore is None and state.global_step > 0:
+            self._sft_restore = self._saved_payload(state)
+        self._session.join(self, args, state, model, train_dataloader)
+        self._last_state = state
+        if self._is_driver():
+            self._session.tracker.step = state.global_step + 1
+            self._session.tracker.epoch = int(state.epoch + 1e-9) if state.epoch else 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._is_driver():
+            self._session.begin_policies(state)  # loss weighting without a sampler: before the first forward
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self._is_driver():
+            self._session.tracker.epoch = int(state.epoch + 1e-9) if state.epoch else 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._last_state = state
+        if not self._is_driver():
+            return
+        session = self._session
+        session.tracker.step = state.global_step + 1
+        if (
+            state.global_step % session.sync_every == 0
+            or control.should_log
+            or control.should_evaluate
+            or control.should_save
+            or control.should_training_stop
+            or state.global_step >= state.max_steps
+        ):
+            session.tracker.flush()
+            session.update_policies(state, "step")
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self._is_driver():
+            self._session.tracker.flush()
+            self._session.update_policies(state, "epoch")
+
+    def on_evaluate(self, args, state, control, metrics=None, eval_dataloader=None, **kwargs):
+        self._last_state = state
+        if not self._is_driver():
+            return
+        name = _eval_name(metrics or {})
+        dataset = getattr(eval_dataloader, "dataset", None)
+        import datasets
+
+        if not isinstance(dataset, datasets.Dataset):
+            dataset = None
+        self._session.tracker.flush_eval(dataset, name, state.global_step, args)
+        self._session.update_policies(state, "evaluate")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._is_driver() and logs is not None:
+            self._session.log(logs, state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._is_driver():
+            self._session.tracker.flush()
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def _saved_payload(self, state) -> dict | None:
+        """Our payload in a resumed ``TrainerState`` (loaded from the checkpoint's trainer_state.json).
+
+        Read here rather than relying on ``args.restore_callback_states_from_checkpoint`` (off by default), so
+        resuming always continues the same statistics and index stream.
+        """
+        entry = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(entry, list):
+            same = [m for m in self._session.members if type(m) is type(self)] if self._session else []
+            entry = entry[len(same)] if len(same) < len(entry) else None
+        if not isinstance(entry, dict):
+            return None
+        return (entry.get("attributes") or {}).get("_sft_restore")
+
+    def state(self) -> dict:
+        payload: dict[str, Any] = {"policy": self.policy_state()}
+        if self._is_driver():
+            payload["session"] = self._session.state_dict(self._last_state)
+        # Only JSON-able settings go to trainer_state.json (a callable difficulty, say, cannot).
+        args = {k: v for k, v in self._init_kwargs.items() if _jsonable(v)}
+        return {"args": args, "attributes": {"_sft_restore": payload}}
+
+    # -- results ----------------------------------------------------------------------------------------
+    def dynamics(self):
+        """Per-sample training dynamics as a pandas DataFrame indexed by the row of your training dataset.
+
+        See :func:`sft_callbacks.engine.frames.dynamics_frame` for the columns.
+        """
+        return dynamics_frame(self.session.tracker)
+
+    def eval_dynamics(self, name: str = "eval"):
+        """Per-sample results of the latest evaluation, indexed by the row of your eval dataset.
+
+        Columns ``loss``, ``token_accuracy``, ``step`` (when it ran), ``dropped``. ``name`` is the metric
+        prefix of the evaluation (``"eval"``, or ``"eval_<key>"`` for a dict of eval datasets).
+        """
+        return eval_frame(self.session.tracker, name)
+
+    def to_dataset(self, dataset):
+        """Your training ``dataset`` with the training-dynamics columns added (same rows, same order)."""
+        return annotate_dataset(dataset, self.dynamics())
+
+
+def _jsonable(value) -> bool:
+    import json
+
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _eval_name(metrics: dict) -> str:
+    for key in metrics:
+        if key.endswith("_loss") and key.startswith("eval"):
+            return key[: -len("_loss")]
+    return "eval"
+
+
+class SamplingPolicyCallback(SFTCallback):
+    """Base class for a callback that steers which training rows are drawn.
+
+    Subclass it and implement :meth:`compute_weights`; the session calls it at every sync point (every
+    ``sync_every`` steps, when the Trainer logs, evaluates or saves, and at epoch ends), multiplies the weights of
+    all active policies, caps the max/min ratio and schedules the result on the sampler. The new weights are
+    drawn from at most ``lag`` micro-batches later (see README, "When do new weights take effect").
+
+    Example:
+        >>> class PreferShort(SamplingPolicyCallback):
+        ...     def compute_weights(self, ctx, reason):
+        ...         lengths = np.asarray(ctx.dataset["input_ids"], dtype=object)
+        ...         return 1.0 / np.array([len(x) for x in lengths], dtype=float)
+    """
+
+    needs_sampler = True
+
+    def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        """Per-row weights (length ``ctx.num_rows``) or ``None`` to keep the previous ones."""
+        raise NotImplementedError
+
+    def policy_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        return self.compute_weights(ctx, reason)

@@ -1,0 +1,9 @@
+"""Publishing a curated dataset: the provenance record and dataset card (:mod:`.provenance`), and saving,
+pushing and loading an export with ``huggingface_hub`` (:mod:`.publish`). May import ``engine``, ``policies``
+and ``curation``."""
+
+from .provenance import build_card, build_provenance
+from .publish import PublishError, PushResult, curate_annotated, load_export, push_curated_dataset, save_curated_dataset
+
+__all__ = ["PublishError", "PushResult", "build_card", "build_provenance", "curate_annotated", "load_export",
+           "push_curated_dataset", "save_curated_dataset"]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Tests of the benchmark scripts in scripts/ (tiny models, a few steps)."""

@@ -1,0 +1,214 @@
+"""The evidence benchmark's code path (scripts/benchmark.py evidence) on the tiny model, in seconds.
+
+The real run (SmolLM2, every arm x 3 seeds) is a benchmark, not a test; this runs the same functions end to end on
+a random 2-layer Llama and a twentieth of the benchmark data, and checks the statistics on arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import bench_evidence  # noqa: E402
+import benchmark  # noqa: E402
+
+
+def test_normalise_answer_ignores_trivial_format():
+    n = bench_evidence.normalise_answer
+    assert n(" Spanish.\n") == n("spanish") == n('"Spanish"') == n("SPANISH!")
+    assert n("positive\nbecause ...") == "positive"
+    assert n("not sarcastic") != n("sarcastic")
+
+
+def test_score_answers_counts_format_failures_apart():
+    labels = {"a": ["yes", "no"], "b": ["English", "Dutch"]}
+    out = bench_evidence.score_answers(["Yes.", "maybe", "dutch", "English"], ["yes", "no", "Dutch", "Dutch"],
+                                       ["a", "a", "b", "b"], labels)
+    assert out["exact_match_by_domain"] == {"a": 0.5, "b": 0.5}
+    assert out["format_failures_by_domain"] == {"a": 0.5, "b": 0.0}  # "maybe" is not an answer of domain a
+    assert out["exact_match"] == 0.5 and out["format_failures"] == 0.25
+
+
+def test_best_constant_is_the_strongest_constant_on_the_rows():
+    out = bench_evidence.best_constant(["x", "y", "y", "z", "z", "z"], ["d", "d", "d", "e", "e", "e"])
+    assert out["d"] == {"answer": "y", "test_accuracy": pytest.approx(2 / 3)}
+    assert out["e"] == {"answer": "z", "test_accuracy": 1.0}
+
+
+def test_mean_ci_is_a_t_interval():
+    c = bench_evidence.mean_ci([1.0, 2.0, 3.0])
+    half = 4.303 * 1.0 / np.sqrt(3)  # t(0.975, 2 dof) * sd / sqrt(n)
+    assert c["mean"] == 2.0 and c["n"] == 3
+    assert c["lo"] == pytest.approx(2.0 - half) and c["hi"] == pytest.approx(2.0 + half)
+    assert np.isnan(bench_evidence.mean_ci([5.0])["lo"])
+    assert bench_evidence.mean_ci([None, float("nan")])["n"] == 0
+
+
+def test_steps_to_reach_takes_the_first_evaluation_at_or_below():
+    curve = [{"step": 10, "target_loss": 2.0}, {"step": 20, "target_loss": 1.0}, {"step": 30, "target_loss": 0.9}]
+    assert bench_evidence.steps_to_reach(curve, 1.0) == 20
+    assert bench_evidence.steps_to_reach(curve, 0.5) is None
+
+
+def test_paired_summary_differences_are_per_seed():
+    def run(arm, seed, loss, em):
+        return {"arm": arm, "seed": seed, "exact_match": em, "exact_match_by_domain": {"d": em},
+                "curve": [{"step": 5, "target_loss": loss + 1, "domain_loss": {"d": loss + 1}},
+                          {"step": 10, "target_loss": loss, "domain_loss": {"d": loss}}]}
+
+    runs = [run("uniform", 0, 1.0, 0.5), run("uniform", 1, 2.0, 0.6),
+            run("static_target", 0, 0.8, 0.6), run("static_target", 1, 1.9, 0.6),
+            run("all", 0, 1.5, 0.4), run("all", 1, 2.5, 0.5)]
+    s = bench_evidence.paired_summary(runs, ["uniform", "static_target", "all"], [0, 1])
+    assert s["static_target"]["vs_uniform"]["target_loss"]["mean"] == pytest.approx(-0.15)  # (-0.2 - 0.1) / 2
+    assert s["all"]["vs_static_target"]["target_loss"]["mean"] == pytest.approx(0.65)  # (0.7 + 0.6) / 2
+    assert s["uniform"]["vs_uniform"]["exact_match"]["mean"] == 0.0
+    assert s["static_target"]["steps_to_uniform_final"] == [10, 10]
+    assert s["all"]["steps_to_uniform_final"] == [None, None]  # never reached the same seed's uniform final loss
+
+
+def test_merge_reports_pools_runs_and_refuses_mismatches(tmp_path):
+    def run(arm, seed, loss):
+        return {"arm": arm, "seed": seed, "exact_match": 0.5, "exact_match_by_domain": {"d": 0.5},
+                "format_failures_by_domain": {"d": 0.0}, "drawn_shares": {"d": 1.0},
+                "curve": [{"step": 10, "target_loss": loss, "domain_loss": {"d": loss}}]}
+
+    cfg = {"model": "smollm2", "steps": 10, "eval_steps": 10, "seeds": [0], "arms": ["uniform", "static_target"],
+           "workdir": "a", "threads": None, "cv_folds": 2}
+    first = {"config": cfg, "runs": [run("uniform", 0, 1.0), run("static_target", 0, 0.8)], "commit": "abc",
+             "noise": {"methods": {}, "flags": {}}, "total_seconds": 60.0, "command": "one"}
+    second = {"config": {**cfg, "seeds": [0, 1], "arms": ["uniform", "static_target", "validation"], "cv_folds": 0},
+              "runs": [run("uniform", 0, 1.0), run("uniform", 1, 2.0), run("static_target", 1, 1.5),
+                       run("validation", 0, 0.7), run("validation", 1, 1.4)],
+              "commit": "def", "noise": None, "total_seconds": 30.0, "command": "two"}
+    merged = bench_evidence.merge_reports([first, second])
+    assert len(merged["runs"]) == 6 and merged["config"]["seeds"] == [0, 1]
+    assert merged["config"]["arms"] == ["uniform", "static_target", "validation"]
+    assert merged["summary"]["validation"]["vs_static_target"]["target_loss"]["mean"] == pytest.approx(-0.1)
+    assert merged["commit"] == "abc, def" and merged["total_seconds"] == 90.0 and merged["noise"] == {"methods": {}, "flags": {}}
+    with pytest.raises(ValueError, match="different results"):
+        bench_evidence.merge_reports([first, {**second, "runs": [run("uniform", 0, 1.5)]}])
+    with pytest.raises(ValueError, match=r"differ in \['steps'\]"):
+        bench_evidence.merge_reports([first, {**second, "config": {**second["config"], "steps": 20}}])
+    # The command-line entry writes the pooled report and its tables.
+    paths = []
+    for i, rep in enumerate((first, second)):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps({**rep, "data": _fake_data()}))
+    out, md = tmp_path / "m.json", tmp_path / "m.md"
+    assert benchmark.main(["evidence-merge", *map(str, paths), "--out", str(out), "--markdown", str(md)]) == 0
+    assert json.loads(out.read_text())["summary"]["validation"]["seeds"] == [0, 1]
+    assert "| validation |" in md.read_text()
+
+
+def _fake_data():
+    return {"target_shares": {"d": 1.0}, "train_shares": {"d": 1.0}, "noise_rate": 0.2, "noise_rates": {"d": 0.2},
+            "majority": {"d": {"answer": "x", "test_accuracy": 0.3}}, "labels": {"d": ["x", "y"]}, "corrupted": 1}
+
+
+def test_evidence_benchmark_runs_end_to_end_on_the_tiny_model(tmp_path):
+    out, md = tmp_path / "evidence.json", tmp_path / "evidence.md"
+    rc = benchmark.main(["evidence", "--model", "tiny", "--steps", "12", "--batch-size", "8", "--eval-steps", "4",
+                         "--seeds", "0", "1", "--arms", "uniform", "static_target", "all", "--cv-folds", "2",
+                         "--workdir", str(tmp_path / "runs"), "--out", str(out), "--markdown", str(md),
+                         "--plots", str(tmp_path / "plots")])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python scripts/benchmark.py evidence")
+    assert report["versions"]["trl"] and report["hardware"]
+    assert {(r["arm"], r["seed"]) for r in report["runs"]} == {(a, s) for a in ("uniform", "static_target", "all")
+                                                               for s in (0, 1)}
+    data = report["data"]
+    assert data["corrupted"] == round(0.2 * data["train_rows"])
+    target, train_shares = data["target_shares"], data["train_shares"]
+    for r in report["runs"]:
+        assert [p["step"] for p in r["curve"]] == [4, 8, 12]
+        for p in r["curve"]:
+            losses = list(p["domain_loss"].values())
+            assert min(losses) - 1e-9 <= p["target_loss"] <= max(losses) + 1e-9  # a weighted mean of the domains'
+            assert sum(p["drawn_since_last_eval"].values()) == pytest.approx(1.0)
+        assert sum(r["drawn_shares"].values()) == pytest.approx(1.0)
+        assert 0.0 <= r["exact_match"] <= 1.0
+    # The static target mixture draws closer to the target than uniform does (the train mix is far from it).
+    def dist(r):
+        return sum(abs(r["drawn_shares"][d] - target[d]) for d in target)
+
+    for seed in (0, 1):
+        by = {r["arm"]: r for r in report["runs"] if r["seed"] == seed}
+        assert dist(by["static_target"]) < dist(by["uniform"])
+        assert sum(abs(by["uniform"]["drawn_shares"][d] - train_shares[d]) for d in target) < 0.25
+    summary = report["summary"]
+    assert summary["uniform"]["vs_uniform"]["target_loss"]["mean"] == 0.0
+    assert summary["all"]["vs_static_target"]["target_loss"]["n"] == 2
+    noise = report["noise"]
+    assert {"loss_first", "loss_last", "1 - token_accuracy_mean"} <= set(noise["methods"])
+    for by in noise["methods"].values():
+        assert set(by) == set(target)
+    assert noise["cleanlab"]["folds"] == 2 and set(noise["cleanlab"]["by_domain"]) == set(target)
+    text = md.read_text()
+    assert "target val loss" in text and "Noise section" in text and "cleanlab, 2-fold out-of-sample" in text
+    assert (tmp_path / "plots" / "evidence_target_loss.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "evidence_mixture.png").stat().st_size > 0
+
+
+def test_load_benchmark_dataset_splits_mixes_and_bad_split():
+    from sft_callbacks.demo_data import load_benchmark_dataset
+
+    train, val = load_benchmark_dataset("train"), load_benchmark_dataset("validation")
+    assert len(train) == 1200 and len(val) == 160 and len(load_benchmark_dataset("test")) == 300
+    shares = lambda ds: {d: ds["domain"].count(d) / len(ds) for d in set(ds["domain"])}  # noqa: E731
+    assert shares(train)["language"] > 3 * shares(val)["language"]  # the easiest domain: over-represented
+    assert shares(train)["topic"] < shares(val)["topic"] / 2  # the 10-label domain: under-represented
+    assert set(train[0]) >= {"prompt", "completion", "domain", "answer", "split", "source"}
+    assert train[0]["prompt"][0]["role"] == "system"  # replaces SmolLM2's default system prompt
+    with pytest.raises(ValueError, match="unknown benchmark split 'dev'"):
+        load_benchmark_dataset("dev")
+
+
+def test_validation_candidate_arms_parse_and_unknown_arms_are_refused():
+    assert bench_evidence.validation_candidate("validation:exp3@3") == {"method": "exp3", "learning_rate": 3.0}
+    assert bench_evidence.validation_candidate("validation:aioli") == {"method": "aioli"}
+    assert all(bench_evidence.is_arm(a) for a in bench_evidence.ARMS + bench_evidence.VALIDATION_CANDIDATES)
+    assert not bench_evidence.is_arm("validation:greedy") and not bench_evidence.is_arm("validation:exp3@fast")
+    (cb,) = bench_evidence.make_policies("validation:scaling@0.25", {"d": 1.0})
+    assert cb.method == "scaling" and cb.learning_rate == 0.25
+    with pytest.raises(SystemExit):
+        benchmark.main(["evidence", "--arms", "uniform", "validation:greedy"])
+
+
+def test_evidence_noise_benchmark_and_merge_run_on_the_tiny_model(tmp_path):
+    reports = []
+    for seed in (0, 1):
+        out, md = tmp_path / f"noise{seed}.json", tmp_path / f"noise{seed}.md"
+        rc = benchmark.main(["evidence-noise", "--model", "tiny", "--epochs", "2", "--seeds", str(seed),
+                             "--workdir", str(tmp_path / "runs"), "--out", str(out), "--markdown", str(md)])
+        assert rc == 0
+        reports.append(out)
+    report = json.loads(reports[0].read_text())
+    domains = report["data"]["domains"]
+    entry = report["per_seed"]["0"]
+    from sft_callbacks import NOISE_SCORES
+
+    assert set(entry["scores"]) == set(NOISE_SCORES)
+    for by in (*entry["scores"].values(), entry["cleanlab"]):
+        assert set(by) == set(domains) and all(0.0 <= by[d]["auroc"] <= 1.0 or np.isnan(by[d]["auroc"])
+                                               for d in domains)
+    assert set(entry["flags"]) == set(domains) and set(entry["test_em"]) == set(domains)
+    assert report["visits_bytes_per_row"][0] == pytest.approx(15 * 2, rel=0.05)  # two epochs: ~2 visits a row
+    assert set(report["targets"]["vs_cleanlab"]["0"]) == set(domains)
+    merged_md = tmp_path / "merged.md"
+    assert benchmark.main(["evidence-noise-merge", *map(str, reports), "--out", str(tmp_path / "merged.json"),
+                           "--markdown", str(merged_md)]) == 0
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert sorted(merged["per_seed"]) == ["0", "1"] and merged["config"]["seeds"] == [0, 1]
+    assert merged["pooled"]["loss_first"][domains[0]]["auroc"]["n"] == 2
+    assert "cleanlab (out-of-sample)" in merged_md.read_text()
+    with pytest.raises(ValueError, match="two reports"):
+        benchmark.main(["evidence-noise-merge", str(reports[0]), str(reports[0]), "--out", str(tmp_path / "x.json")])

@@ -1,0 +1,1 @@
+"""Tests of sft_callbacks/engine/."""

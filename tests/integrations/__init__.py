@@ -1,0 +1,1 @@
+"""Tests of how users train with the callbacks: recipes, two processes, DeepSpeed, FSDP, LoRA, the examples."""
