@@ -325,6 +325,7 @@ class SampleTracker:
         self._model = None
         self._loss_weights: np.ndarray | None = None
         self._loss_tables: dict = {}
+        self._loss_terms: list = []
         self.eval_results: dict[str, dict] = {}
         self._eval_indices: dict[str, tuple] = {}
         self.visits = VisitLog()
@@ -353,8 +354,10 @@ class SampleTracker:
         keys, floats, to_tokens = record
         if module.training:
             self._pending.append((keys, floats, self.step, self.epoch))
-            if self._loss_weights is not None:
-                return self._weight_loss(kwargs, output, to_tokens(self._sample_weights(keys)))
+            weights = to_tokens(self._sample_weights(keys)) if self._loss_weights is not None else None
+            extra = self._extra_loss(kwargs, output, keys)
+            if weights is not None or extra is not None:
+                return self._adjust_loss(kwargs, output, weights, None if extra is None else to_tokens(extra))
         else:
             self._eval_pending.append((keys, floats, self.step, self.epoch))
         return None
@@ -479,22 +482,60 @@ class SampleTracker:
         pos = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
         return torch.where(sorted_keys[pos] == keys, weights[pos], torch.ones_like(weights[pos]))
 
+    def add_loss_term(self, term) -> None:
+        """Add a per-sequence term to the training loss, from the next training forward.
+
+        ``term(kwargs, output, keys)`` is called inside the forward hook of every training micro-batch, with grad
+        enabled, with the forward's keyword arguments, its output and the sequences' content keys; it returns a
+        float tensor of one value per sequence (or ``None`` to add nothing). Each sequence's value is added to the
+        loss of each of its trained tokens, so the Trainer's own normalisation (token sum over the whole optimizer
+        step, across gradient accumulation and processes) applies to it unchanged: the step's objective gains the
+        token-weighted mean of the values.
+        """
+        if term not in self._loss_terms:
+            self._loss_terms.append(term)
+
+    def remove_loss_term(self, term) -> None:
+        """Stop adding ``term`` (see :meth:`add_loss_term`)."""
+        if term in self._loss_terms:
+            self._loss_terms.remove(term)
+
+    def _extra_loss(self, kwargs, output, keys: torch.Tensor) -> torch.Tensor | None:
+        total = None
+        for term in self._loss_terms:
+            value = term(kwargs, output, keys)
+            if value is not None:
+                value = value.float()
+                total = value if total is None else total + value
+        return total
+
     @staticmethod
-    def _weight_loss(kwargs, output, token_weights: torch.Tensor):
+    def _adjust_loss(kwargs, output, token_weights: torch.Tensor | None, token_extra: torch.Tensor | None):
+        """Scale each token's loss by ``token_weights`` and add ``token_extra`` to it, inside the output the
+        Trainer computes its loss from."""
         log_probs = getattr(output, "log_probs", None)
         if log_probs is not None:
             # TRL's SFTTrainer computes its loss from these: -(log_probs).sum() / num_items_in_batch.
-            output.log_probs = log_probs * token_weights.to(log_probs.dtype)
+            if token_weights is not None:
+                log_probs = log_probs * token_weights.to(log_probs.dtype)
+            if token_extra is not None:
+                log_probs = log_probs - token_extra.to(log_probs.dtype) * output.label_mask.to(log_probs.dtype)
+            output.log_probs = log_probs
             return output
         logits, labels = output.logits, kwargs["labels"]
         target = labels[:, 1:]
-        nll = F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
-        ).view(target.shape)
+        mask = target != -100
         n_items = kwargs.get("num_items_in_batch")
-        denom = n_items if n_items is not None else (target != -100).sum()
-        # The transformers causal-LM loss: summed token NLL over the step's label-token count.
-        output.loss = (nll * token_weights).sum() / denom
+        denom = n_items if n_items is not None else mask.sum()
+        if token_weights is not None:
+            nll = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                reduction="none",
+            ).view(target.shape)
+            # The transformers causal-LM loss: summed token NLL over the step's label-token count.
+            output.loss = (nll * token_weights).sum() / denom
+        if token_extra is not None:
+            output.loss = output.loss + (token_extra * mask).sum() / denom
         return output
 
     # -- indexing ------------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ the unweighted losses, and the loss the Trainer should log per optimizer step.""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from sft_callbacks import SFTCallback
-from sft_callbacks.engine.row_keys import padded_keys
+from sft_callbacks.engine.row_keys import padded_keys, segment_ids, segment_keys
 
 
 class WeightByRow(SFTCallback):
@@ -33,16 +34,30 @@ def step_losses(trainer) -> list[float]:
 
 
 def record_micro_batches(model, dynamics) -> list:
-    """Per training micro-batch ``(unweighted NLL sums, token counts, uids)``, read from the fused head's outputs by
-    a forward hook on ``model``; register it before training so it runs before our hook scales them."""
+    """Per training micro-batch ``(unweighted NLL sums, token counts, uids)`` per sequence, read from the fused
+    head's outputs by a forward hook on ``model`` (padded or padding-free batches); register it before training
+    so it runs before our hook changes them."""
     seen = []
 
     def record(module, args, kwargs, output):
         if module.training:
-            mask = output.label_mask
-            keys = padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs["attention_mask"]).numpy()
+            mask = output.label_mask.float()
+            nll = -output.log_probs.detach().float() * mask
+            if kwargs.get("attention_mask") is None and kwargs.get("position_ids") is not None:
+                position_ids = kwargs["position_ids"]
+                n = int((position_ids[0] == 0).sum())
+                keys = segment_keys(kwargs["input_ids"], kwargs["labels"], position_ids, n).numpy()
+                seg = segment_ids(position_ids)[-nll.shape[1]:]  # the shifted tokens' sequences
+
+                def per_seq(x):
+                    return torch.zeros(n).index_add_(0, seg, x[0]).numpy()
+            else:
+                keys = padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs["attention_mask"]).numpy()
+
+                def per_seq(x):
+                    return x.sum(1).numpy()
             uid = dynamics.session.tracker.index.lookup(keys.view(np.uint64))
-            seen.append(((-output.log_probs.detach() * mask).sum(1).numpy(), mask.sum(1).numpy(), uid))
+            seen.append((per_seq(nll), per_seq(mask), uid))
 
     model.register_forward_hook(record, with_kwargs=True)
     return seen

@@ -1,0 +1,238 @@
+"""DomainAdaptationCallback: a domain-adversarial or MMD regulariser on one decoder layer's representations, added
+to the Trainer's own loss in the same backward pass."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..engine.callbacks import SFTCallback
+from ..engine.sampling import decode_array, encode_array
+from .domain import DomainHead, adversarial_losses, gaussian_mmd2, packed_segments, padded_segments, sequence_means
+from .groups import group_ids, uid_groups
+
+METHODS = ("adversarial", "mmd")
+HEAD_NAME = "sft_domain_head"  # the head's attribute on the model (left out of every save)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder layers of a causal LM (also under a peft wrapper): ``model.model.layers`` in transformers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise ValueError(f"DomainAdaptationCallback: cannot find the decoder layers of {type(base).__name__} "
+                         "(expected model.get_decoder().layers, as in transformers' causal LMs)")
+    return layers
+
+
+def dann_schedule(progress: float) -> float:
+    """The reversal strength of Ganin et al. (2016) at training progress ``progress`` in [0, 1]:
+    ``2 / (1 + exp(-10 p)) - 1``, from 0 to about 1, so the domain head learns before it pushes back.
+
+    Example:
+        >>> round(dann_schedule(0.0), 3), round(dann_schedule(1.0), 3)
+        (0.0, 1.0)
+    """
+    return 2.0 / (1.0 + math.exp(-10.0 * min(max(progress, 0.0), 1.0))) - 1.0
+
+
+class DomainAdaptationCallback(SFTCallback):
+    """Makes a decoder layer's sequence representations of the source groups indistinguishable from the target
+    group's, while training on the Trainer's own loss.
+
+    Each training micro-batch's hidden states after decoder layer ``layer`` (a forward hook on that layer: no
+    ``output_hidden_states`` copy of every layer) are mean-pooled over each sequence's tokens. Then either
+
+    * ``method="adversarial"`` (Ganin et al., 2016): a two-layer domain head classifies each sequence as target
+      or source through a gradient-reversal layer; the head learns to tell them apart, the model to hide the
+      difference. The reversal strength ramps up with :func:`dann_schedule` after ``warmup``.
+    * ``method="mmd"`` (Long et al., 2015): the squared maximum mean discrepancy between the micro-batch's
+      source and target representations (Gaussian kernels at 0.5, 1 and 2 times the median distance).
+
+    The regulariser's value for each sequence, times ``weight``, is added to the loss of each of its trained
+    tokens inside the forward's output, so the Trainer's own normalisation (tokens of the whole optimizer step,
+    across gradient accumulation and processes) applies to it exactly, and the logged ``loss`` includes it.
+    The domain head is a submodule of your model (so the Trainer's optimizer trains it and DDP synchronises
+    it), excluded from every ``save_pretrained``; its weights travel in the checkpoint's callback state.
+
+    Per-step cost: the pooling (one ``index_add`` over the layer's output) and, per micro-batch, a
+    ``(B, hidden) x (hidden, 256)`` head or a ``B x B`` kernel matrix; no host synchronisation.
+
+    Args:
+        group_column (`str`): the training dataset's column naming each row's domain.
+        target_group: the value of ``group_column`` for the domain the model will serve.
+        method (`str`, defaults to ``"adversarial"``): ``"adversarial"`` or ``"mmd"``.
+        layer (`int`, defaults to -1): which decoder layer's output to pool (negative counts from the end).
+        weight (`float`, defaults to 0.1): the regulariser's weight in the loss.
+        warmup (`float`, defaults to 0.1): fraction of training (or, if >= 1, optimizer steps) before the
+            regulariser pushes on the model; the adversarial head trains from the start.
+        head_hidden (`int`, defaults to 256): the domain head's hidden width.
+
+    Example:
+        >>> cb = DomainAdaptationCallback(group_column="domain", target_group="medical")  # doctest: +SKIP
+        >>> SFTTrainer(..., callbacks=[TrainingDynamicsCallback(), cb]).train()  # doctest: +SKIP
+    """
+
+    def __init__(self, group_column: str, target_group, *, method: str = "adversarial", layer: int = -1,
+                 weight: float = 0.1, warmup: float = 0.1, head_hidden: int = 256):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if not (isinstance(weight, (int, float)) and weight >= 0 and math.isfinite(weight)):
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        if not (isinstance(warmup, (int, float)) and warmup >= 0):
+            raise ValueError(f"warmup must be >= 0 (a fraction of training, or steps if >= 1), got {warmup!r}")
+        super().__init__(group_column=group_column, target_group=target_group, method=method, layer=layer,
+                         weight=weight, warmup=warmup, head_hidden=head_hidden)
+        self.group_column, self.target_group, self.method = group_column, target_group, method
+        self.layer, self.weight, self.warmup, self.head_hidden = layer, float(weight), warmup, head_hidden
+        self.head: DomainHead | None = None
+        self._hidden: torch.Tensor | None = None
+        self._layer_handle = None
+        self._is_target: np.ndarray | None = None
+        self._tables: dict = {}
+        self._strength = 0.0
+        self._sums = {"aux": 0.0, "correct": 0.0, "seen": 0.0, "batches": 0.0}
+        self._saved_head = None
+
+    def required_columns(self) -> list[str]:
+        return [self.group_column]
+
+    # -- attach -------------------------------------------------------------------------------------------
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        super().on_init_end(args, state, control, model=model, **kwargs)
+        if model is not None:
+            self._attach(model)
+
+    def _attach(self, model) -> None:
+        layers = decoder_layers(model)
+        if not -len(layers) <= self.layer < len(layers):
+            raise ValueError(f"layer={self.layer} but the model has {len(layers)} decoder layers")
+        if self._layer_handle is not None:
+            self._layer_handle.remove()
+        self._layer_handle = layers[self.layer].register_forward_hook(self._keep_hidden)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if self.method == "adversarial" and getattr(base, HEAD_NAME, None) is None:
+            # Before the Trainer builds its optimizer (in train()): as a submodule the head reaches it.
+            param = next(base.parameters())
+            self.head = DomainHead(base.config.hidden_size, 2, hidden=self.head_hidden).to(param.device)
+            base.add_module(HEAD_NAME, self.head)
+            names = {f"{HEAD_NAME}.{n}" for n, _ in self.head.named_parameters()}
+            base._keys_to_ignore_on_save = set(base._keys_to_ignore_on_save or ()) | names
+        elif self.method == "adversarial":
+            self.head = getattr(base, HEAD_NAME)
+        if self._saved_head is not None and self.head is not None:
+            self._load_head(self._saved_head)
+
+    def _keep_hidden(self, module, args, output):
+        if module.training:
+            self._hidden = output[0] if isinstance(output, tuple) else output
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, optimizer=optimizer, **kwargs)
+        if self.head is not None and optimizer is not None:
+            in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            if not all(id(p) in in_optimizer for p in self.head.parameters()):
+                raise ValueError("DomainAdaptationCallback(method='adversarial'): the domain head's parameters are "
+                                 "not in the optimizer. Let the Trainer build it (no `optimizers=` argument), or "
+                                 "use method='mmd', which has no parameters")
+        values = self.session.columns[self.group_column]
+        ids, names = group_ids(values)
+        target = str(self.target_group)
+        if target not in names:
+            raise ValueError(f"DomainAdaptationCallback: target_group {self.target_group!r} is not a value of "
+                             f"column {self.group_column!r} (values: {names[:20]})")
+        if len(names) < 2:
+            raise ValueError(f"DomainAdaptationCallback: column {self.group_column!r} has only the target group; "
+                             "domain adaptation needs source rows too")
+        index = self.session.tracker.index
+        is_target = (ids == names.index(target)).astype(np.int64)
+        self._is_target = uid_groups(is_target, index.seq_uid, index.seq_row, len(index.keys))
+        self._tables = {}
+        self._max_steps = max(1, state.max_steps)
+        self.session.tracker.add_loss_term(self._loss_term)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        super().on_step_begin(args, state, control, **kwargs)
+        warm = self.warmup if self.warmup >= 1 else self.warmup * self._max_steps
+        progress = (state.global_step - warm) / max(1.0, self._max_steps - warm)
+        self._strength = 0.0 if state.global_step < warm else (
+            dann_schedule(progress) if self.method == "adversarial" else 1.0)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._session is not None:
+            self.session.tracker.remove_loss_term(self._loss_term)
+        super().on_train_end(args, state, control, **kwargs)
+
+    # -- the loss term ------------------------------------------------------------------------------------
+    def _targets(self, keys: torch.Tensor) -> torch.Tensor:
+        """Per sequence: 1 target, 0 source, -1 unknown (a row not in the training set)."""
+        table = self._tables.get(keys.device)
+        if table is None:
+            signed = self.session.tracker.index.keys.view(np.int64)
+            order = np.argsort(signed, kind="stable")
+            table = (torch.from_numpy(signed[order].copy()).to(keys.device),
+                     torch.from_numpy(self._is_target[order].astype(np.int64)).to(keys.device))
+            self._tables[keys.device] = table
+        sorted_keys, is_target = table
+        pos = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
+        return torch.where(sorted_keys[pos] == keys, is_target[pos], torch.full_like(pos, -1))
+
+    def _loss_term(self, kwargs, output, keys: torch.Tensor) -> torch.Tensor | None:
+        hidden, self._hidden = self._hidden, None
+        if hidden is None:
+            return None
+        attention_mask, position_ids = kwargs.get("attention_mask"), kwargs.get("position_ids")
+        if attention_mask is None and position_ids is not None and hidden.shape[0] == 1:
+            segments, n = packed_segments(position_ids)
+        else:
+            segments, n = padded_segments(attention_mask, hidden.shape[:2])
+        if n != keys.numel():
+            return None  # a batch layout the capture does not read either (counted there as unmatched)
+        pooled = sequence_means(hidden, segments, n)
+        domain = self._targets(keys)
+        known = domain >= 0
+        if self.method == "adversarial":
+            # Always through the head (times 0 before the warmup ends): every process uses its parameters in
+            # every step, as DDP requires, and the head learns the domains from the start.
+            losses, correct = adversarial_losses(pooled, domain.clamp(min=0), self.head, strength=self._strength)
+            per_seq = losses * known
+            self._sums["correct"] += float(correct[known].sum()) if known.any() else 0.0
+            self._sums["seen"] += float(known.sum())
+            # The head's own loss trains it at full weight; the reversal scales what reaches the model.
+            scale = self.weight
+        else:
+            mmd = gaussian_mmd2(pooled[known & (domain == 0)], pooled[known & (domain == 1)])
+            per_seq = mmd.expand(n)
+            scale = self.weight * self._strength
+        self._sums["aux"] += float(per_seq.detach().mean()) if n else 0.0
+        self._sums["batches"] += 1
+        return scale * per_seq
+
+    # -- logging and checkpoints --------------------------------------------------------------------------
+    def policy_metrics(self) -> dict[str, float]:
+        s, out = self._sums, {}
+        if s["batches"]:
+            out["sft/domain/aux_loss"] = s["aux"] / s["batches"]
+            out["sft/domain/strength"] = self._strength
+        if s["seen"]:
+            out["sft/domain/head_accuracy"] = s["correct"] / s["seen"]
+        self._sums = dict.fromkeys(s, 0.0)
+        return out
+
+    def policy_state(self) -> dict:
+        if self.head is None:
+            return {}
+        return {"head": {k: encode_array(v.detach().cpu().float().numpy()) for k, v in self.head.state_dict().items()}}
+
+    def load_policy_state(self, state: dict) -> None:
+        if state.get("head"):
+            self._saved_head = state["head"]
+            if self.head is not None:
+                self._load_head(self._saved_head)
+
+    def _load_head(self, arrays: dict) -> None:
+        device = next(self.head.parameters()).device
+        self.head.load_state_dict({k: torch.from_numpy(decode_array(v)).to(device) for k, v in arrays.items()})
