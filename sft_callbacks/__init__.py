@@ -42,6 +42,7 @@ from .hub.publish import PublishError, PushResult, curate_annotated, load_export
 from .policies import (
     CurriculumCallback,
     DataMapCallback,
+    DomainAdaptationCallback,
     GroupBalanceCallback,
     HardExampleMiningCallback,
     ValidationGuidedResamplingCallback,
@@ -89,6 +90,7 @@ __all__ = [
     "save_curated_dataset",
     "CurriculumCallback",
     "DataMapCallback",
+    "DomainAdaptationCallback",
     "GroupBalanceCallback",
     "HardExampleMiningCallback",
     "ValidationGuidedResamplingCallback",

@@ -96,6 +96,8 @@ class DomainAdaptationCallback(SFTCallback):
         self._strength = 0.0
         self._sums = {"aux": 0.0, "correct": 0.0, "seen": 0.0, "batches": 0.0}
         self._saved_head = None
+        self._capture_eval = False
+        self._model = None
 
     def required_columns(self) -> list[str]:
         return [self.group_column]
@@ -107,6 +109,7 @@ class DomainAdaptationCallback(SFTCallback):
             self._attach(model)
 
     def _attach(self, model) -> None:
+        self._model = model
         layers = decoder_layers(model)
         if not -len(layers) <= self.layer < len(layers):
             raise ValueError(f"layer={self.layer} but the model has {len(layers)} decoder layers")
@@ -127,7 +130,7 @@ class DomainAdaptationCallback(SFTCallback):
             self._load_head(self._saved_head)
 
     def _keep_hidden(self, module, args, output):
-        if module.training:
+        if module.training or self._capture_eval:
             self._hidden = output[0] if isinstance(output, tuple) else output
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -210,6 +213,53 @@ class DomainAdaptationCallback(SFTCallback):
         self._sums["aux"] += float(per_seq.detach().mean()) if n else 0.0
         self._sums["batches"] += 1
         return scale * per_seq
+
+    # -- held-out check -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def measure(self, dataset, batch_size: int = 16) -> dict[str, float]:
+        """How much of the domain the representations still carry, on rows the model did not train on.
+
+        ``dataset`` holds tokenised rows (``input_ids``) and the group column, e.g. ``trainer.eval_dataset`` of
+        an ``SFTTrainer`` given an eval set with that column. The rows are pooled exactly as in training (mean
+        over each sequence's tokens after decoder layer ``layer``, in eval mode); returns ``rows``, ``mmd``
+        (source vs target, as the regulariser measures it) and, for the adversarial method, ``head_accuracy``
+        (the domain head on these rows; 0.5 is chance when both sides are equally many).
+
+        Example:
+            >>> cb.measure(trainer.eval_dataset)  # doctest: +SKIP
+            {'rows': 40, 'mmd': 0.012, 'head_accuracy': 0.55}
+        """
+        if self._model is None:
+            raise RuntimeError("DomainAdaptationCallback.measure: attach the callback to a Trainer first")
+        model = self._model
+        device = next(model.parameters()).device
+        ids = dataset["input_ids"]
+        is_target = torch.tensor([str(g) == str(self.target_group) for g in dataset[self.group_column]])
+        pooled, was_training = [], model.training
+        model.eval()
+        self._capture_eval = True
+        try:
+            for start in range(0, len(ids), batch_size):
+                rows = ids[start:start + batch_size]
+                length = max(len(r) for r in rows)
+                input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+                attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
+                for i, r in enumerate(rows):
+                    input_ids[i, : len(r)] = torch.tensor(r)
+                    attention_mask[i, : len(r)] = 1
+                model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+                segments, n = padded_segments(attention_mask.to(device), input_ids.shape)
+                pooled.append(sequence_means(self._hidden, segments, n).cpu())
+                self._hidden = None
+        finally:
+            self._capture_eval = False
+            model.train(was_training)
+        reps = torch.cat(pooled)
+        out = {"rows": float(len(reps)), "mmd": float(gaussian_mmd2(reps[~is_target], reps[is_target]))}
+        if self.head is not None:
+            predicted = self.head(reps.to(next(self.head.parameters()).device)).argmax(-1).cpu()
+            out["head_accuracy"] = float((predicted == is_target.long()).float().mean())
+        return out
 
     # -- logging and checkpoints --------------------------------------------------------------------------
     def policy_metrics(self) -> dict[str, float]:
