@@ -62,6 +62,10 @@ class EvidenceConfig:
     data_fraction: float = 1.0  # keep this fraction of every split, per domain (the smoke test)
     workdir: str = "bench_results/evidence_runs"
     threads: int | None = None  # torch threads (None: torch's default)
+    # The domain shift (issue 18): only this domain in validation and test, and only the first
+    # ``target_train_rows`` of its training rows; the other domains are the sources.
+    target_domain: str | None = None
+    target_train_rows: int | None = None
 
 
 def default_lr(cfg: EvidenceConfig) -> float:
@@ -106,9 +110,11 @@ def load_data(cfg: EvidenceConfig) -> dict:
 
     datasets.disable_progress_bars()
     clean = _subsample(load_benchmark_dataset("train"), cfg.data_fraction)
-    train = corrupt_answers(clean, cfg.noise_by_domain or cfg.noise, seed=NOISE_SEED)
     validation = _subsample(load_benchmark_dataset("validation"), cfg.data_fraction)
     test = _subsample(load_benchmark_dataset("test"), cfg.data_fraction)
+    if cfg.target_domain is not None:
+        clean, validation, test = domain_shift(clean, validation, test, cfg.target_domain, cfg.target_train_rows)
+    train = corrupt_answers(clean, cfg.noise_by_domain or cfg.noise, seed=NOISE_SEED)
     domains = sorted(set(train["domain"]))
     v_dom = np.asarray(validation["domain"])
     shares = {d: float((v_dom == d).mean()) for d in domains}
@@ -119,6 +125,23 @@ def load_data(cfg: EvidenceConfig) -> dict:
     noise_rates = {d: float(bad[c_dom == d].mean()) for d in domains}
     return {"train": train, "validation": validation, "test": test, "domains": domains, "target_shares": shares,
             "labels": labels, "majority": majority, "noise_rate": float(bad.mean()), "noise_rates": noise_rates}
+
+
+def domain_shift(train, validation, test, target: str, target_train_rows: int | None):
+    """The domain-shift splits: the target domain alone in validation and test, its first ``target_train_rows``
+    training rows (all when None) beside every source row."""
+    domains = np.asarray(train["domain"])
+    if target not in set(domains.tolist()):
+        raise ValueError(f"target domain {target!r} is not one of {sorted(set(domains.tolist()))}")
+    target_rows = np.flatnonzero(domains == target)
+    if target_train_rows is not None:
+        target_rows = target_rows[:target_train_rows]
+    keep = np.sort(np.concatenate([np.flatnonzero(domains != target), target_rows]))
+
+    def only_target(ds):
+        return ds.select(np.flatnonzero(np.asarray(ds["domain"]) == target))
+
+    return train.select(keep), only_target(validation), only_target(test)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -187,10 +210,23 @@ def validation_candidate(arm: str) -> dict:
     return {"method": method, **({"learning_rate": float(lr)} if lr else {})}
 
 
+def domain_candidate(arm: str) -> dict:
+    """Arguments of the arm ``domain:<method>`` or ``domain:<method>@<weight>`` (DomainAdaptationCallback)."""
+    method, _, weight = arm.split(":", 1)[1].partition("@")
+    return {"method": method, **({"weight": float(weight)} if weight else {})}
+
+
 def is_arm(arm: str) -> bool:
-    """A known arm, or a validation candidate whose method the callback knows."""
+    """A known arm, a validation candidate whose method the callback knows, or a domain-adaptation arm."""
     if arm in ARMS:
         return True
+    if arm.startswith("domain:"):
+        from sft_callbacks.policies.domain_adaptation import METHODS as DOMAIN_METHODS
+
+        try:
+            return domain_candidate(arm)["method"] in DOMAIN_METHODS
+        except ValueError:
+            return False
     if not arm.startswith("validation:"):
         return False
     from sft_callbacks.policies.validation import METHODS
@@ -220,6 +256,11 @@ def make_policies(arm: str, target_shares: dict) -> list:
     }
     if arm == "uniform":
         return []
+    if arm.startswith("domain:"):  # the regulariser towards the domain that has the whole validation mix
+        from sft_callbacks import DomainAdaptationCallback
+
+        target = max(target_shares, key=target_shares.get)
+        return [DomainAdaptationCallback(group_column="domain", target_group=target, **domain_candidate(arm))]
     if arm.startswith("validation:"):  # a candidate update rule of the validation-guided callback
         return [ValidationGuidedResamplingCallback(group_column="domain", **validation_candidate(arm))]
     if arm == "all":
@@ -356,8 +397,8 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
     model, tokenizer, peft_config = build_model(cfg, data["train"], seed)
     dyn = TrainingDynamicsCallback()
     # The CPU budget is under one epoch, so the data map reads one visit per row (min_epochs=1).
-    data_map = (DataMapCallback(noise_rate=data["noise_rate"], group_column="domain", min_epochs=1) if arm == "uniform"
-                else None)
+    data_map = (DataMapCallback(noise_rate=data["noise_rate"], group_column="domain", min_epochs=1)
+                if arm == "uniform" and data["noise_rate"] > 0 else None)  # no planted noise: no noise section
     recorder = EvalRecorder(dyn, data["validation"]["domain"], data["train"]["domain"])
     callbacks = [dyn] + make_policies(arm, data["target_shares"]) + ([data_map] if data_map else []) + [recorder]
     trainer = SFTTrainer(model=model, args=sft_config(cfg, os.path.join(cfg.workdir, f"{arm}-{seed}"), seed, cfg.steps),
@@ -379,7 +420,7 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
         "epochs": float(trainer.state.epoch or 0.0),
         **scores,
     }
-    if arm == "uniform":
+    if data_map is not None:
         out["_rows"] = row_scores(dyn, data_map)
     last = recorder.curve[-1] if recorder.curve else {}
     log(f"[{arm} seed={seed}] target val loss {last.get('target_loss', float('nan')):.4f}  "
@@ -629,7 +670,7 @@ def run_benchmark(cfg: EvidenceConfig, log=print) -> dict:
             runs.append(run_arm(cfg, data, arm, seed, log))
             _save_partial(cfg, runs)
     uniform_runs = [r for r in runs if r["arm"] == "uniform"]
-    noise = noise_section(cfg, data, uniform_runs, log) if uniform_runs else None
+    noise = noise_section(cfg, data, uniform_runs, log) if uniform_runs and data["noise_rate"] > 0 else None
     for r in runs:
         r.pop("_rows", None)
     train_dom = np.asarray(data["train"]["domain"])
@@ -769,6 +810,7 @@ def markdown_report(report: dict) -> str:
     """The BENCHMARKS.md tables of one evidence run."""
     data, summary, cfg = report["data"], report["summary"], report["config"]
     domains = sorted(data["target_shares"])
+    judged = [d for d in domains if d in data["majority"]]  # in validation / test (the domain shift: the target)
     uniform = summary.get("uniform")
     parts = []
     rows_by = {}
@@ -781,17 +823,17 @@ def markdown_report(report: dict) -> str:
     parts.append(_table(["domain", "train share", "target share", "corrupted", "labels", "majority answer",
                          "majority test EM"],
                         [[d, _f(data["train_shares"][d], ".2f"), _f(data["target_shares"][d], ".2f"),
-                          _f(noise_rates.get(d), ".0%"), str(len(data["labels"][d])), data["majority"][d]["answer"],
-                          _f(data["majority"][d]["test_accuracy"], ".2f")] for d in domains]))
+                          _f(noise_rates.get(d), ".0%"), str(len(data["labels"][d])), data["majority"].get(d, {}).get("answer", "-"),
+                          _f(data["majority"].get(d, {}).get("test_accuracy"), ".2f")] for d in domains]))
     if uniform:
         parts.append("\n**Does the uniform run learn every domain?** Test exact match (mean [95% CI] over seeds) "
                      "against the majority baseline + 10 points; format failures (answers outside the label set).\n")
-        fmt = {d: mean_ci([r["format_failures_by_domain"][d] for r in rows_by["uniform"]]) for d in domains}
+        fmt = {d: mean_ci([r["format_failures_by_domain"][d] for r in rows_by["uniform"]]) for d in judged}
         parts.append(_table(
             ["domain", "uniform test EM", "majority + 0.10", "learnt?", "format failures"],
             [[d, _ci(uniform["mean"][f"em/{d}"], ".2f"), _f(data["majority"][d]["test_accuracy"] + 0.10, ".2f"),
               "yes" if uniform["mean"][f"em/{d}"]["mean"] >= data["majority"][d]["test_accuracy"] + 0.10 else "**no**",
-              _f(fmt[d]["mean"], ".2f")] for d in domains]))
+              _f(fmt[d]["mean"], ".2f")] for d in judged]))
     parts.append(f"\n**Arms.** Final target validation loss (token-weighted over the validation mix) and test exact "
                  f"match, mean [95% CI] over seeds {cfg['seeds']}; paired differences (arm minus reference, same "
                  f"seed). Steps: first evaluation (every {cfg['eval_steps']} steps) at or below the same seed's "
@@ -808,15 +850,15 @@ def markdown_report(report: dict) -> str:
                          "test EM", "Δ EM vs uniform", "Δ EM vs static_target"], rows))
     parts.append("\n**Per-domain validation loss** at the end: mean, and the paired difference against uniform "
                  "[95% CI].\n")
-    parts.append(_table(["arm"] + domains, [[arm] + [
+    parts.append(_table(["arm"] + judged, [[arm] + [
         f"{_f(e['mean'][f'loss/{d}']['mean'], '.3f')}" + ("" if arm == "uniform" else
                                                          f" ({_ci(e['vs_uniform'].get(f'loss/{d}'), '.3f', True)})")
-        for d in domains] for arm, e in summary.items()]))
+        for d in judged] for arm, e in summary.items()]))
     parts.append("\n**Per-domain test exact match**: mean, and the paired difference against uniform [95% CI].\n")
-    parts.append(_table(["arm"] + domains, [[arm] + [
+    parts.append(_table(["arm"] + judged, [[arm] + [
         f"{_f(e['mean'][f'em/{d}']['mean'], '.2f')}" + ("" if arm == "uniform" else
                                                        f" ({_ci(e['vs_uniform'].get(f'em/{d}'), '.2f', True)})")
-        for d in domains] for arm, e in summary.items()]))
+        for d in judged] for arm, e in summary.items()]))
     parts.append("\n**Mixture actually drawn** (share of training draws per domain over the whole run, mean over "
                  "seeds).\n")
     parts.append(_table(["arm"] + domains, [[arm] + [

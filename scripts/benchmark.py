@@ -306,11 +306,17 @@ def main(argv=None) -> int:
     ev.add_argument("--lr", type=float, default=None)
     ev.add_argument("--seeds", type=int, nargs="+", default=None)
     ev.add_argument("--arms", nargs="+", default=None, type=_arm,
-                    help=f"arms among {list(bench_evidence.ARMS)}, or validation:<method>[@<learning_rate>] "
+                    help=f"arms among {list(bench_evidence.ARMS)}, validation:<method>[@<learning_rate>], "
+                         "domain:<adversarial|mmd>[@<weight>] "
                          f"(e.g. {', '.join(bench_evidence.VALIDATION_CANDIDATES[:2])}, validation:exp3@3)")
     ev.add_argument("--cv-folds", type=int, default=None, help="cleanlab's out-of-sample folds (0: skip)")
     ev.add_argument("--data-fraction", type=float, default=None, help="keep this fraction of every split")
     ev.add_argument("--threads", type=int, default=None, help="torch threads")
+    ev.add_argument("--noise", type=float, default=None, help="share of training answers corrupted (default 0.2)")
+    ev.add_argument("--target-domain", default=None,
+                    help="domain shift (issue 18): validation and test on this domain only; arms domain:<method>")
+    ev.add_argument("--target-train-rows", type=int, default=None,
+                    help="with --target-domain: keep only this many of its training rows")
     ev.add_argument("--workdir", default="bench_results/evidence_runs")
     ev.add_argument("--out", default="bench_results/evidence.json")
     ev.add_argument("--markdown", default="bench_results/evidence.md")
@@ -427,7 +433,8 @@ def evidence_config(args) -> "bench_evidence.EvidenceConfig":
     if args.model == "tiny":  # the smoke test: a twentieth of the data, same mixes
         base.update(data_fraction=0.05)
     given = {k: getattr(args, k) for k in ("steps", "batch_size", "eval_steps", "lr", "seeds", "arms", "cv_folds",
-                                           "data_fraction", "threads", "tuning") if getattr(args, k) is not None}
+                                           "data_fraction", "threads", "tuning", "noise", "target_domain", "target_train_rows")
+             if getattr(args, k, None) is not None}
     return bench_evidence.EvidenceConfig(model=args.model, device=args.device, workdir=args.workdir,
                                          **{**base, **given})
 

@@ -158,6 +158,28 @@ def test_evidence_benchmark_runs_end_to_end_on_the_tiny_model(tmp_path):
     assert (tmp_path / "plots" / "evidence_mixture.png").stat().st_size > 0
 
 
+def test_domain_shift_benchmark_runs_the_regulariser_arms_on_the_tiny_model(tmp_path):
+    out, md = tmp_path / "domain.json", tmp_path / "domain.md"
+    rc = benchmark.main(["evidence", "--model", "tiny", "--steps", "8", "--batch-size", "8", "--eval-steps", "4",
+                         "--seeds", "0", "--arms", "uniform", "domain:adversarial", "domain:mmd@0.5", "--cv-folds", "0",
+                         "--target-domain", "topic", "--target-train-rows", "4", "--noise", "0",
+                         "--workdir", str(tmp_path / "runs"), "--out", str(out), "--markdown", str(md)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    data = report["data"]
+    assert data["target_shares"] == {"chat_kind": 0.0, "language": 0.0, "topic": 1.0}  # validation: target only
+    assert data["corrupted"] == 0 and report["noise"] is None
+    assert {r["arm"] for r in report["runs"]} == {"uniform", "domain:adversarial", "domain:mmd@0.5"}
+    for r in report["runs"]:
+        assert set(r["curve"][-1]["domain_loss"]) == {"topic"}
+        assert r["drawn_shares"]["topic"] < 0.2  # a few target rows among the sources
+    by = {r["arm"]: r for r in report["runs"]}
+    assert by["domain:mmd@0.5"]["curve"][-1]["target_loss"] != by["uniform"]["curve"][-1]["target_loss"]
+    assert "domain:adversarial" in md.read_text()
+    with pytest.raises(SystemExit):
+        benchmark.main(["evidence", "--model", "tiny", "--arms", "domain:coral"])
+
+
 def test_load_benchmark_dataset_splits_mixes_and_bad_split():
     from sft_callbacks.demo_data import load_benchmark_dataset
 
