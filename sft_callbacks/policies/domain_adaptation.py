@@ -202,17 +202,22 @@ class DomainAdaptationCallback(SFTCallback):
             # every step, as DDP requires, and the head learns the domains from the start.
             losses, correct = adversarial_losses(pooled, domain.clamp(min=0), self.head, strength=self._strength)
             per_seq = losses * known
-            self._sums["correct"] += float(correct[known].sum()) if known.any() else 0.0
-            self._sums["seen"] += float(known.sum())
+            self._add("correct", (correct & known).sum())
+            self._add("seen", known.sum())
             # The head's own loss trains it at full weight; the reversal scales what reaches the model.
             scale = self.weight
         else:
             mmd = gaussian_mmd2(pooled[known & (domain == 0)], pooled[known & (domain == 1)])
             per_seq = mmd.expand(n)
             scale = self.weight * self._strength
-        self._sums["aux"] += float(per_seq.detach().mean()) if n else 0.0
-        self._sums["batches"] += 1
+        self._add("aux", per_seq.detach().mean())
+        self._add("batches", torch.ones((), device=per_seq.device))
         return scale * per_seq
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        # Summed on the device; read (one host copy) only when the Trainer logs.
+        value = value.detach().float()
+        self._sums[name] = value if not torch.is_tensor(self._sums[name]) else self._sums[name] + value
 
     # -- held-out check -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -263,7 +268,7 @@ class DomainAdaptationCallback(SFTCallback):
 
     # -- logging and checkpoints --------------------------------------------------------------------------
     def policy_metrics(self) -> dict[str, float]:
-        s, out = self._sums, {}
+        s, out = {k: float(v) for k, v in self._sums.items()}, {}
         if s["batches"]:
             out["sft/domain/aux_loss"] = s["aux"] / s["batches"]
             out["sft/domain/strength"] = self._strength
