@@ -17,6 +17,7 @@ from sft_callbacks import GroupBalanceCallback
 from sft_callbacks.cli import main as cli_main
 from sft_callbacks.sft import RecipeError, build_callbacks, load_mixture, run_recipe
 
+from ..support.helpers import safetensors_keys
 from ..support.recipes import REPO, free_port, launch_env, write_recipe
 
 def test_recipe_trains_with_the_mixture_as_groups_and_curates(workspace, tmp_path):
@@ -127,3 +128,27 @@ def test_accelerate_keys_in_the_recipe_launch_processes_as_trl_sft_does(workspac
     r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["draws"] == r1["draws"] and sorted(r0["draws"]) == ["0", "1", "2"]
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="needs torch.distributed with the gloo backend")
+@pytest.mark.timeout(300)
+def test_domain_adaptation_head_stays_in_sync_across_two_processes(workspace, tmp_path):
+    """The adversarial head is a submodule of the DDP-wrapped model: both processes train the same head, and the
+    recipe names the callback like any other."""
+    probe = tmp_path / "probe"
+    recipe = write_recipe(workspace, tmp_path, callbacks=[
+        "TrainingDynamicsCallback",
+        {"DomainAdaptationCallback": {"group_column": "dataset", "target_group": "logic", "warmup": 0}},
+        {"tests.support.recipe_probe:StreamProbe": {"out": str(probe)}}])
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "-m", "sft_callbacks.sft", "--config", str(recipe)]
+    proc = subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2 and r0["head_sum"] is not None
+    np.testing.assert_allclose(r0["head_sum"], r1["head_sum"], rtol=1e-6)  # DDP averaged the head's gradients
+    assert r0["times_seen"] == r1["times_seen"]
+    assert not any("sft_domain_head" in k for k in safetensors_keys(tmp_path / "run"))
+

@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from trl import SFTConfig, SFTTrainer
 
 from sft_callbacks.engine.compat import checkpointing_off
 from sft_callbacks.policies.domain_adaptation import HEAD_NAME, DomainAdaptationCallback
 
-from ..support.helpers import LOGGED_LOSS_ATOL, sft_rows
+from ..support.helpers import LOGGED_LOSS_ATOL, safetensors_keys, sft_rows
 from ..support.loss_weights import record_micro_batches, step_losses
 
 
@@ -70,9 +69,7 @@ def test_adversarial_head_trains_is_logged_and_is_not_saved(tmp_path, tokenizer,
     assert logged[0]["sft/domain/strength"] == 0.0  # step 2 of 8: still warming up
     assert logged[-1]["sft/domain/strength"] > 0
     trainer.save_model(str(tmp_path / "saved"))
-    with safe_open(str(tmp_path / "saved" / "model.safetensors"), "pt") as f:
-        keys = list(f.keys())
-    assert keys and not any(HEAD_NAME in k for k in keys)
+    assert not any(HEAD_NAME in k for k in safetensors_keys(tmp_path / "saved"))
 
 
 def test_bad_arguments_and_columns_are_refused(tmp_path, tokenizer, make_model):
@@ -189,7 +186,7 @@ def test_lora_model_and_resume_keep_the_head(tmp_path, tokenizer, make_model):
     assert cb.head is not None and all(p.requires_grad for p in cb.head.parameters())
     trained = {k: v.clone() for k, v in cb.head.state_dict().items()}
     # The adapter checkpoint holds no head; the callback state does, and a resumed run continues from it.
-    assert not any(HEAD_NAME in k for k in _safetensors_keys(tmp_path / "a" / "checkpoint-6"))
+    assert not any(HEAD_NAME in k for k in safetensors_keys(tmp_path / "a" / "checkpoint-6"))
     resumed_cb = DomainAdaptationCallback(group_column="domain", target_group="food", warmup=0)
     resumed = SFTTrainer(model=make_model(), args=_config(tmp_path / "b", **kw), train_dataset=sft_rows(48),
                          processing_class=tokenizer, callbacks=[resumed_cb], peft_config=lora)
@@ -206,11 +203,3 @@ def test_lora_model_and_resume_keep_the_head(tmp_path, tokenizer, make_model):
     for k in trained:  # and then trained on from there, to a head close to the uninterrupted run's
         torch.testing.assert_close(resumed_cb.head.state_dict()[k], trained[k], atol=1e-4, rtol=1e-3)
 
-
-def _safetensors_keys(folder) -> list[str]:
-    keys = []
-    for path in folder.glob("*.safetensors"):
-        with safe_open(str(path), "pt") as f:
-            keys += list(f.keys())
-    assert keys
-    return keys

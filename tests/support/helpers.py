@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 import numpy as np
 import torch
@@ -107,3 +109,15 @@ def corrupted_labels(n=96, seed=0):
         rows.append({"prompt": [{"role": "user", "content": word}],
                      "completion": [{"role": "assistant", "content": answer}], "corrupted": corrupted})
     return datasets.Dataset.from_list(rows)
+
+
+def safetensors_keys(folder) -> list[str]:
+    """The tensor names in every ``*.safetensors`` file of ``folder`` (a saved model or checkpoint); fails if none."""
+    from safetensors import safe_open
+
+    keys = []
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            keys += list(f.keys())
+    assert keys, f"no safetensors in {folder}"
+    return keys

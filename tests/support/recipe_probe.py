@@ -18,6 +18,7 @@ class StreamProbe(SamplingPolicyCallback):
         self.draws: dict[int, list[int]] = {}
         self.sharded = None
         self.optimizer = None
+        self.head_sum = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         super().on_step_end(args, state, control, model=model, **kwargs)
@@ -26,6 +27,9 @@ class StreamProbe(SamplingPolicyCallback):
         # FSDP2 (fully_shard) turns the parameters into DTensors in place; plain data parallel leaves tensors
         if model is not None:
             self.sharded = any(isinstance(p, DTensor) for p in model.parameters())
+            head = getattr(getattr(model, "module", model), "sft_domain_head", None)  # DDP wraps the model
+            if head is not None:  # DomainAdaptationCallback's head: the same on every rank if DDP syncs it
+                self.head_sum = [float(p.detach().double().sum()) for p in head.parameters()]
         optimizer = kwargs.get("optimizer")
         inner = getattr(optimizer, "optimizer", None)  # accelerate's wrapper -> the engine's optimizer
         self.optimizer = type(inner if inner is not None else optimizer).__name__
@@ -51,7 +55,7 @@ class StreamProbe(SamplingPolicyCallback):
         with open(os.path.join(self.out, f"rank{args.process_index}.json"), "w") as fh:
             frame = self.dynamics() if session is not None else None
             json.dump({"world_size": args.world_size, "draws": self.draws, "sharded": self.sharded,
-                       "optimizer": self.optimizer,
+                       "optimizer": self.optimizer, "head_sum": self.head_sum,
                        "groups": sorted({str(v) for v in column}) if column is not None else None,
                        "times_seen": frame["times_seen"].tolist() if frame is not None else None,
                        "loss_last": frame["loss_last"].tolist() if frame is not None else None,
