@@ -10,7 +10,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from sft_callbacks import TrainingDynamicsCallback
 
-from ..support.helpers import reference_losses, reference_visit_stats, sft_rows, visits_by_row
+from ..support.helpers import plain_trainer_rows, reference_losses, reference_visit_stats, sft_rows, visits_by_row
 from sft_callbacks.engine.compat import checkpointing_off
 
 
@@ -104,16 +104,7 @@ def test_sft_losses_match_independent_forward(name, tmp_path, tokenizer, make_mo
 
 
 def test_plain_trainer_losses_match(tmp_path, tokenizer, make_model, small_sft):
-    # Tokenise as a user of the plain Trainer would: completion-only labels.
-    def tok(row):
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:96]
-        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return {"input_ids": ids, "labels": [-100] * min(n_prompt, len(ids)) + ids[n_prompt:]}
-
-    data = small_sft.map(tok, remove_columns=["prompt", "completion", "domain"])
-    data = data.filter(lambda r: any(x != -100 for x in r["labels"]))
+    data = plain_trainer_rows(small_sft, tokenizer, drop=("prompt", "completion", "domain"))
     model = make_model()
     cb = TrainingDynamicsCallback()
     trainer = Trainer(

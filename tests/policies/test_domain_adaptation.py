@@ -11,7 +11,7 @@ from trl import SFTConfig, SFTTrainer
 from sft_callbacks.engine.compat import checkpointing_off
 from sft_callbacks.policies.domain_adaptation import HEAD_NAME, DomainAdaptationCallback
 
-from ..support.helpers import LOGGED_LOSS_ATOL, safetensors_keys, sft_rows
+from ..support.helpers import LOGGED_LOSS_ATOL, plain_trainer_rows, safetensors_keys, sft_rows
 from ..support.loss_weights import record_micro_batches, step_losses
 
 
@@ -146,15 +146,7 @@ def test_plain_trainer_gets_the_same_exact_term(tmp_path, tokenizer, make_model)
     from transformers import Trainer, TrainingArguments
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    def tok(row):
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:96]
-        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return {"input_ids": ids, "labels": [-100] * min(n_prompt, len(ids)) + ids[n_prompt:]}
-
-    data = sft_rows(48).map(tok, remove_columns=["prompt", "completion"])
-    data = data.filter(lambda r: any(x != -100 for x in r["labels"]))
+    data = plain_trainer_rows(sft_rows(48), tokenizer)  # keeps the domain column
     losses = {}
     for arm in ("base", "term"):
         cbs = [DomainAdaptationCallback(group_column="domain", target_group="food", method="mmd", weight=1.0,

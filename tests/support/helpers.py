@@ -121,3 +121,17 @@ def safetensors_keys(folder) -> list[str]:
             keys += list(f.keys())
     assert keys, f"no safetensors in {folder}"
     return keys
+
+
+def plain_trainer_rows(rows, tokenizer, max_length: int = 96, drop=("prompt", "completion")):
+    """``rows`` (prompt-completion, conversational) tokenised as a user of the plain ``Trainer`` would: the chat
+    template, completion-only labels, truncated to ``max_length``; rows left with no trained token dropped."""
+    def tok(row):
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return {"input_ids": ids, "labels": [-100] * min(n_prompt, len(ids)) + ids[n_prompt:]}
+
+    data = rows.map(tok, remove_columns=list(drop))
+    return data.filter(lambda r: any(x != -100 for x in r["labels"]))
