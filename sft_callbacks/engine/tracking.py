@@ -109,6 +109,35 @@ _STAT_FIELDS = {
 }
 
 
+class KeyLookup:
+    """Per-sample values looked up by content key on the batch's device, inside the forward hook.
+
+    The keys (``RowIndex.keys``) and ``values`` (same order) are sorted once as signed 64-bit integers and copied
+    to each device once; a lookup is one ``searchsorted``. Keys not in the table get ``missing``.
+
+    Example:
+        >>> lookup = KeyLookup(np.array([5, 9], dtype=np.uint64), np.array([0.5, 2.0]), missing=1.0)
+        >>> lookup(torch.tensor([9, 7]))
+        tensor([2., 1.], dtype=torch.float64)
+    """
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray, missing):
+        signed = np.asarray(keys).view(np.int64)
+        order = np.argsort(signed, kind="stable")
+        self._keys, self._values, self._missing = signed[order], np.asarray(values)[order], missing
+        self._on_device: dict = {}
+
+    def __call__(self, keys: torch.Tensor) -> torch.Tensor:
+        table = self._on_device.get(keys.device)
+        if table is None:
+            table = (torch.from_numpy(self._keys.copy()).to(keys.device),
+                     torch.from_numpy(self._values.copy()).to(keys.device))
+            self._on_device[keys.device] = table
+        sorted_keys, values = table
+        pos = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
+        return torch.where(sorted_keys[pos] == keys, values[pos], torch.full_like(values[pos], self._missing))
+
+
 _N_FLOATS = 6  # per sequence: nll_sum, n_tokens, n_correct, entropy_sum, min_logp, margin_sum
 
 
@@ -324,7 +353,7 @@ class SampleTracker:
         self._handle = None
         self._model = None
         self._loss_weights: np.ndarray | None = None
-        self._loss_tables: dict = {}
+        self._loss_lookup: KeyLookup | None = None
         self._loss_terms: list = []
         self.eval_results: dict[str, dict] = {}
         self._eval_indices: dict[str, tuple] = {}
@@ -466,21 +495,12 @@ class SampleTracker:
         normalised under gradient accumulation and across processes. ``None`` turns weighting off.
         """
         self._loss_weights = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float32)
-        self._loss_tables = {}
+        self._loss_lookup = None  # built from the index at the next training forward
 
     def _sample_weights(self, keys: torch.Tensor) -> torch.Tensor:
-        table = self._loss_tables.get(keys.device)
-        if table is None:
-            signed = self.index.keys.view(np.int64)
-            order = np.argsort(signed, kind="stable")
-            table = (
-                torch.from_numpy(signed[order].copy()).to(keys.device),
-                torch.from_numpy(self._loss_weights[order].copy()).to(keys.device),
-            )
-            self._loss_tables[keys.device] = table
-        sorted_keys, weights = table
-        pos = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
-        return torch.where(sorted_keys[pos] == keys, weights[pos], torch.ones_like(weights[pos]))
+        if self._loss_lookup is None:
+            self._loss_lookup = KeyLookup(self.index.keys, self._loss_weights, missing=1.0)
+        return self._loss_lookup(keys)
 
     def add_loss_term(self, term) -> None:
         """Add a per-sequence term to the training loss, from the next training forward.

@@ -10,6 +10,7 @@ import torch
 
 from ..engine.callbacks import SFTCallback
 from ..engine.sampling import decode_array, encode_array
+from ..engine.tracking import KeyLookup
 from .domain import DomainHead, adversarial_losses, gaussian_mmd2, packed_segments, padded_segments, sequence_means
 from .groups import group_ids, uid_groups
 
@@ -91,8 +92,7 @@ class DomainAdaptationCallback(SFTCallback):
         self.head: DomainHead | None = None
         self._hidden: torch.Tensor | None = None
         self._layer_handle = None
-        self._is_target: np.ndarray | None = None
-        self._tables: dict = {}
+        self._target_lookup: KeyLookup | None = None
         self._strength = 0.0
         self._sums = {"aux": 0.0, "correct": 0.0, "seen": 0.0, "batches": 0.0}
         self._saved_head = None
@@ -152,8 +152,8 @@ class DomainAdaptationCallback(SFTCallback):
                              "domain adaptation needs source rows too")
         index = self.session.tracker.index
         is_target = (ids == names.index(target)).astype(np.int64)
-        self._is_target = uid_groups(is_target, index.seq_uid, index.seq_row, len(index.keys))
-        self._tables = {}
+        self._target_lookup = KeyLookup(index.keys, uid_groups(is_target, index.seq_uid, index.seq_row, len(index.keys)),
+                                        missing=-1)
         self._max_steps = max(1, state.max_steps)
         self.session.tracker.add_loss_term(self._loss_term)
 
@@ -172,16 +172,7 @@ class DomainAdaptationCallback(SFTCallback):
     # -- the loss term ------------------------------------------------------------------------------------
     def _targets(self, keys: torch.Tensor) -> torch.Tensor:
         """Per sequence: 1 target, 0 source, -1 unknown (a row not in the training set)."""
-        table = self._tables.get(keys.device)
-        if table is None:
-            signed = self.session.tracker.index.keys.view(np.int64)
-            order = np.argsort(signed, kind="stable")
-            table = (torch.from_numpy(signed[order].copy()).to(keys.device),
-                     torch.from_numpy(self._is_target[order].astype(np.int64)).to(keys.device))
-            self._tables[keys.device] = table
-        sorted_keys, is_target = table
-        pos = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
-        return torch.where(sorted_keys[pos] == keys, is_target[pos], torch.full_like(pos, -1))
+        return self._target_lookup(keys)
 
     def _loss_term(self, kwargs, output, keys: torch.Tensor) -> torch.Tensor | None:
         hidden, self._hidden = self._hidden, None
