@@ -27,6 +27,7 @@ from sft_callbacks.engine.session import PolicyContext
 from sft_callbacks.engine.tracking import RowIndex, SampleStats
 
 from ..support.helpers import LOGGED_LOSS_ATOL, sft_rows
+from ..support.loss_weights import record_micro_batches
 from sft_callbacks.engine.compat import checkpointing_off
 
 # -- pure functions -----------------------------------------------------------------------------------------------
@@ -448,17 +449,7 @@ def test_focal_loss_weighting_changes_the_logged_loss_exactly(tmp_path, tokenize
     trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=6, gradient_accumulation_steps=2,
                                                    logging_steps=1),
                          train_dataset=data, processing_class=tokenizer, callbacks=[dynamics, policy])
-    seen = []  # per micro-batch: unweighted NLL sums, token counts, sample ids (read before our hook scales them)
-
-    def record(module, args, kwargs, output):
-        if module.training:
-            mask = output.label_mask
-            index = dynamics.session.tracker.index
-            keys = padded_keys(kwargs["input_ids"], kwargs["labels"], kwargs["attention_mask"])
-            seen.append(((-output.log_probs.detach() * mask).sum(1).numpy(), mask.sum(1).numpy(),
-                         index.lookup(keys.numpy().view(np.uint64))))
-
-    model.register_forward_hook(record, with_kwargs=True)  # registered before training: runs before ours
+    seen = record_micro_batches(model, dynamics)  # registered before training: runs before ours
     trainer.train()
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     expected, plain = [], []
