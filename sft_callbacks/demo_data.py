@@ -29,7 +29,7 @@ DEMO_DOMAINS: tuple[str, ...] = (
 DEMO_SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 _DATA_FILE = "demo_sft.jsonl"
-_BENCHMARK_FILE = "benchmark_sft.jsonl"
+_BENCHMARK_FILES = {"benchmark": "benchmark_sft.jsonl", "sentiment_shift": "sentiment_shift_sft.jsonl"}
 
 
 def _read_rows(name: str = _DATA_FILE) -> list[dict]:
@@ -58,7 +58,7 @@ def load_demo_dataset(split: str = "train") -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-def load_benchmark_dataset(split: str = "train") -> datasets.Dataset:
+def load_benchmark_dataset(split: str = "train", name: str = "benchmark") -> datasets.Dataset:
     """Load one split of the evidence benchmark's SFT set (``scripts/benchmark.py evidence``).
 
     Three many-label domains a 135M model learns on the CPU within minutes even with 20% of the answers
@@ -68,15 +68,23 @@ def load_benchmark_dataset(split: str = "train") -> datasets.Dataset:
     validation and test share one mix (the target) that gives the rarest domain most of the weight. Columns as
     :func:`load_demo_dataset`.
 
+    ``name="sentiment_shift"`` is the domain-adaptation benchmark's set instead (one task in two sources: 640
+    labelled tweets and 40 movie reviews to train on, validation and test on movie reviews only; answers positive
+    or negative; ``SENTIMENT_SHIFT_DATA_LICENSE.md``).
+
     Example::
 
         >>> from sft_callbacks.demo_data import load_benchmark_dataset
         >>> sorted(set(load_benchmark_dataset("validation")["domain"]))
         ['chat_kind', 'language', 'topic']
+        >>> sorted(set(load_benchmark_dataset("train", name="sentiment_shift")["domain"]))
+        ['movie_reviews', 'tweets']
     """
     if split not in DEMO_SPLITS:
         raise ValueError(f"unknown benchmark split {split!r}; choose one of {list(DEMO_SPLITS)}")
-    return datasets.Dataset.from_list([r for r in _read_rows(_BENCHMARK_FILE) if r["split"] == split])
+    if name not in _BENCHMARK_FILES:
+        raise ValueError(f"unknown benchmark set {name!r}; choose one of {sorted(_BENCHMARK_FILES)}")
+    return datasets.Dataset.from_list([r for r in _read_rows(_BENCHMARK_FILES[name]) if r["split"] == split])
 
 
 def corrupt_answers(dataset, fraction, seed: int):

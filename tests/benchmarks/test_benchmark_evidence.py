@@ -181,6 +181,54 @@ def test_domain_shift_benchmark_runs_the_regulariser_arms_on_the_tiny_model(tmp_
         benchmark.main(["evidence", "--model", "tiny", "--arms", "domain:coral"])
 
 
+def test_sentiment_shift_benchmark_runs_combined_arms_on_its_own_set(tmp_path):
+    out, md = tmp_path / "sentiment.json", tmp_path / "sentiment.md"
+    arms = ["uniform", "balance", "balance+domain:adversarial@0.01/1"]
+    rc = benchmark.main(["evidence", "--model", "tiny", "--steps", "8", "--batch-size", "8", "--eval-steps", "4",
+                         "--seeds", "0", "--arms", *arms, "--cv-folds", "0", "--data", "sentiment_shift",
+                         "--target-domain", "movie_reviews", "--noise", "0",
+                         "--workdir", str(tmp_path / "runs"), "--out", str(out), "--markdown", str(md), "--plots", ""])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["data"]["target_shares"] == {"movie_reviews": 1.0, "tweets": 0.0}
+    assert report["config"]["data"] == "sentiment_shift"
+    by = {r["arm"]: r for r in report["runs"]}
+    assert set(by) == set(arms)
+    # The combined arm ran both callbacks: balance's target share and the regulariser's loss term.
+    assert by["balance+domain:adversarial@0.01/1"]["drawn_shares"]["movie_reviews"] > 2 * by["uniform"][
+        "drawn_shares"]["movie_reviews"]
+    assert by["balance+domain:adversarial@0.01/1"]["curve"][-1]["target_loss"] != by["balance"]["curve"][-1][
+        "target_loss"]
+
+
+def test_domain_arms_parse_weight_layer_and_combinations():
+    assert bench_evidence.domain_candidate("domain:adversarial@0.01/15") == {"method": "adversarial", "weight": 0.01,
+                                                                              "layer": 15}
+    assert bench_evidence.domain_candidate("domain:mmd") == {"method": "mmd"}
+    assert bench_evidence.is_arm("balance+domain:mmd@0.5/-2")
+    assert not bench_evidence.is_arm("uniform+domain:mmd")  # uniform means no callback at all
+    assert not bench_evidence.is_arm("balance+domain:coral") and not bench_evidence.is_arm("domain:mmd/last")
+    policies = bench_evidence.make_policies("balance+domain:mmd/3", {"a": 1.0, "b": 0.0})
+    assert [type(p).__name__ for p in policies] == ["GroupBalanceCallback", "DomainAdaptationCallback"]
+    assert policies[1].target_group == "a" and policies[1].layer == 3
+
+
+def test_sentiment_shift_set_is_one_task_in_two_sources():
+    from sft_callbacks.demo_data import load_benchmark_dataset
+
+    train = load_benchmark_dataset("train", name="sentiment_shift")
+    validation, test = (load_benchmark_dataset(s, name="sentiment_shift") for s in ("validation", "test"))
+    assert train["domain"].count("tweets") == 640 and train["domain"].count("movie_reviews") == 40
+    assert set(validation["domain"]) == set(test["domain"]) == {"movie_reviews"}
+    assert len(validation) == 64 and len(test) == 160
+    for ds in (train, validation, test):
+        assert set(ds["answer"]) == {"positive", "negative"}
+        assert {p[0]["content"] for p in ds["prompt"]} == {"Is the sentiment of this text positive or negative?"}
+    assert 0.47 <= test["answer"].count("positive") / len(test) <= 0.53  # balanced: majority baseline about 0.5
+    with pytest.raises(ValueError, match="unknown benchmark set 'imdb'"):
+        load_benchmark_dataset("train", name="imdb")
+
+
 def test_load_benchmark_dataset_splits_mixes_and_bad_split():
     from sft_callbacks.demo_data import load_benchmark_dataset
 
