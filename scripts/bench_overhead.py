@@ -195,11 +195,14 @@ def load_model_factory(kind: str, seq_len: int, hidden: int, layers: int, vocab:
 
 
 def arm_b_callbacks(kind: str, LossWeighted) -> list:
-    """Arm B's sft-callbacks: ``"sampler"`` (dynamics + a loss-weighted sampling policy) or ``"all"`` (dynamics,
-    validation-guided resampling, hard-example mining, curriculum, group balance and the data map at once)."""
+    """Arm B's sft-callbacks: ``"sampler"`` (dynamics + a loss-weighted sampling policy), ``"all"`` (dynamics,
+    validation-guided resampling, hard-example mining, curriculum, group balance and the data map at once), or
+    ``"domain-adversarial"`` / ``"domain-mmd"`` (dynamics + the domain-adaptation regulariser, the demo's first
+    domain as the target, no warmup so it works from the first step)."""
     from sft_callbacks import (
         CurriculumCallback,
         DataMapCallback,
+        DomainAdaptationCallback,
         GroupBalanceCallback,
         HardExampleMiningCallback,
         TrainingDynamicsCallback,
@@ -212,7 +215,12 @@ def arm_b_callbacks(kind: str, LossWeighted) -> list:
         return [TrainingDynamicsCallback(), ValidationGuidedResamplingCallback(group_column="domain"),
                 HardExampleMiningCallback(group_column="domain"), CurriculumCallback(difficulty="length", pacing="root"),
                 GroupBalanceCallback(group_column="domain"), DataMapCallback(group_column="domain")]
-    raise ValueError(f"--callbacks must be 'sampler' or 'all' (got {kind!r})")
+    if kind.startswith("domain-"):
+        from sft_callbacks.demo_data import DEMO_DOMAINS
+
+        return [TrainingDynamicsCallback(), DomainAdaptationCallback(group_column="domain", target_group=DEMO_DOMAINS[0],
+                                                                     method=kind.split("-", 1)[1], warmup=0.0)]
+    raise ValueError(f"--callbacks must be 'sampler', 'all', 'domain-adversarial' or 'domain-mmd' (got {kind!r})")
 
 
 def sft_callbacks_profile(profile, steps: int, top: int = 15) -> dict:
@@ -331,6 +339,10 @@ def run_once(arm: str, make_model, tokenizer, dataset, cfg: dict, warmup: int, e
         rec["samples_observed"] = int(session.tracker.observed)
         rec["rows_seen"] = int((stats.times_seen > 0).sum()) if stats is not None else 0
         rec["unmatched"] = int(session.tracker.unmatched)
+        domain = next((c for c in ours if type(c).__name__ == "DomainAdaptationCallback"), None)
+        if domain is not None:  # the regulariser really ran: its metrics as the Trainer logged them at the end
+            rec["domain_metrics"] = {k: v for entry in trainer.state.log_history for k, v in entry.items()
+                                     if k.startswith("sft/domain/")}
     trainer.callback_handler.callbacks.clear()
     del trainer, model, out
     gc.collect()
@@ -465,7 +477,9 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| arm B sanity (last run) | sampler installed: {b[-1]['sampler_installed']}, weight updates: "
             f"{b[-1]['weight_updates']}, policy calls: {b[-1]['policy_calls']}, samples observed: "
-            f"{b[-1]['samples_observed']}, unmatched: {b[-1]['unmatched']} |"
+            f"{b[-1]['samples_observed']}, unmatched: {b[-1]['unmatched']}"
+            + "".join(f", {k.split('/')[-1]}: {v:.3f}" for k, v in (b[-1].get("domain_metrics") or {}).items())
+            + " |"
         )
     prof = result.get("profile")
     if prof:
@@ -499,8 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights")
     ap.add_argument("--no-gradient-checkpointing", action="store_true",
                     help="the fast configuration (TRL turns checkpointing on by default)")
-    ap.add_argument("--callbacks", choices=["sampler", "all"], default="sampler",
-                    help="arm B: dynamics + a loss-weighted sampler, or every strategy and the data map at once")
+    ap.add_argument("--callbacks", choices=["sampler", "all", "domain-adversarial", "domain-mmd"], default="sampler",
+                    help="arm B: dynamics + a loss-weighted sampler, every strategy and the data map at once, or "
+                         "dynamics + DomainAdaptationCallback")
     ap.add_argument("--eval-steps", type=int, default=0,
                     help="evaluate every N steps in both arms (--callbacks all needs it: default 20 there)")
     ap.add_argument("--profile-steps", type=int, default=0,
