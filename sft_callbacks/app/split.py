@@ -20,16 +20,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ..engine.columns import COLUMN_MEANINGS, LIST_COLUMNS
+
 
 #: Columns holding the sample text (TRL's conversational or plain formats).
 TEXT_COLUMNS = ("messages", "prompt", "completion", "text")
 
 #: Annotation columns the curated format may carry, in the order the sample viewer lists them.
-ANNOTATION_COLUMNS = (
-    "source_row", "times_seen", "loss_mean", "loss_last", "loss_first", "token_accuracy", "entropy_mean",
-    "dropped_by_trl", "weight", "confidence", "variability", "correctness", "forgetting_events", "region",
-    "flag_noisy", "conflict", "conflict_kind", "difficulty",
-)  # fmt: skip
+ANNOTATION_COLUMNS = tuple(c for c in COLUMN_MEANINGS if c not in LIST_COLUMNS)  # engine.columns
+
+#: What a run with the training-dynamics callback, a sampling policy and the data map records; the app says when
+#: one of these is absent.
+CORE_COLUMNS = ("times_seen", "loss_mean", "weight", "confidence", "variability", "region")
 
 #: Boolean columns offered as flag filters.
 FLAG_COLUMNS = ("flag_noisy", "conflict", "dropped_by_trl")

@@ -116,10 +116,12 @@ def build_app(source: str | None = None, revision: str | None = None, *, allow_l
                             pick_x = gr.Number(label="variability")
                             pick_y = gr.Number(label="confidence")
                     with gr.Tab("Weights & mixture"):
-                        weight_img = gr.Image(label="Weight histogram", type="numpy", interactive=False, buttons=[])
-                        weight_note = gr.HTML(label="Weights note")
-                        mixture_img = gr.Image(label="Per-group mixture", type="numpy", interactive=False, buttons=[])
-                        mixture_note = gr.HTML(label="Mixture note")
+                        weight_img = gr.Image(label="Weight histogram", type="numpy", interactive=False, buttons=[],
+                                              elem_id="sft-weights")
+                        weight_note = gr.HTML(label="Weights note", elem_id="sft-weights-note")
+                        mixture_img = gr.Image(label="Per-group mixture", type="numpy", interactive=False, buttons=[],
+                                               elem_id="sft-mixture")
+                        mixture_note = gr.HTML(label="Mixture note", elem_id="sft-mixture-note")
                     with gr.Tab("Provenance card"):
                         card_html = gr.HTML(label="Provenance summary")
                         card_code = gr.Code(label="README.md (dataset card, as text)", language="markdown", interactive=False)

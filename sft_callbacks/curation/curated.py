@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..engine.frames import run_annotations
 from .arrow_rows import arrow_dataset, mapped_column, subset
 from .selection import best_rows_thresholds, order_keys
 
@@ -23,17 +24,6 @@ _CHUNK_ROWS = 262_144  # rows per step of each pass over the data: memory per st
 
 #: Boolean columns that :func:`curate` drops by default when they are present.
 DEFAULT_DROP_FLAGS = ("flag_noisy", "conflict")
-
-_DYNAMICS = {
-    "times_seen": "times_seen",
-    "loss_mean": "loss_mean",
-    "loss_last": "loss_last",
-    "loss_first": "loss_first",
-    "token_accuracy": "token_accuracy",
-    "entropy_mean": "entropy_mean",
-    "dropped": "dropped_by_trl",
-}
-_DATA_MAP = ("confidence", "variability", "correctness", "forgetting_events", "region", "noise_score", "flag_noisy")
 
 
 def _sessions(callbacks: Sequence[Any]):
@@ -49,31 +39,22 @@ def _sessions(callbacks: Sequence[Any]):
     return ours, next(iter(sessions.values()), None)
 
 
-def _dataloader_to_user(session, values: np.ndarray) -> np.ndarray:
-    """Per-dataloader-row values -> per-user-row (NaN for rows TRL dropped)."""
-    index = session.tracker.index
-    out = np.full(index.num_user_rows, np.nan, dtype=np.float64)
-    out[index.row_user] = np.asarray(values, dtype=np.float64)
-    return out
-
-
 def training_annotations(callbacks: Sequence[Any]) -> pd.DataFrame:
     """What the callbacks of a finished run know about each row of the training dataset, indexed by that row.
 
     Columns (those the given callbacks can provide): ``times_seen``, ``loss_mean``, ``loss_last``,
     ``loss_first``, ``token_accuracy``, ``entropy_mean``, ``dropped_by_trl`` (any of our callbacks);
     ``weight`` (final sampling weight relative to uniform: 2.0 = drawn twice as often; when a sampling policy
-    ran); ``confidence``, ``variability``, ``correctness``, ``forgetting_events``, ``region``, ``flag_noisy``
-    (:class:`~sft_callbacks.DataMapCallback`); ``difficulty`` (:class:`~sft_callbacks.CurriculumCallback`'s
-    score, higher = harder). Rows TRL dropped get NaN / empty values.
+    ran); ``confidence``, ``variability``, ``correctness``, ``forgetting_events``, ``epochs_seen``, ``region``,
+    ``noise_score``, ``flag_noisy`` (:class:`~sft_callbacks.DataMapCallback`); ``difficulty``
+    (:class:`~sft_callbacks.CurriculumCallback`'s score, higher = harder). Rows TRL dropped get NaN / empty
+    values. Meanings: :data:`sft_callbacks.engine.columns.COLUMN_MEANINGS`.
 
     Example:
         >>> dyn, data_map = TrainingDynamicsCallback(), DataMapCallback()  # doctest: +SKIP
         >>> SFTTrainer(..., callbacks=[dyn, data_map]).train()  # doctest: +SKIP
         >>> training_annotations([dyn, data_map]).sort_values("confidence").head()  # doctest: +SKIP
     """
-    from ..policies import CurriculumCallback, DataMapCallback
-
     ours, session = _sessions(list(callbacks))
     if session is None:
         raise ValueError("no callbacks given: pass the sft-callbacks callbacks of a finished training run")
@@ -84,19 +65,7 @@ def training_annotations(callbacks: Sequence[Any]) -> pd.DataFrame:
             "with packing=True the trainer draws packs, and TRL does not record which of your rows each packed "
             "sample came from, so nothing can be attached to your rows: train with packing=False to curate"
         )
-    frame = ours[0].dynamics()[list(_DYNAMICS)].rename(columns=_DYNAMICS)
-    if session.sampler is not None:
-        weights = _dataloader_to_user(session, session.sampler.current_weights)
-        mean = np.nanmean(weights) if np.isfinite(weights).any() else np.nan
-        frame["weight"] = weights / mean if mean > 0 else weights
-    for cb in ours:
-        if isinstance(cb, DataMapCallback):
-            data_map = cb.data_map()
-            for c in _DATA_MAP:
-                frame[c] = data_map[c].to_numpy()
-        elif isinstance(cb, CurriculumCallback) and cb.difficulty is not None:
-            frame["difficulty"] = _dataloader_to_user(session, cb.difficulty)
-    return frame
+    return run_annotations(session, ours, full=False)
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ import numpy as np
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .frames import annotate_dataset, dynamics_frame, eval_frame
+from .frames import annotate_dataset, dynamics_frame, eval_frame, run_annotations
 from .session import PolicyContext, Session
 
 
@@ -220,9 +220,24 @@ class SFTCallback(TrainerCallback, ExportableState):
         """
         return eval_frame(self.session.tracker, name)
 
+    def row_annotations(self):
+        """Columns this callback adds to each row of the training dataset, as a DataFrame indexed by that row
+        (``to_dataset`` and :func:`~sft_callbacks.curate` carry them), or ``None`` for none. Every column it
+        returns needs a meaning in :data:`sft_callbacks.engine.columns.COLUMN_MEANINGS`."""
+        return None
+
     def to_dataset(self, dataset):
-        """Your training ``dataset`` with the training-dynamics columns added (same rows, same order)."""
-        return annotate_dataset(dataset, self.dynamics())
+        """Your training ``dataset`` (same rows, same order) with every annotation of the run: the training
+        dynamics, the final sampling ``weight`` when a sampling policy ran, and the columns the run's other
+        callbacks add (the data map's, the curriculum's ``difficulty``). The columns' meanings:
+        :data:`sft_callbacks.engine.columns.COLUMN_MEANINGS`.
+
+        Example:
+            >>> annotated = dyn.to_dataset(train)  # after trainer.train(); doctest: +SKIP
+            >>> annotated.save_to_disk("annotated")  # doctest: +SKIP
+        """
+        session = self.session
+        return annotate_dataset(dataset, run_annotations(session, session.members or [self]))
 
 
 def _jsonable(value) -> bool:

@@ -98,6 +98,57 @@ def dynamics_frame(tracker: SampleTracker) -> pd.DataFrame:
     return frame
 
 
+#: The dynamics columns :func:`~sft_callbacks.curate` carries (``to_dataset`` carries all of DYNAMICS_COLUMNS), and
+#: the names both write them under (``dropped`` becomes ``dropped_by_trl``: a flag beside the data's own columns).
+CURATED_DYNAMICS = ("times_seen", "loss_mean", "loss_last", "loss_first", "token_accuracy", "entropy_mean", "dropped")
+_RENAMED = {"dropped": "dropped_by_trl"}
+
+
+def per_user_row(tracker: SampleTracker, values) -> np.ndarray:
+    """Per-dataloader-row ``values`` (the sampler's, a policy's) as per-user-row float64 (NaN for rows TRL dropped).
+
+    Example:
+        >>> weights = per_user_row(session.tracker, session.sampler.current_weights)  # doctest: +SKIP
+    """
+    index = tracker.index
+    out = np.full(index.num_user_rows, np.nan, dtype=np.float64)
+    out[index.row_user] = np.asarray(values, dtype=np.float64)
+    return out
+
+
+def run_annotations(session, callbacks, *, full: bool = True) -> pd.DataFrame:
+    """What a finished run knows about each row of the training dataset, indexed by that row: the dynamics
+    columns (all of them with ``full``, else those of ``CURATED_DYNAMICS``; ``dropped`` as ``dropped_by_trl``),
+    ``weight`` (the final sampling weight relative to uniform, when a sampling policy ran) and the columns each
+    of ``callbacks`` adds through :meth:`~sft_callbacks.SFTCallback.row_annotations` (data map, difficulty).
+    Column meanings: :data:`sft_callbacks.engine.columns.COLUMN_MEANINGS`. Packed runs give the dynamics frame
+    only (indexed by packed sample).
+
+    Example:
+        >>> run_annotations(dyn.session, dyn.session.members).columns  # doctest: +SKIP
+    """
+    frame = dynamics_frame(session.tracker)
+    if session.tracker.index.packed:
+        return frame
+    if not full:
+        frame = frame[list(CURATED_DYNAMICS)]
+    frame = frame.rename(columns=_RENAMED)
+    if session.sampler is not None:
+        weights = per_user_row(session.tracker, session.sampler.current_weights)
+        mean = np.nanmean(weights) if np.isfinite(weights).any() else np.nan
+        frame["weight"] = weights / mean if mean > 0 else weights
+    for callback in callbacks:
+        extra = callback.row_annotations()
+        if extra is None:
+            continue
+        clash = sorted(set(extra.columns) & set(frame.columns))
+        if clash:
+            raise ValueError(f"{type(callback).__name__} annotates columns {clash} that another callback also wrote")
+        for c in extra.columns:
+            frame[c] = np.asarray(extra[c])
+    return frame
+
+
 def eval_frame(tracker: SampleTracker, name: str = "eval") -> pd.DataFrame:
     """The latest evaluation's per-sample loss and token accuracy, indexed by the user's eval-dataset row.
 

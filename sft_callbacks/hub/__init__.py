@@ -2,8 +2,18 @@
 pushing and loading an export with ``huggingface_hub`` (:mod:`.publish`). May import ``engine``, ``policies``
 and ``curation``."""
 
-from .provenance import build_card, build_provenance
-from .publish import PublishError, PushResult, curate_annotated, load_export, push_curated_dataset, save_curated_dataset
+from .provenance import build_card, build_provenance, describe_run
+from .publish import (
+    PublishError,
+    PushResult,
+    curate_annotated,
+    load_export,
+    load_run_record,
+    push_curated_dataset,
+    save_annotated_dataset,
+    save_curated_dataset,
+)
 
-__all__ = ["PublishError", "PushResult", "build_card", "build_provenance", "curate_annotated", "load_export",
-           "push_curated_dataset", "save_curated_dataset"]  # fmt: skip
+__all__ = ["PublishError", "PushResult", "build_card", "build_provenance", "curate_annotated", "describe_run",
+           "load_export", "load_run_record", "push_curated_dataset", "save_annotated_dataset",
+           "save_curated_dataset"]  # fmt: skip

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.columns import COLUMN_MEANINGS
+
 #: Version tag of the ``provenance.json`` layout.
 SCHEMA = "sft-callbacks/provenance/1"
 
@@ -53,26 +55,7 @@ _ABS_PATH = re.compile(r"(?<![\w:/.~])(?:/|~/|[A-Za-z]:\\)[^\s\"'`<>|,;)(\]\[]+"
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                     (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))  # fmt: skip
 
-_COLUMN_DOCS = {
-    "source_row": "row of the input dataset this row comes from",
-    "times_seen": "training forward passes that included the row",
-    "loss_mean": "mean per-token loss over those passes",
-    "loss_last": "per-token loss at the row's latest pass",
-    "loss_first": "per-token loss at the row's first pass",
-    "token_accuracy": "top-1 accuracy on the trained tokens at the latest pass",
-    "entropy_mean": "mean predictive entropy on the trained tokens",
-    "dropped_by_trl": "TRL dropped the row during preparation (statistics are empty)",
-    "weight": "final sampling weight relative to uniform (2.0 = drawn twice as often)",
-    "confidence": "data map: mean probability of the reference tokens across epochs",
-    "variability": "data map: standard deviation of that confidence across epochs (empty: seen in < 2 epochs)",
-    "correctness": "data map: fraction of epochs the row was predicted correctly",
-    "forgetting_events": "data map: times the row went from learnt to not learnt",
-    "region": "data map region (easy-to-learn / ambiguous / hard-to-learn)",
-    "noise_score": "data map: suspicion of a wrong answer (default: 1 - confidence over the window of trust)",
-    "flag_noisy": "data map flag: likely mislabeled",
-    "difficulty": "curriculum difficulty score (higher = harder)",
-    "conflict": "the prompt has conflicting answers in the data",
-}
+_COLUMN_DOCS = COLUMN_MEANINGS  # one registry: sft_callbacks.engine.columns
 
 
 # ----------------------------------------------------------------------------------------------- sanitising
@@ -347,6 +330,61 @@ def _jsonable(v: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- the record
+#: The run record written beside an annotated dataset (``save_annotated_dataset``) and read by the export.
+RUN_FILE = "sft_run.json"
+
+
+def describe_run(
+    *,
+    trainer: Any = None,
+    callbacks: Sequence[Any] = (),
+    source: Any = None,
+    source_revision: str | None = None,
+    model: Any = None,
+    model_revision: str | None = None,
+    dataset: Any = None,
+    fetch_source_card: bool = True,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """Where a run's rows came from and what trained on them (JSON-safe, sanitized): ``source``
+    (:func:`describe_source`), ``model`` (:func:`describe_model`, the trainer's model unless ``model`` is
+    given), ``training`` (trainer class, arguments, steps, epochs), ``seed``, ``callbacks`` (class and
+    configuration of each) and ``mixture_over_training``. It is the part of :func:`build_provenance` that
+    belongs to the run rather than to a curation, so it can be saved with an annotated dataset
+    (``save_annotated_dataset``) and the card made later from that folder is as complete.
+
+    Example:
+        >>> run = describe_run(trainer=trainer, callbacks=[dyn, data_map], source="my-org/sft-set")  # doctest: +SKIP
+        >>> run["training"]["global_step"]  # doctest: +SKIP
+        120
+    """
+    from ..curation.curated import callback_config
+
+    training: dict[str, Any] | None = None
+    mixture: list[dict[str, Any]] = []
+    if trainer is not None:
+        state = getattr(trainer, "state", None)
+        training = {
+            "arguments": training_arguments(trainer.args),
+            "trainer": type(trainer).__name__,
+            "global_step": int(getattr(state, "global_step", 0) or 0),
+            "epochs": float(getattr(state, "epoch", 0.0) or 0.0),
+        }
+        mixture = mixture_history(getattr(state, "log_history", []))
+    if model is None and trainer is not None:
+        model = getattr(trainer, "model", None)
+    record = {
+        "source": describe_source(source, revision=source_revision, dataset=dataset, fetch_card=fetch_source_card,
+                                  token=token),
+        "model": describe_model(model, revision=model_revision) if model is not None else None,
+        "training": training,
+        "seed": training["arguments"].get("seed") if training is not None else None,
+        "callbacks": [callback_config(cb) for cb in callbacks],
+        "mixture_over_training": mixture,
+    }
+    return sanitize(_jsonable(record), tokens=[token] if token else ())
+
+
 def build_provenance(
     curated,
     *,
@@ -365,6 +403,7 @@ def build_provenance(
     created_at: str | None = None,
     fetch_source_card: bool = True,
     token: str | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The provenance record of a :class:`~sft_callbacks.curation.CuratedDataset` (JSON-safe, sanitized).
 
@@ -373,36 +412,32 @@ def build_provenance(
     ``source`` is the input dataset's Hub id, local path or ``datasets.Dataset`` (see :func:`describe_source`);
     an explicit ``license`` / ``language`` wins over what the source's card says. ``splits`` maps split names
     to row counts (default: everything in ``train``); ``plots`` maps plot names to their relative paths.
+    ``run``: a recorded :func:`describe_run` (the ``sft_run.json`` of an annotated folder): its source, model,
+    training, seed, callbacks and mixture fill in what ``trainer`` / ``source`` / ``model`` do not give.
 
     Example:
         >>> prov = build_provenance(curated, trainer=trainer, source="my-org/sft-set")  # doctest: +SKIP
         >>> prov["counts"]  # doctest: +SKIP
         {'rows_in': 240, 'rows_out': 221, 'dropped': {'flag_noisy': 19}}
     """
-    src = describe_source(source, revision=source_revision, dataset=curated.dataset,
-                          fetch_card=fetch_source_card, token=token)  # fmt: skip
+    fresh = describe_run(trainer=trainer, source=source, source_revision=source_revision, model=model,
+                         model_revision=model_revision, dataset=curated.dataset, fetch_source_card=fetch_source_card,
+                         token=token)  # fmt: skip
+    run = dict(run or {})
+    # What this call was given wins; the recorded run fills in the rest.
+    src = dict(fresh["source"] if source is not None or not run.get("source") else run["source"])
+    if model is None and trainer is None and run.get("model"):
+        fresh["model"] = run["model"]
+    if trainer is None and run.get("training"):
+        fresh.update(training=run["training"], seed=run.get("seed"), mixture_over_training=run.get(
+            "mixture_over_training") or [])
+    callbacks = list(curated.callbacks) or list(run.get("callbacks") or [])
     if license is not None:
         src["license"] = license
     if language is not None:
         src["language"] = [language] if isinstance(language, str) else list(language)
     elif isinstance(src.get("language"), str):
         src["language"] = [src["language"]]
-    training: dict[str, Any] | None = None
-    mixture: list[dict[str, Any]] = []
-    if trainer is not None:
-        state = getattr(trainer, "state", None)
-        training = {
-            "arguments": training_arguments(trainer.args),
-            "trainer": type(trainer).__name__,
-            "global_step": int(getattr(state, "global_step", 0) or 0),
-            "epochs": float(getattr(state, "epoch", 0.0) or 0.0),
-        }
-        mixture = mixture_history(getattr(state, "log_history", []))
-    if model is None and trainer is not None:
-        model = getattr(trainer, "model", None)
-    seed = None
-    if training is not None:
-        seed = training["arguments"].get("seed")
     # the group column is input data that curate() copies into its report, not an annotation
     group = curated.filters.get("group_column")
     skip = {"kept", "drop_reason", *([group] if group not in _COLUMN_DOCS else [])}
@@ -412,10 +447,10 @@ def build_provenance(
         "created_at": created_at or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "pretty_name": pretty_name,
         "source": src,
-        "model": describe_model(model, revision=model_revision) if model is not None else None,
-        "training": training,
-        "seed": seed,
-        "callbacks": list(curated.callbacks),
+        "model": fresh["model"],
+        "training": fresh["training"],
+        "seed": fresh["seed"],
+        "callbacks": callbacks,
         "filters": dict(curated.filters),
         "counts": {"rows_in": int(curated.rows_in), "rows_out": int(curated.rows_out),
                    "dropped": {str(k): int(v) for k, v in curated.dropped.items()}},  # fmt: skip
@@ -424,7 +459,7 @@ def build_provenance(
         "annotation_columns": annotations,
         "annotation_summary": _annotation_summary(curated.annotations, annotations),
         "group_counts": _group_counts(curated),
-        "mixture_over_training": mixture,
+        "mixture_over_training": fresh["mixture_over_training"],
         "plots": dict(plots or {}),
         "metadata": {
             "license": src.get("license"),
@@ -494,7 +529,7 @@ def _rows_in_order(frame, rows: np.ndarray):
 
 
 def write_plots(curated, directory: str | os.PathLike, *, trainer: Any = None,
-                prefix: str = "plots") -> dict[str, str]:
+                prefix: str = "plots", run: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Draw the plots that the annotations allow into ``directory``; return ``{name: relative path}``.
 
     ``data_map`` (confidence vs variability, when :class:`~sft_callbacks.DataMapCallback` ran), ``mixture``
@@ -538,7 +573,8 @@ def write_plots(curated, directory: str | os.PathLike, *, trainer: Any = None,
         plot_data_map(points, str(path), title=f"Data map: {int(curated.rows_in)} rows in, {int(curated.rows_out)} kept")
         written["data_map"] = f"{prefix}/data_map.png"
 
-    history = mixture_history(getattr(getattr(trainer, "state", None), "log_history", [])) if trainer else []
+    history = mixture_history(getattr(getattr(trainer, "state", None), "log_history", [])) if trainer else list(
+        (run or {}).get("mixture_over_training") or [])
     if history:
         groups = sorted({g for h in history for g in h["shares"]})
         steps = [h["step"] for h in history]

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..curation.arrow_rows import subset
+from ..engine.columns import COLUMN_MEANINGS
 from ..curation import CuratedDataset, curate
 from .provenance import SCHEMA, build_card, build_provenance, write_plots
 
@@ -73,12 +74,7 @@ class PushResult:
 
 #: Columns that :func:`curate_annotated` treats as annotations when a dataset already carries them (what
 #: ``TrainingDynamicsCallback.to_dataset``, the demo's ``annotated/`` folder and ``curate`` itself write).
-ANNOTATION_COLUMNS = (
-    "times_seen", "loss_mean", "loss_last", "loss_first", "token_accuracy", "token_accuracy_mean", "entropy_mean",
-    "last_step", "n_trained_tokens", "dropped", "dropped_by_trl", "n_duplicates", "weight", "confidence",
-    "variability", "correctness", "forgetting_events", "epochs_seen", "region", "noise_score", "flag_noisy",
-    "difficulty", "conflict",
-)  # fmt: skip
+ANNOTATION_COLUMNS = tuple(c for c in COLUMN_MEANINGS if c != "source_row")  # source_row: curate adds it
 
 
 def curate_annotated(dataset, *, annotation_columns: Sequence[str] | None = None, **curate_kwargs: Any) -> CuratedDataset:
@@ -109,6 +105,59 @@ def curate_annotated(dataset, *, annotation_columns: Sequence[str] | None = None
     return curate(dataset, report_columns=columns, **curate_kwargs)
 
 
+# ======================================================================================= the annotated folder
+def save_annotated_dataset(
+    output_dir: str | os.PathLike,
+    dataset,
+    *,
+    trainer: Any = None,
+    callbacks: Sequence[Any] = (),
+    source: Any = None,
+    source_revision: str | None = None,
+    model: Any = None,
+    model_revision: str | None = None,
+    fetch_source_card: bool = True,
+    token: str | None = None,
+) -> Path:
+    """Save an annotated training set (``cb.to_dataset(train)``) with ``datasets.save_to_disk`` and, beside it,
+    the run's record (``sft_run.json``: source, model, training arguments, callbacks, mixture over training; see
+    :func:`~sft_callbacks.hub.provenance.describe_run`), so that an export made later from the folder
+    (``sft-callbacks export``) has a card as complete as one made in the training script.
+
+    Example:
+        >>> annotated = dyn.to_dataset(train)  # doctest: +SKIP
+        >>> save_annotated_dataset("annotated", annotated, trainer=trainer, callbacks=[dyn, data_map],
+        ...                        source="my-org/sft-set")  # doctest: +SKIP
+        >>> # later, anywhere: sft-callbacks export annotated --output-dir curated
+    """
+    from .provenance import RUN_FILE, describe_run
+
+    out = Path(output_dir)
+    record = describe_run(trainer=trainer, callbacks=callbacks, source=source, source_revision=source_revision,
+                          model=model, model_revision=model_revision, fetch_source_card=fetch_source_card,
+                          token=token)  # fmt: skip
+    dataset.save_to_disk(str(out))
+    (out / RUN_FILE).write_text(_dump(record), encoding="utf-8")  # written last: a folder with it is complete
+    return out
+
+
+def load_run_record(annotated_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run record that :func:`save_annotated_dataset` wrote into ``annotated_dir``, or ``None`` if none.
+
+    Example:
+        >>> load_run_record("sft_callbacks_output/annotated")["model"]["id"]  # doctest: +SKIP
+    """
+    from .provenance import RUN_FILE
+
+    path = Path(annotated_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): delete it or save the annotated dataset again") from e
+
+
 # ================================================================================================== saving
 def save_curated_dataset(
     output_dir: str | os.PathLike,
@@ -129,6 +178,7 @@ def save_curated_dataset(
     max_shard_size: int | str = "500MB",
     fetch_source_card: bool = True,
     token: str | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``curated`` (the output of :func:`~sft_callbacks.curate`) as an export folder; return its path.
 
@@ -137,7 +187,8 @@ def save_curated_dataset(
     datasets (same features). ``trainer``: the finished trainer (model, arguments, seed, mixture over
     training). ``source`` / ``source_revision``: the input dataset (Hub id, local path or ``datasets.Dataset``),
     ``model`` / ``model_revision`` override the trainer's model; ``license`` / ``language`` override what the
-    source's card says. See :func:`~sft_callbacks.hub.provenance.build_provenance`.
+    source's card says. ``run``: the run record of an annotated folder (:func:`load_run_record`), for what no
+    trainer is there to tell. See :func:`~sft_callbacks.hub.provenance.build_provenance`.
 
     The folder is written next to ``output_dir`` and moved into place at the end, so an interrupted save never
     leaves a half export; an earlier export at ``output_dir`` is replaced, any other non-empty folder is refused.
@@ -162,12 +213,12 @@ def save_curated_dataset(
     staging.mkdir(parents=True)
     try:
         sizes = {name: _write_split(staging / "data", name, ds, max_shard_size) for name, ds in parts.items()}
-        plots = write_plots(curated, staging / "plots", trainer=trainer)
+        plots = write_plots(curated, staging / "plots", trainer=trainer, run=run)
         provenance = build_provenance(
             curated, trainer=trainer, source=source, source_revision=source_revision, model=model,
             model_revision=model_revision, license=license, language=language, task_categories=task_categories,
             tags=tags, pretty_name=pretty_name, splits={k: len(v) for k, v in parts.items()}, plots=plots,
-            fetch_source_card=fetch_source_card, token=token,
+            fetch_source_card=fetch_source_card, token=token, run=run,
         )  # fmt: skip
         (staging / "provenance.json").write_text(_dump(provenance), encoding="utf-8")
         card = build_card(provenance, existing=_local_yaml(parts, sizes))
@@ -504,4 +555,5 @@ def _retry(name: str, fn: Callable[[], Any], attempts: dict[str, int], *, max_re
 
 
 __all__ = ["ANNOTATION_COLUMNS", "DEFAULT_COMMIT_MESSAGE", "PublishError", "PushResult", "curate_annotated",
-           "load_export", "push_curated_dataset", "save_curated_dataset"]  # fmt: skip
+           "load_export", "load_run_record", "push_curated_dataset", "save_annotated_dataset",
+           "save_curated_dataset"]  # fmt: skip

@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.frames import per_user_row
 from ..engine.sampling import decode_array, encode_array, splitmix64
 from ..engine.scoring import length_difficulty, loss_difficulty
 
@@ -341,6 +343,13 @@ class CurriculumCallback(SamplingPolicyCallback):
         self._metrics: dict[str, float] = {}
 
     # -- contract ---------------------------------------------------------------------------------------------
+    def row_annotations(self):
+        """``difficulty`` per row of the training dataset (higher = harder), once it has been computed."""
+        tracker = self.session.tracker
+        if self.difficulty is None or tracker.index is None or tracker.index.packed:
+            return None
+        return pd.DataFrame({"difficulty": per_user_row(tracker, self.difficulty)})
+
     def on_train_begin(self, args, state, control, **kwargs):
         # A new train() call may bring another dataset or model: difficulty and groups are computed afresh, unless
         # the checkpoint being resumed holds them (restored by the base class, after this reset).

@@ -148,6 +148,11 @@ def flag_noisy(
     return candidates & (confidence <= c_cut)
 
 
+#: The data map's columns on each annotated row (their meanings: sft_callbacks.engine.columns).
+DATA_MAP_COLUMNS = ("confidence", "variability", "correctness", "forgetting_events", "epochs_seen", "region",
+                    "noise_score", "flag_noisy")
+
+
 class DataMapCallback(SamplingPolicyCallback):
     """A [`~transformers.TrainerCallback`] that maps every training sample by confidence and variability across
     epochs (dataset cartography) and flags likely wrong answers, from the training forward passes themselves.
@@ -300,6 +305,12 @@ class DataMapCallback(SamplingPolicyCallback):
         placed), ``noise_score``, ``noise_probability`` (NaN where not eligible), ``flag_noisy`` (rows TRL dropped:
         NaN / empty region / not flagged)."""
         return self._by_row(self._per_sample())
+
+    def row_annotations(self) -> pd.DataFrame | None:
+        """The map's columns that ``to_dataset`` and :func:`~sft_callbacks.curate` carry (see :meth:`data_map`)."""
+        if self.session.tracker.index.packed:
+            return None
+        return self.data_map()[list(DATA_MAP_COLUMNS)]
 
     def noise_scores(self) -> pd.DataFrame:
         """Every score of :data:`~sft_callbacks.policies.noise.NOISE_SCORES` for each training row (higher = more

@@ -69,6 +69,26 @@ def test_annotations_come_from_every_callback_and_line_up_with_user_rows(trained
     assert per_domain[counts.idxmin()] > per_domain[counts.idxmax()]
 
 
+def test_to_dataset_carries_every_annotation_curate_would_and_all_of_them_have_a_meaning(trained):
+    from sft_callbacks.engine.columns import COLUMN_MEANINGS
+
+    data, callbacks = trained
+    ann = training_annotations(callbacks)
+    for cb in callbacks:  # any of the run's callbacks gives the whole run's annotations
+        annotated = cb.to_dataset(data)
+        assert annotated.num_rows == len(data) and annotated.column_names[: len(data.column_names)] == data.column_names
+        added = [c for c in annotated.column_names if c not in data.column_names]
+        assert set(ann.columns) <= set(added), set(ann.columns) - set(added)
+        assert {"weight", "difficulty", "epochs_seen", "token_accuracy_mean", "n_duplicates"} <= set(added)
+        missing = [c for c in added if c not in COLUMN_MEANINGS]
+        assert not missing, f"annotation columns without a meaning in sft_callbacks.engine.columns: {missing}"
+    frame = annotated.to_pandas()
+    for c in ("weight", "difficulty", "confidence", "loss_mean"):  # the same numbers as curate's
+        np.testing.assert_allclose(frame[c].to_numpy(float), ann[c].to_numpy(float), rtol=1e-6, equal_nan=True)
+    assert frame["flag_noisy"].tolist() == ann["flag_noisy"].tolist()
+    assert frame["dropped_by_trl"].tolist() == ann["dropped_by_trl"].tolist()
+
+
 def test_curate_drops_flags_applies_quotas_and_top_k_and_counts_every_drop(trained):
     data, callbacks = trained
     out = curate(data, callbacks, group_column="domain", quotas=4, top_k=10, score="loss_mean")
