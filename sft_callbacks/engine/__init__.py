@@ -1,7 +1,8 @@
 """What runs inside ``trainer.train()``: row identity (:mod:`.row_keys`), the capture of per-sample statistics from
 the Trainer's own forward (:mod:`.tracking`), the resumable weighted sampler (:mod:`.sampling`), the rule that
 combines policies' weights (:mod:`.weights`), the per-run state shared by the callbacks (:mod:`.session`), the
-callback base classes (:mod:`.callbacks`), the statistics as tables (:mod:`.frames`), the training-dynamics
+callback base classes (:mod:`.callbacks`), the statistics as tables (:mod:`.frames`), what each annotation
+column means (:mod:`.columns`), the training-dynamics
 callback (:mod:`.dynamics`), the loss-scoring pass (:mod:`.scoring`) and library-version differences
 (:mod:`.compat`). Imports nothing else from the package."""
 

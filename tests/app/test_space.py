@@ -295,14 +295,14 @@ def test_api_hub_repo_with_revision_and_bad_inputs(client, hub, tmp_path):
     pq.write_table(pa.table({"domain": ["a", "b", "a"], "loss_mean": [0.1, 0.2, 0.3]}),
                    sparse / "data/train-00000-of-00001.parquet")  # fmt: skip
     out = [html.unescape(x) if isinstance(x, str) else x for x in client.predict(str(sparse), "", api_name="/open")]
-    assert "train (3 rows)" in out[0] and "No text column" in out[0] and "Not recorded in this dataset: weight" in out[0]
+    assert "train (3 rows)" in out[0] and "No text column" in out[0] and "Not recorded in this dataset: times_seen, weight, confidence, variability, region." in out[0]
     assert "No provenance.json" in out[0]
     data_map, map_note, weights, w_note, _, mix_note = client.predict(str(sparse), "", "train", "domain", "region",
                                                                       api_name="/plots")  # fmt: skip
     assert data_map is None and "not recorded" in map_note and weights is None and "not recorded" in w_note
     assert "not recorded" in mix_note
     messages, stats, _ = client.predict(str(sparse), "", "train", 1, api_name="/sample")
-    assert "No text column" in messages and "not recorded" in stats
+    assert "No text column" in messages and "not recorded" in stats and "times_seen, weight, confidence" in stats
     # a query on a source that failed to open is a message too
     _, info, _ = client.predict(str(plain), "", "train", "", [], [], [], None, None, "", "", False, 1, 50, api_name="/query")
     assert "sft-error" in info
