@@ -276,3 +276,22 @@ print(json.dumps(out))
     assert (tmp_path / "demo" / "summary.json").is_file() and (tmp_path / "demo" / "curated" / "README.md").is_file()
     assert not _leaks(hub.files("test-user/demo-curated"), tmp_path)
     hub.assert_hermetic()
+
+
+def test_annotated_folder_keeps_its_run_record_and_a_broken_record_is_a_clear_error(tmp_path):
+    import datasets
+
+    from sft_callbacks import load_run_record, save_annotated_dataset
+
+    ds = datasets.Dataset.from_dict({"text": ["a", "b"], "loss_mean": [0.1, 0.2]})
+    source = tmp_path / "raw.jsonl"
+    source.write_text('{"text": "a"}\n')
+    out = save_annotated_dataset(tmp_path / "annotated", ds, source=str(source), fetch_source_card=False)
+    assert datasets.load_from_disk(str(out))["text"] == ["a", "b"]  # the record does not disturb load_from_disk
+    run = load_run_record(out)
+    assert run["source"]["id"] == "raw.jsonl" and run["source"]["fingerprint"].startswith("sha256:")
+    assert run["training"] is None and run["callbacks"] == [] and str(tmp_path) not in json.dumps(run)
+    assert load_run_record(tmp_path) is None  # a folder without a record
+    (out / "sft_run.json").write_text("{not json")
+    with pytest.raises(ValueError, match="sft_run.json is not valid JSON"):
+        load_run_record(out)
