@@ -5,6 +5,8 @@ training mix with 20% corrupted answers, judged on a validation / test mix (the 
 training mix. Every arm trains the same model with the same seeds and step budget:
 
 * ``uniform``: the plain SFTTrainer (TRL's random sampler);
+* ``flat``: equal weights through the package's sampler (a policy that never moves): the plain run's stream when
+  the sampler draws like the Trainer shuffles;
 * ``static_target``: ``GroupBalanceCallback(strategy="target")`` with the validation mix as target shares, the
   first thing a user would try;
 * ``validation``, ``hard``, ``curriculum``, ``balance``: each strategy alone, with defaults a user would pick;
@@ -30,9 +32,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from transformers import TrainerCallback
+
+from sft_callbacks import SamplingPolicyCallback
 from sft_callbacks.engine.compat import checkpointing_off
 
-ARMS = ("uniform", "static_target", "validation", "hard", "curriculum", "balance", "all")
+ARMS = ("uniform", "flat", "static_target", "validation", "hard", "curriculum", "balance", "all")
 QUICK_ARMS = ("uniform", "static_target", "all")
 # The candidate update rules of ValidationGuidedResamplingCallback (issue 13's ablation): "validation:<method>".
 VALIDATION_CANDIDATES = ("validation:scaling", "validation:learnability", "validation:aioli", "validation:exp3",
@@ -257,6 +261,7 @@ def make_policies(arm: str, target_shares: dict) -> list:
     )
 
     parts = {
+        "flat": FlatWeights,
         "static_target": lambda: GroupBalanceCallback(group_column="domain", strategy="target",
                                                       target_shares=target_shares),
         "validation": lambda: ValidationGuidedResamplingCallback(group_column="domain"),
@@ -278,6 +283,13 @@ def make_policies(arm: str, target_shares: dict) -> list:
     if arm not in parts:
         raise ValueError(f"unknown arm {arm!r}; choose from {list(ARMS)}")
     return [parts[arm]()]
+
+
+class FlatWeights(SamplingPolicyCallback):
+    """Equal weights for every row, through the package's sampler: a policy that never moves the stream."""
+
+    def compute_weights(self, ctx, reason):
+        return np.ones(ctx.num_rows)
 
 
 class EvalRecorder(TrainerCallback):

@@ -1,24 +1,35 @@
-"""AdaptiveSampler: draws training indices lazily from weights that may change during training.
+"""AdaptiveSampler: draws the training stream like the Trainer shuffles, from weights that may change mid-epoch.
 
-Each drawn position ``p`` (counted across epochs: ``p = epoch * len(sampler) + k``) gets a uniform number
-that is a pure function of ``(seed, p)``, and is mapped to a row by a binary search in the cumulative weights
-active at ``p``. Weight changes are *scheduled* at a stream position, never applied "now", so the index stream
-is the same whatever the dataloader prefetches, on every process, and after a resume from a checkpoint.
+The stream is made of *passes*. In a pass every row is visited as often as the credit it has earned allows (its
+weight, scaled so that the mean weight earns one visit per pass), in the order of a fresh random permutation; see
+:mod:`.quotas` for the rule. With equal weights a pass is one permutation of the rows, seeded exactly as
+accelerate's seedable sampler seeds the plain Trainer's epoch, so the stream *is* the plain Trainer's. Rows can be
+split into groups: each group runs its own passes and groups take turns by stride scheduling at their shares, so a
+change of the groups' shares costs O(groups).
+
+Weight changes are *scheduled* at a stream position, never applied "now", so the index stream is the same whatever
+the dataloader prefetches, on every process, and after a resume from a checkpoint.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import math
 import zlib
-from bisect import bisect_right
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from . import quotas
+
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_WINDOW_EVENTS = 1 << 23  # visits planned at once inside a weighted pass (bounds memory and first-draw latency)
+_GROUP_CHUNK = 1 << 16  # positions assigned to groups per call of the stride rule
+_STATE_FORMAT = "passes-1"
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -36,7 +47,7 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def counter_uniforms(seed: int, start: int, stop: int) -> np.ndarray:
-    """Uniform floats in [0, 1) for stream positions ``start..stop-1``; position ``p`` always gets the same value.
+    """Uniform floats in [0, 1) for counters ``start..stop-1``; counter ``p`` always gets the same value.
 
     Example:
         >>> u = counter_uniforms(0, 0, 4)
@@ -50,76 +61,442 @@ def counter_uniforms(seed: int, start: int, stop: int) -> np.ndarray:
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def _validated(weights: np.ndarray, num_rows: int) -> np.ndarray:
+def _validated(weights: np.ndarray, num_rows: int, what: str = "weights", noun: str = "rows") -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     if w.shape[0] != num_rows:
-        raise ValueError(f"weights have {w.shape[0]} entries but the dataset has {num_rows} rows")
+        raise ValueError(f"{what} have {w.shape[0]} entries but the dataset has {num_rows} {noun}")
     if not np.isfinite(w).all():
-        raise ValueError("weights contain NaN or inf; a policy must return finite, non-negative weights")
+        raise ValueError(f"{what} contain NaN or inf; a policy must return finite, non-negative weights")
     if (w < 0).any():
-        raise ValueError("weights contain negative values; a policy must return finite, non-negative weights")
+        raise ValueError(f"{what} contain negative values; a policy must return finite, non-negative weights")
     if not (w > 0).any():
-        raise ValueError("all weights are zero; at least one row must have a positive weight")
+        raise ValueError(f"all {what} are zero; at least one must be positive")
     return w
 
 
-class _WeightVersion:
-    """One weight vector and its cumulative sums, active from stream position ``start``."""
+@dataclass
+class _Change:
+    """Weights scheduled from stream position ``start``: row weights (float32) or group shares (float64)."""
 
-    __slots__ = ("start", "weights", "cumsum")
+    start: int
+    weights: np.ndarray | None = None
+    shares: np.ndarray | None = None
 
-    def __init__(self, start: int, weights: np.ndarray):
-        self.start = start
-        # Stored as float32 (what checkpoints keep), summed from those exact values, so a restored schedule
-        # draws bit-identically; float64 sums keep tiny weights drawable at 1e8 rows.
-        self.weights = np.asarray(weights, dtype=np.float32)
-        self.cumsum = np.cumsum(self.weights, dtype=np.float64)
+    def to_dict(self) -> dict:
+        out = {"start": self.start}
+        if self.weights is not None:
+            out["weights"] = encode_array(self.weights)
+        if self.shares is not None:
+            out["shares"] = self.shares.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> _Change:
+        weights = decode_array(d["weights"]).astype(np.float32) if "weights" in d else None
+        shares = np.asarray(d["shares"], dtype=np.float64) if "shares" in d else None
+        return cls(int(d["start"]), weights, shares)
+
+
+class _GroupStream:
+    """One group's own sequence of passes over its rows; hands out the next rows of the current pass."""
+
+    def __init__(self, rows: np.ndarray | None, n: int, seed: int):
+        self.rows = rows  # global ids of the group's rows (None: every row, in order)
+        self.n = n
+        self.seed = seed  # pass p is seeded with seed + p
+        self.weights: np.ndarray | None = None  # float32, the group's rows in order; None: all equal
+        self.scale = 1.0  # rate = weights * scale has mean 1 over the group
+        self.lag: np.ndarray | None = None  # between passes: credit minus visits, per row (None: all 0)
+        self.pass_id = 0  # passes started so far
+        # The pass in progress (perm is None between passes). Arrays in the pass's permutation order.
+        self.perm: np.ndarray | None = None
+        self.lag_p: np.ndarray | None = None
+        self.window = 0
+        self.windows = 1
+        self.events: np.ndarray | None = None  # permutation ranks of the current window's visits (None: flat pass)
+        self.times: np.ndarray | None = None
+        self.cursor = 0
+
+    # -- the pass ----------------------------------------------------------------------------------------
+    @property
+    def flat(self) -> bool:
+        return self.weights is None and self.lag is None
+
+    def _rate_p(self) -> np.ndarray:
+        if self.weights is None:
+            return np.ones(self.n)
+        return self.weights[self.perm].astype(np.float64) * self.scale
+
+    def _start_pass(self) -> None:
+        self.perm = quotas.pass_permutation(self.n, self.seed + self.pass_id)
+        self.pass_id += 1
+        self.window, self.cursor = 0, 0
+        if self.flat:
+            self.events = self.times = self.lag_p = None
+            self.windows = 1
+            return
+        self.lag_p = self.lag[self.perm] if self.lag is not None else np.zeros(self.n, dtype=np.float32)
+        self.lag = None
+        self.windows = max(1, math.ceil(self.n / _WINDOW_EVENTS))
+        self._plan_window()
+
+    def _pass_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        rate = self._rate_p()
+        lag = self.lag_p.astype(np.float64)
+        psi = quotas.phases(self.n)
+        return rate, lag, psi, quotas.visits_per_row(rate, lag, psi)
+
+    def _window_bounds(self, w: int) -> tuple[float, float]:
+        lo = -np.inf if w == 0 else w / self.windows
+        hi = 1.0 if w == self.windows - 1 else (w + 1) / self.windows
+        return lo, hi
+
+    def _plan_window(self) -> None:
+        rate, lag, psi, total = self._pass_arrays()
+        lo, hi = self._window_bounds(self.window)
+        self.events, self.times = quotas.plan_window(lo, hi, rate, lag, psi, total)
+        self.cursor = 0
+
+    def _end_pass(self) -> None:
+        if self.lag_p is not None:
+            rate, lag, psi, total = self._pass_arrays()
+            self._store_lag(lag + rate - total)
+        self.perm = self.lag_p = self.events = self.times = None
+
+    def _store_lag(self, lag_p: np.ndarray) -> None:
+        lag = np.empty(self.n, dtype=np.float32)
+        lag[self.perm] = lag_p
+        self.lag = None if not lag.any() else lag
+
+    def _available(self) -> int:
+        return (self.n if self.events is None else len(self.events)) - self.cursor
+
+    def take(self, count: int) -> np.ndarray:
+        """The next ``count`` rows (global ids) of this group's stream."""
+        out = []
+        while count > 0:
+            if self.perm is None:
+                self._start_pass()
+            avail = self._available()
+            if avail == 0:
+                if self.events is None or self.window == self.windows - 1:
+                    self._end_pass()
+                else:
+                    self.window += 1
+                    self._plan_window()
+                continue
+            k = min(count, avail)
+            ranks = slice(self.cursor, self.cursor + k) if self.events is None else self.events[self.cursor : self.cursor + k]
+            local = self.perm[ranks]
+            out.append(local if self.rows is None else self.rows[local])
+            self.cursor += k
+            count -= k
+        return np.concatenate(out).astype(np.int64, copy=False) if out else np.empty(0, dtype=np.int64)
+
+    def interrupt(self) -> None:
+        """End the pass in progress here, keeping each row's credit and visits (before its weights change)."""
+        if self.perm is None:
+            return
+        if self.events is None:  # a flat pass: the first `cursor` rows of the permutation were visited
+            psi = quotas.phases(self.n)
+            visited = (np.arange(self.n) < self.cursor).astype(np.int64)
+            elapsed = float(psi[self.cursor - 1]) if self.cursor else 0.0
+            self._store_lag(quotas.carried_lag(np.ones(self.n), np.zeros(self.n), visited, elapsed))
+        else:
+            rate, lag, psi, total = self._pass_arrays()
+            lo, _ = self._window_bounds(self.window)
+            before = np.zeros(self.n, dtype=np.int64) if lo == -np.inf else quotas.visits_before(lo, rate, lag, psi, total)
+            visited = before + np.bincount(self.events[: self.cursor], minlength=self.n)
+            elapsed = float(self.times[self.cursor - 1]) if self.cursor else (0.0 if lo == -np.inf else lo)
+            self._store_lag(quotas.carried_lag(rate, lag, visited, elapsed))
+        self.perm = self.lag_p = self.events = self.times = None
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        """New weights for the group's rows (float32, in order); the pass in progress ends first if they changed."""
+        equal = bool((weights == weights[0]).all()) and weights[0] > 0
+        new = None if equal else weights
+        total = float(weights.sum(dtype=np.float64))
+        if new is None and self.weights is None:
+            return
+        # Weights proportional to the old ones (the group's share moved, not its rows) keep the pass going.
+        same = new is not None and self.weights is not None and total > 0 and np.allclose(
+            new.astype(np.float64) * (self.n / total), self.weights.astype(np.float64) * self.scale, rtol=1e-6, atol=0
+        )
+        if not same:
+            self.interrupt()
+        self.weights = new
+        self.scale = self.n / total if total > 0 else 1.0
+
+    # -- checkpointing -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        lag = self.lag_p if self.perm is not None else self.lag
+        return {"pass_id": self.pass_id, "in_pass": self.perm is not None, "window": self.window,
+                "cursor": self.cursor, "lag": None if lag is None else encode_array(lag)}
+
+    def load_state_dict(self, d: dict) -> None:
+        lag = None if d["lag"] is None else decode_array(d["lag"]).astype(np.float32)
+        self.pass_id = int(d["pass_id"])
+        self.perm = self.lag_p = self.events = self.times = None
+        self.window, self.windows, self.cursor = 0, 1, 0
+        if not d["in_pass"]:
+            self.lag = lag
+            return
+        self.perm = quotas.pass_permutation(self.n, self.seed + self.pass_id - 1)
+        self.lag = None
+        if lag is not None or self.weights is not None:  # a weighted pass: re-plan its current window
+            self.lag_p = lag if lag is not None else np.zeros(self.n, dtype=np.float32)
+            self.windows = max(1, math.ceil(self.n / _WINDOW_EVENTS))
+            self.window = int(d["window"])
+            self._plan_window()
+        self.cursor = int(d["cursor"])
+
+
+class _Stream:
+    """The whole stream's state at one position: each group's passes and the groups' turns.
+
+    It starts as one group (the plain Trainer's permutations) and splits into the sampler's groups at the first
+    change that makes weights unequal, each row keeping its credit and visits, so a run is the plain run until a
+    policy first moves it.
+    """
+
+    def __init__(self, num_rows: int, seed: int):
+        self.position = 0
+        self.num_rows = num_rows
+        self.seed = seed
+        self.weights: np.ndarray | None = None  # row weights in force (float32); None: all equal
+        self.groups = [_GroupStream(None, num_rows, seed)]
+        self._reset_turns()
+
+    def _reset_turns(self) -> None:
+        sizes = np.array([g.n for g in self.groups], dtype=np.float64)
+        self.shares = sizes / sizes.sum()
+        self.deficit = np.zeros(len(self.groups))  # each group's credit minus the positions it took
+
+    def split(self, partition: tuple[np.ndarray, np.ndarray]) -> None:
+        """From one group to the sampler's groups; each row keeps its lag, each group the sum of its rows'."""
+        whole = self.groups[0]
+        whole.interrupt()
+        lag = whole.lag
+        order, offsets = partition
+        self.groups = []
+        for k in range(len(offsets) - 1):
+            rows = order[offsets[k] : offsets[k + 1]]
+            g = _GroupStream(rows, len(rows), self.seed + ((k + 1) << 32))
+            if lag is not None and lag[rows].any():
+                g.lag = lag[rows]
+            self.groups.append(g)
+        self._reset_turns()
+        if lag is not None:
+            self.deficit = np.array([float(lag[g.rows].sum(dtype=np.float64)) for g in self.groups])
+
+    def group_sums(self, weights: np.ndarray | None) -> np.ndarray:
+        if weights is None:
+            return np.array([g.n for g in self.groups], dtype=np.float64)
+        if len(self.groups) == 1:
+            return np.array([weights.sum(dtype=np.float64)])
+        return np.array([weights[g.rows].sum(dtype=np.float64) for g in self.groups])
+
+    def _set_shares(self, shares: np.ndarray) -> None:
+        self.shares = shares / shares.sum()  # each group keeps its deficit: what it was owed stays owed
+
+    def apply(self, change: _Change, partition) -> None:
+        if change.weights is not None:
+            w = change.weights
+            flat = bool((w == w[0]).all())
+            if partition is not None and len(self.groups) == 1 and not flat:
+                self.split(partition)
+            self.weights = None if flat else w
+            for g in self.groups:
+                g.set_weights(w if g.rows is None else w[g.rows])
+            self._set_shares(self.group_sums(self.weights))
+        if change.shares is not None:
+            if len(self.groups) == 1:
+                self.split(partition)
+            self._set_shares(change.shares)
+
+    def advance(self, count: int) -> np.ndarray:
+        if len(self.groups) == 1:
+            out = self.groups[0].take(count)
+        else:
+            out = np.empty(count, dtype=np.int64)
+            done = 0
+            while done < count:
+                k = min(_GROUP_CHUNK, count - done)
+                chosen = quotas.deadline_order(self.shares, self.deficit, k)
+                part = out[done : done + k]
+                for g in np.unique(chosen):
+                    mask = chosen == g
+                    part[mask] = self.groups[g].take(int(mask.sum()))
+                done += k
+        self.position += count
+        return out
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "weights": None if self.weights is None else encode_array(self.weights),
+                "shares": self.shares.tolist(), "deficit": self.deficit.tolist(),
+                "groups": [g.state_dict() for g in self.groups]}
+
+    def load_state_dict(self, d: dict, partition) -> None:
+        if len(d["groups"]) > 1:
+            if partition is None or len(partition[1]) - 1 != len(d["groups"]):
+                raise ValueError(f"checkpointed sampler has {len(d['groups'])} row groups, this one has other groups")
+            self.split(partition)
+        self.position = int(d["position"])
+        self.weights = None if d["weights"] is None else decode_array(d["weights"]).astype(np.float32)
+        for g in self.groups:
+            w = None if self.weights is None else (self.weights if g.rows is None else self.weights[g.rows])
+            if w is not None and not bool((w == w[0]).all() and w[0] > 0):
+                g.weights = w
+                g.scale = g.n / float(w.sum(dtype=np.float64))
+        self.shares = np.asarray(d["shares"], dtype=np.float64)
+        self.deficit = np.asarray(d["deficit"], dtype=np.float64)
+        for g, gd in zip(self.groups, d["groups"]):
+            g.load_state_dict(gd)
+
+
+class _Recent:
+    """The last ``capacity`` indices handed out, by stream position (a ring buffer)."""
+
+    def __init__(self, capacity: int):
+        self.buf = np.zeros(capacity, dtype=np.int64)
+        self.end = 0  # positions [end - filled, end) are held
+        self.filled = 0
+
+    def push(self, start: int, values: np.ndarray) -> None:
+        cap = len(self.buf)
+        if start != self.end:
+            self.filled = 0  # not contiguous with what is held
+        n = len(values)
+        keep = values[-cap:]
+        self.buf[np.arange(start + n - len(keep), start + n) % cap] = keep
+        self.end = start + n
+        self.filled = min(cap, self.filled + n)
+
+    def get(self, start: int, stop: int) -> np.ndarray | None:
+        if start < self.end - self.filled or stop > self.end:
+            return None
+        return self.buf[np.arange(start, stop) % len(self.buf)].copy()
 
 
 class AdaptiveSampler(torch.utils.data.Sampler[int]):
-    """A [`torch.utils.data.Sampler`] that draws each index, with replacement, from weights that can change mid-epoch.
+    """A [`torch.utils.data.Sampler`] that draws like the Trainer shuffles, from weights that can change mid-epoch.
 
-    Installed by the session into the Trainer's own dataloader (``DataLoaderShard.set_sampler``); users never
-    build it. Properties the rest of the package relies on:
+    Installed by the session into the Trainer's own dataloader (``DataLoaderShard.set_sampler``). How it draws:
+
+    - **Equal weights: random reshuffling.** Each epoch is a permutation of the rows, every row exactly once: the
+      very permutation the plain Trainer draws (``torch.randperm`` from a generator seeded with ``seed + epoch``,
+      as accelerate's seedable sampler does), so a run whose policies stay flat is the plain run, index for index.
+    - **Unequal weights: quotas, not dice.** Each row earns credit at its weight's rate (the mean weight earns one
+      visit per pass of ``num_rows`` draws) and is visited when its credit, less its visits, passes a threshold set
+      by its rank in the pass's fresh permutation. A row's visit count never strays more than one from the credit
+      it has earned (the expected count ``n * w_i / sum(w)`` while weights are fixed), and a row is not visited again
+      while a row of equal or higher weight with the same history still waits. Chosen over systematic sampling of a
+      per-pass permutation (whose per-pass rounding drifts like a random walk over passes) and Efraimidis-Spirakis
+      keys (a weighted order without replacement, but with no control of visit counts once weights exceed a pass).
+    - **Two levels, group then row.** With ``groups`` (a group label per row), each group runs its own passes and
+      the groups take turns by stride scheduling at their shares (each group's count stays within one of its share
+      of any prefix); :meth:`schedule_groups` changes the shares in O(groups).
+
+    Properties the rest of the package relies on:
 
     - ``len(sampler)`` is fixed (``num_samples``), so the Trainer's step count does not change;
-    - the index at stream position ``p`` depends only on ``seed``, ``p`` and the weights active at ``p``;
-    - :meth:`schedule` makes new weights active from a given position, so all processes (which share the
-      seed and the schedule) yield the same stream and accelerate's ``BatchSamplerShard`` splits it;
-    - updating weights costs O(n) (one cumulative sum); each draw is a binary search, O(log n); float64
-      sums and a counter-based generator work far past 2^24 rows (where ``torch.multinomial`` stops).
+    - :meth:`schedule` makes new weights active from a given stream position (``epoch * len(sampler) + k``);
+    - the index at a position depends only on ``seed``, the position and the schedule, so every process (same seed,
+      same schedule) yields the same stream and accelerate's ``BatchSamplerShard`` splits it;
+    - :meth:`state_dict` / :meth:`load_state_dict` resume the stream exactly;
+    - it works far past 2^24 rows (where ``torch.multinomial`` stops): int32 permutations up to 2^31 rows, int64
+      beyond; resident memory is at most 16 bytes per row (weights, lag, permutation, and the group index).
 
     Args:
         num_rows (`int`): number of rows of the dataset the dataloader indexes.
         num_samples (`int`, *optional*): indices per epoch; defaults to ``num_rows``.
-        seed (`int`, defaults to 0): seed of the stream (the session passes ``args.data_seed or args.seed``).
-        chunk_size (`int`, defaults to 256): indices computed per vectorised batch by :meth:`draw` (never across
-            a scheduled weight change, so the stream does not depend on it).
+        seed (`int`, defaults to 0): seed of the stream (the session passes the seed of the sampler it replaces).
         lazy_chunk (`int`, defaults to 1): indices computed ahead while iterating. The session sets it to one
             micro-batch, so the sampler never runs more than one micro-batch ahead of what the dataloader asked.
+        groups (array of labels, *optional*): a group per row for two-level sampling (see above).
+        history (`int`, defaults to 65536): recent indices kept, so a checkpoint can record the positions the
+            dataloader drew ahead of the last finished step.
 
     Example:
         >>> s = AdaptiveSampler(4, seed=0)
-        >>> s.schedule(np.array([0.0, 0.0, 1.0, 0.0]), at_position=0)
+        >>> sorted(s)  # equal weights: every row once per epoch
+        [0, 1, 2, 3]
+        >>> s.schedule(np.array([0.0, 0.0, 1.0, 0.0]), at_position=4)
+        >>> s.set_epoch(1)
         >>> list(s)
         [2, 2, 2, 2]
     """
 
     def __init__(
-        self, num_rows: int, num_samples: int | None = None, *, seed: int = 0, chunk_size: int = 256, lazy_chunk: int = 1
+        self,
+        num_rows: int,
+        num_samples: int | None = None,
+        *,
+        seed: int = 0,
+        lazy_chunk: int = 1,
+        groups=None,
+        history: int = 1 << 16,
     ):
         if num_rows <= 0:
             raise ValueError("AdaptiveSampler needs a dataset with at least one row")
         self.num_rows = int(num_rows)
         self.num_samples = int(num_samples if num_samples is not None else num_rows)
         self.seed = int(seed)
-        self.chunk_size = int(chunk_size)
         self.lazy_chunk = max(1, int(lazy_chunk))
         self.epoch = 0
-        self._versions: list[_WeightVersion] = [_WeightVersion(0, np.ones(self.num_rows))]
-        self._starts: list[int] = [0]
         self.produced = 0  # highest stream position handed out so far (+1)
         self.before_iter = None  # called with the epoch before an epoch's first draw (the session's hook)
+        self._group_ids, self._partition = self._make_partition(groups)
+        self._pending: list[_Change] = []  # scheduled, not yet reached
+        self._log: list[_Change] = []  # reached; kept so draw() can replay the stream
+        self._replayable = True
+        self._origin: dict | None = None  # stream state draw() replays from (None: a fresh stream)
+        self._stream = _Stream(self.num_rows, self.seed)
+        self._recent = _Recent(max(int(history), self.lazy_chunk))
+        self._floor = 0  # positions below were consumed before a resume: never trained on
+        self._tail: tuple[int, np.ndarray] | None = None  # restored positions [start, start + len)
+
+    def _make_partition(self, groups):
+        if groups is None:
+            return None, None
+        labels = np.asarray(groups).reshape(-1)
+        if labels.dtype == object:  # e.g. strings with missing values: compare as text
+            labels = labels.astype(str)
+        if labels.shape[0] != self.num_rows:
+            raise ValueError(f"groups have {labels.shape[0]} entries but the dataset has {self.num_rows} rows")
+        _, ids = np.unique(labels, return_inverse=True)
+        ids = ids.astype(quotas.index_dtype(self.num_rows))
+        if ids.max() == 0:
+            return None, None
+        order = np.argsort(ids, kind="stable").astype(quotas.index_dtype(self.num_rows))
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(ids))])
+        return ids, (order, offsets)
+
+    def set_groups(self, groups) -> None:
+        """Split rows into groups (a label per row) for two-level sampling; before the stream first splits.
+
+        Example:
+            >>> s = AdaptiveSampler(4)
+            >>> s.set_groups(["a", "a", "b", "b"])
+            >>> s.num_groups
+            2
+        """
+        if len(self._stream.groups) > 1:
+            ids, _ = self._make_partition(groups)
+            if self._group_ids is None or ids is None or not np.array_equal(ids, self._group_ids):
+                raise RuntimeError("the sampler's stream already runs on other row groups; groups are set before it")
+            return
+        self._group_ids, self._partition = self._make_partition(groups)
+
+    @property
+    def num_groups(self) -> int:
+        """Row groups the stream takes turns between once weights differ (1 without ``groups``)."""
+        return 1 if self._partition is None else len(self._partition[1]) - 1
+
+    def _group_sums(self, weights: np.ndarray | None) -> np.ndarray:
+        order, offsets = self._partition
+        w = np.ones(self.num_rows, dtype=np.float32) if weights is None else weights
+        return np.add.reduceat(w[order].astype(np.float64), offsets[:-1])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -130,71 +507,152 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
 
     # -- weights ---------------------------------------------------------------------------------------
     def schedule(self, weights: np.ndarray, at_position: int) -> None:
-        """Make ``weights`` active for every stream position ``>= at_position``.
+        """Make row ``weights`` active for every stream position ``>= at_position``.
 
         Raises ``ValueError`` for NaN/inf, negative or all-zero weights, or a wrong length. Scheduling at a
         position this sampler has already handed out would make the stream depend on prefetch timing, so
-        that is refused too (the session schedules far enough ahead).
+        that is refused too (the session schedules far enough ahead). Costs O(rows).
         """
-        w = _validated(weights, self.num_rows)
-        at_position = int(at_position)
-        if at_position < self.produced:
+        w = _validated(weights, self.num_rows).astype(np.float32)
+        self._queue(_Change(int(at_position), weights=w))
+
+    def schedule_groups(self, shares: np.ndarray, at_position: int) -> None:
+        """Make the groups' ``shares`` of the stream active from ``at_position``; rows keep their weights in a group.
+
+        Costs O(groups). Needs ``groups`` at construction; a group given a share must have rows of positive weight.
+
+        Example:
+            >>> s = AdaptiveSampler(4, groups=["a", "a", "b", "b"])
+            >>> s.schedule_groups(np.array([0.0, 1.0]), at_position=0)
+            >>> sorted(set(s))
+            [2, 3]
+        """
+        if self._partition is None:
+            raise ValueError("schedule_groups needs the sampler built with `groups` (a group label per row)")
+        shares = _validated(shares, self.num_groups, "group shares", "groups")
+        in_force = self._weights_before(int(at_position))
+        sums = self._group_sums(in_force)
+        starved = np.flatnonzero((shares > 0) & (sums <= 0))
+        if starved.size:
+            raise ValueError(f"groups {starved.tolist()} are given a share but all their rows have weight 0")
+        self._queue(_Change(int(at_position), shares=shares))
+
+    def _weights_before(self, position: int) -> np.ndarray | None:
+        for change in reversed(self._pending):
+            if change.start <= position and change.weights is not None:
+                return change.weights
+        return self._stream.weights
+
+    def _queue(self, change: _Change) -> None:
+        if change.start < self.produced:
             raise RuntimeError(
-                f"weights scheduled at stream position {at_position}, but the sampler already produced "
+                f"weights scheduled at stream position {change.start}, but the sampler already produced "
                 f"{self.produced} positions; schedule further ahead"
             )
         # A later schedule at an earlier-or-equal position replaces what was queued after it.
-        while len(self._starts) > 1 and self._starts[-1] >= at_position:
-            self._starts.pop()
-            self._versions.pop()
-        if self._starts[-1] >= at_position:  # the very first version
-            self._versions[0] = _WeightVersion(self._starts[0], w)
-        else:
-            self._versions.append(_WeightVersion(at_position, w))
-            self._starts.append(at_position)
+        self._pending = [c for c in self._pending if c.start < change.start] + [change]
 
     def weights_at(self, position: int) -> np.ndarray:
-        """The (float32) weights active at stream ``position``."""
-        return self._versions[self._version_index(int(position))].weights
-
-    def _version_index(self, position: int) -> int:
-        vi = bisect_right(self._starts, position) - 1
-        if vi < 0:
-            raise ValueError(
-                f"stream position {position} comes before {self._starts[0]}: the weights for it were pruned "
-                "after it was consumed, so it can no longer be drawn"
-            )
-        return vi
+        """The row weights (float32) in force at stream ``position`` (scheduled ones included)."""
+        w = None
+        for change in self._log + self._pending:
+            if change.start <= position and change.weights is not None:
+                w = change.weights
+        if w is None and position >= self._stream.position:
+            w = self._stream.weights
+        return w if w is not None else np.ones(self.num_rows, dtype=np.float32)
 
     @property
     def current_weights(self) -> np.ndarray:
-        """Weights of the latest scheduled version."""
-        return self._versions[-1].weights
+        """Row weights of the latest scheduled change (float32); all ones before any."""
+        for change in reversed(self._pending):
+            if change.weights is not None:
+                return change.weights
+        w = self._stream.weights
+        if w is None:
+            for change in reversed(self._log):
+                if change.weights is not None:
+                    return change.weights
+        return w if w is not None else np.ones(self.num_rows, dtype=np.float32)
 
     def prune(self, before_position: int) -> None:
-        """Forget versions fully superseded before ``before_position`` (they can no longer be drawn from)."""
-        i = bisect_right(self._starts, int(before_position)) - 1
-        if i > 0:
-            del self._versions[:i]
-            del self._starts[:i]
+        """Forget changes applied before ``before_position`` (:meth:`draw` can then no longer replay before it)."""
+        keep = [c for c in self._log if c.start >= before_position]
+        if len(keep) != len(self._log):
+            self._replayable = False
+        self._log = keep
 
     # -- drawing ---------------------------------------------------------------------------------------
-    def draw(self, start: int, stop: int) -> np.ndarray:
-        """Indices for stream positions ``start..stop-1`` (no state changes; positions must not be pruned)."""
+    def _advance(self, stream: _Stream, pending: list[_Change], stop: int, log: list | None, recent: _Recent | None):
+        chunks = []
+        while stream.position < stop:
+            while pending and pending[0].start <= stream.position:
+                change = pending.pop(0)
+                stream.apply(change, self._partition)
+                if log is not None:
+                    log.append(change)
+            end = min(stop, pending[0].start) if pending else stop
+            start = stream.position
+            idx = stream.advance(end - start)
+            if recent is not None:
+                recent.push(start, idx)
+            chunks.append(idx)
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+
+    def _produce(self, start: int, stop: int) -> np.ndarray:
         out = np.empty(stop - start, dtype=np.int64)
         pos = start
-        while pos < stop:
-            vi = self._version_index(pos)
-            end = min(stop, pos + self.chunk_size)
-            if vi + 1 < len(self._starts):
-                end = min(end, self._starts[vi + 1])
-            v = self._versions[vi]
-            u = counter_uniforms(self.seed, pos, end) * v.cumsum[-1]
-            idx = np.searchsorted(v.cumsum, u, side="right")
-            np.minimum(idx, self.num_rows - 1, out=idx)  # u*total can round up to total
-            out[pos - start : end - start] = idx
+        if pos < self._floor:  # consumed before the resume; the Trainer skips these batches
+            end = min(stop, self._floor)
+            out[: end - start] = 0
             pos = end
+        if self._tail is not None and pos < stop:
+            t0, tail = self._tail
+            if t0 <= pos < t0 + len(tail):
+                end = min(stop, t0 + len(tail))
+                out[pos - start : end - start] = tail[pos - t0 : end - t0]
+                pos = end
+        if pos < stop and pos < self._stream.position:
+            end = min(stop, self._stream.position)
+            held = self._recent.get(pos, end)
+            if held is None:
+                raise RuntimeError(
+                    f"stream positions {pos}..{end} were handed out long ago and are no longer held; the sampler "
+                    "is iterated in order (one pass per epoch)"
+                )
+            out[pos - start : end - start] = held
+            pos = end
+        if pos < stop:
+            if pos > self._stream.position:
+                self._advance(self._stream, self._pending, pos, self._log, self._recent)
+            out[pos - start :] = self._advance(self._stream, self._pending, stop, self._log, self._recent)
+        self.produced = max(self.produced, stop)
         return out
+
+    def draw(self, start: int, stop: int) -> np.ndarray:
+        """Indices for stream positions ``start..stop-1`` without changing the sampler's state.
+
+        Recent positions come from what was handed out; others are replayed from the start of the stream (or
+        from the checkpoint it was restored from), which needs every change since then (see :meth:`prune`).
+        """
+        held = self._recent.get(start, stop)
+        if held is not None:
+            return held
+        origin_pos = 0 if self._origin is None else int(self._origin["stream"]["position"])
+        if start < origin_pos and self._tail is not None and start >= self._tail[0]:
+            head = self._tail[1][start - self._tail[0] : min(stop, origin_pos) - self._tail[0]]
+            if stop <= origin_pos:
+                return head.copy()
+            return np.concatenate([head, self.draw(origin_pos, stop)])
+        if start < origin_pos or not self._replayable:
+            raise RuntimeError(f"positions {start}..{stop} can no longer be replayed: changes before them were pruned")
+        stream = _Stream(self.num_rows, self.seed)
+        if self._origin is not None:
+            stream.load_state_dict(self._origin["stream"], self._partition)
+        pending = sorted(self._log + self._pending, key=lambda c: c.start)
+        pending = [c for c in pending if c.start >= stream.position]
+        self._advance(stream, pending, start, None, None)
+        return self._advance(stream, pending, stop, None, None)
 
     def __iter__(self) -> Iterator[int]:
         if self.before_iter is not None:
@@ -204,38 +662,66 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         while k < self.num_samples:
             # Lazily, one small chunk at a time, so scheduled weights are read as late as possible.
             end = min(self.num_samples, k + self.lazy_chunk)
-            chunk = self.draw(base + k, base + end)
-            self.produced = max(self.produced, base + end)
+            chunk = self._produce(base + k, base + end)
             yield from chunk.tolist()
             k = end
 
     # -- checkpointing ---------------------------------------------------------------------------------
     def state_dict(self, from_position: int = 0) -> dict:
-        """JSON-serialisable state: the schedule from ``from_position`` on (weights zlib+base64 encoded)."""
-        first = max(0, bisect_right(self._starts, int(from_position)) - 1)
+        """JSON-serialisable state to resume the stream at ``from_position`` (the next position to train on).
+
+        Holds the stream's state where the sampler has got to, the positions it handed out from
+        ``from_position`` on (the dataloader draws a little ahead of training) and the changes scheduled later.
+        """
+        position = self._stream.position
+        start = min(max(int(from_position), self._floor), position)
+        tail = self._recent.get(start, position)
+        if tail is None and self._tail is not None and start >= self._tail[0]:
+            tail = self.draw(start, position)
+        if tail is None:
+            raise RuntimeError(
+                f"cannot checkpoint the sampler at position {start}: it ran {position - start} positions ahead, more "
+                f"than the {len(self._recent.buf)} it keeps; build it with a larger `history`"
+            )
         return {
+            "format": _STATE_FORMAT,
             "num_rows": self.num_rows,
             "num_samples": self.num_samples,
             "seed": self.seed,
-            "versions": [
-                {"start": v.start, "weights": encode_array(v.weights)} for v in self._versions[first:]
-            ],
+            "groups": None if self._group_ids is None else encode_array(self._group_ids),
+            "resume_from": start,
+            "tail": encode_array(tail),
+            "stream": self._stream.state_dict(),
+            "pending": [c.to_dict() for c in self._pending],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a schedule saved by :meth:`state_dict`; the dataset size must match."""
+        """Restore a stream saved by :meth:`state_dict`; the dataset size must match."""
         if int(state["num_rows"]) != self.num_rows:
             raise ValueError(
                 f"checkpointed sampler was built for {state['num_rows']} rows, this dataset has {self.num_rows}; "
                 "resume with the same training dataset"
             )
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(
+                "this checkpoint's sampler state was written by an earlier sft-callbacks (it drew with replacement); "
+                "its stream cannot be continued by this version: start the run again"
+            )
         self.seed = int(state["seed"])
-        versions = state["versions"]
-        self._versions = [_WeightVersion(int(v["start"]), decode_array(v["weights"]).astype(np.float64)) for v in versions]
-        self._starts = [v.start for v in self._versions]
-        self._starts[0] = 0  # earlier positions are skipped on resume; keep the search total
-        self._versions[0].start = 0
-        self.produced = 0
+        groups = None if state["groups"] is None else decode_array(state["groups"])
+        self._group_ids, self._partition = self._make_partition(groups)
+        self._stream = _Stream(self.num_rows, self.seed)
+        self._stream.load_state_dict(state["stream"], self._partition)
+        self._pending = [_Change.from_dict(c) for c in state["pending"]]
+        self._log = []
+        self._replayable = True
+        self._origin = {"stream": state["stream"]}
+        start = int(state["resume_from"])
+        tail = decode_array(state["tail"]).astype(np.int64)
+        self._tail = (start, tail)
+        self._floor = start
+        self._recent = _Recent(len(self._recent.buf))
+        self.produced = self._stream.position
 
 
 def encode_array(a: np.ndarray) -> dict:

@@ -223,8 +223,14 @@ class Session:
         num_samples = len(original) if original is not None else len(self.dataset)
         if original is not None and type(original).__name__ == "LengthGroupedSampler":
             logger.warning("sft-callbacks replaces the length-grouped sampler (`group_by_length=True`) with weighted sampling")
-        seed = args.data_seed if getattr(args, "data_seed", None) is not None else args.seed
-        sampler = AdaptiveSampler(len(self.dataset), num_samples, seed=seed, lazy_chunk=self.batch_size)
+        # The seed the Trainer's own shuffling uses, so equal weights give the plain run's stream index for index.
+        seed = getattr(original, "initial_seed", None)
+        if seed is None:
+            seed = args.data_seed if getattr(args, "data_seed", None) is not None else args.seed
+        # Enough recent indices to checkpoint whatever the dataloader drew ahead of the last finished step.
+        ahead = (self.lag_micro_batches + 2) * self.batch_size * self.world_size
+        sampler = AdaptiveSampler(len(self.dataset), num_samples, seed=int(seed), lazy_chunk=self.batch_size,
+                                  history=max(1 << 16, 4 * ahead))
         sampler.before_iter = lambda epoch: self.begin_policies(self._state)
         train_dataloader.set_sampler(sampler)
         self.sampler = sampler
@@ -364,10 +370,25 @@ class Session:
         if self._begun:
             return
         self._begun = True
+        if self.sampler is not None and self.sampler.produced == 0:
+            self._set_sampler_groups()
         if state.global_step > 0:
             return  # resumed: the checkpoint holds the schedule and loss weights in force
         at = self.sampler.produced if self.sampler is not None else None
         self.update_policies(state, "train_begin", at_position=at)
+
+    def _set_sampler_groups(self) -> None:
+        """Two-level sampling over the group column the sampling policies share (none if they name different ones)."""
+        names = {getattr(cb, "group_column", None) for cb in self.members if cb.needs_sampler}
+        names.discard(None)
+        if len(names) != 1:
+            if len(names) > 1:
+                logger.info("sft-callbacks: sampling policies group by different columns %s; rows are drawn in one "
+                            "level", sorted(names))
+            return
+        (name,) = names
+        if name in self.columns.column_names:
+            self.sampler.set_groups(np.asarray(self.columns[name]))
 
     def validate_loss_weighting(self, args) -> None:
         """Refuse training setups whose loss would not go through the hook's per-token scaling."""

@@ -126,3 +126,88 @@ def test_combine_errors_name_the_policy():
 def test_uid_to_rows_means_over_packed_samples():
     w = uid_to_rows(np.array([1.0, 3.0, 5.0]), np.array([0, 1, 2]), np.array([0, 0, 1]), 2)
     np.testing.assert_allclose(w, [2.0, 5.0])
+
+
+def test_equal_weights_are_accelerates_seedable_permutations():
+    from accelerate.data_loader import SeedableRandomSampler
+
+    reference = SeedableRandomSampler(range(37), data_seed=11)
+    ours = AdaptiveSampler(37, seed=11)
+    ours.schedule(np.full(37, 0.5), at_position=0)  # equal, whatever their value
+    for epoch in range(3):
+        reference.set_epoch(epoch)
+        ours.set_epoch(epoch)
+        assert list(ours) == list(reference)
+
+
+def test_group_shares_change_in_o_groups_and_counts_follow_them():
+    groups = np.repeat(["a", "b", "c"], [10, 30, 60])
+    s = AdaptiveSampler(100, num_samples=400, seed=0, groups=groups)
+    s.schedule_groups(np.array([0.5, 0.25, 0.25]), at_position=0)
+    s.schedule_groups(np.array([0.0, 0.5, 0.5]), at_position=200)
+    d = s.draw(0, 400)
+    first, second = d[:200], d[200:]
+    assert np.bincount(first // 10 >= 1, minlength=2)[0] == 100  # group a (rows 0-9) takes exactly half
+    assert (second >= 10).all()  # a share of 0 is never drawn
+    counts = np.bincount(first[first < 10], minlength=10)
+    assert counts.min() == counts.max() == 10  # a's rows are equal: permutation passes, each row 10 times
+    with pytest.raises(ValueError, match="needs the sampler built with `groups`"):
+        AdaptiveSampler(4).schedule_groups(np.array([1.0]), 0)
+    t = AdaptiveSampler(4, groups=["a", "a", "b", "b"])
+    t.schedule(np.array([1.0, 1.0, 0.0, 0.0]), at_position=0)
+    with pytest.raises(ValueError, match=r"groups \[1\] are given a share but all their rows have weight 0"):
+        t.schedule_groups(np.array([0.5, 0.5]), at_position=4)
+
+
+@pytest.mark.parametrize("groups", [None, np.repeat([0, 1, 2], [5, 15, 30])])
+def test_resume_mid_pass_after_changes_continues_the_stream(groups):
+    def build():
+        s = AdaptiveSampler(50, num_samples=120, seed=4, lazy_chunk=3, groups=groups)
+        s.schedule(np.linspace(0.1, 1.0, 50), at_position=17)
+        s.schedule(np.where(np.arange(50) % 3 == 0, 4.0, 1.0), at_position=140)
+        return s
+
+    s = build()
+    it = iter(s)
+    drawn = [next(it) for _ in range(95)]
+    state = json.loads(json.dumps(s.state_dict(from_position=90)))  # the dataloader ran 5 positions ahead
+    rest = list(it)
+    s.set_epoch(1)
+    second = list(s)
+    r = AdaptiveSampler(50, num_samples=120, seed=0, lazy_chunk=3)
+    r.load_state_dict(state)
+    resumed = list(r)[90:]
+    r.set_epoch(1)
+    assert resumed == drawn[90:] + rest
+    assert list(r) == second
+    assert np.array_equal(build().draw(0, 240), np.array(drawn + rest + second))
+
+
+def test_checkpoint_needs_the_positions_drawn_ahead():
+    s = AdaptiveSampler(100, seed=0, history=8)
+    it = iter(s)
+    for _ in range(40):
+        next(it)
+    with pytest.raises(RuntimeError, match="ran 30 positions ahead"):
+        s.state_dict(from_position=10)
+    old = {"num_rows": 100, "num_samples": 100, "seed": 0, "versions": []}
+    with pytest.raises(ValueError, match="drew with replacement"):
+        AdaptiveSampler(100).load_state_dict(old)
+
+
+def test_weights_change_mid_epoch_rows_waiting_come_first():
+    # Flat until position 30 of 60, then all rows weigh the same again but on a new scale: nothing changes.
+    s = AdaptiveSampler(60, seed=2)
+    s.schedule(np.full(60, 7.0), at_position=30)
+    plain = AdaptiveSampler(60, seed=2)
+    assert np.array_equal(s.draw(0, 180), plain.draw(0, 180))
+    # A real change mid-epoch: the 30 rows not yet drawn in the epoch are drawn before any row is drawn again.
+    t = AdaptiveSampler(60, seed=2)
+    t.schedule(np.where(np.arange(60) < 20, 2.0, 1.0), at_position=30)
+    d = t.draw(0, 120)
+    waiting = set(range(60)) - set(d[:30].tolist())
+    heavy_wait = {r for r in waiting if r < 20}
+    light_wait = waiting - heavy_wait
+    first_repeat_light = next(k for k in range(30, 120) if d[k] >= 20 and d[k] in set(d[:k].tolist()))
+    assert light_wait <= set(d[30:first_repeat_light].tolist())
+    assert heavy_wait <= set(d[30:60].tolist())
