@@ -1,27 +1,32 @@
-"""Benchmark AdaptiveSampler at scale (default 50M rows): update cost, draw throughput, memory, correctness.
+"""Benchmark AdaptiveSampler at scale (default 100M rows): update costs, draw throughput, memory, quotas.
 
-Measures
+Rows carry one of ``--groups`` group labels (unequal sizes, interleaved) and weights: equal, except a few heavy rows
+(one past 2**24, the last row), a block of zero-weight rows and a 2:1 tilt between the halves of every group. It
+times, in the order a training run meets them:
 
-(a) ``AdaptiveSampler(...).schedule(w, 0)``: the O(n) weight update (validation + float32 copy + float64 cumsum);
-(b) ``draw(0, 1_000_000)``: one million indices (counter-based uniforms + ``searchsorted``);
-(c) ``iter(sampler)`` for 100k indices with ``lazy_chunk=16``: the lazy path the Trainer's DataLoader uses;
+(a) ``AdaptiveSampler(n, groups=labels)``: the partition (rows sorted by group), once per run;
+(b) the first 1M indices with equal weights (the plain Trainer's permutation: one ``torch.randperm(n)``);
+(c) a row-level update ``schedule(w, at)`` (validation, float32 copy, group sums: O(rows)), median of 3;
+(d) the next 1M indices: the stream splits into groups, each group starts a weighted pass (O(rows), once);
+(e) a group-level update ``schedule_groups(shares, at)`` (O(groups)), median of 50;
+(f) the next 1M indices after it (no pass restarts: rows keep their weights within their group);
+(g) 100k indices through the lazy iterator with ``lazy_chunk=16`` (what the Trainer's dataloader does);
 
-and checks, at that scale, that rows past 2**24 (where ``torch.multinomial`` stops) are drawn, that zero-weight
-rows never are, that the lazy iterator yields exactly ``draw``'s stream, and that the empirical frequency of a
-few weighted rows matches their probability within sampling error. Reports peak RSS (``getrusage``) and bytes
-per row, prints a markdown table and writes JSON.
+and checks that every row's visit count stays within one of its expected count (rows of equal weight share their
+group's draws by permutation; heavy rows by credit), that zero-weight rows are never drawn, that rows past 2**24 are,
+that each group takes its share within one, and that a second sampler with the same seed and schedule yields the
+same stream. Reports peak RSS and the sampler's resident arrays per row, prints a markdown table and writes JSON.
 
 Usage::
 
-    python scripts/bench_sampler.py                      # 50M rows
-    python scripts/bench_sampler.py --rows 100000000     # ~3.5 GB peak
+    python scripts/bench_sampler.py                        # 100M rows, ~6 GB peak
+    python scripts/bench_sampler.py --rows 10000000        # quick
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -39,20 +44,8 @@ TWO_24 = 2**24
 
 
 def _maxrss_bytes() -> int:
-    # Linux reports ru_maxrss in KiB (macOS in bytes).
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return int(r) if sys.platform == "darwin" else int(r) * 1024
-
-
-def _current_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _timed(fn):
@@ -61,127 +54,110 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def build_weights(n: int) -> tuple[np.ndarray, dict[str, int], tuple[int, int]]:
-    """Uniform weights with a few heavy rows (one past 2**24, the last row) and a zero-weight block."""
+def build_rows(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict, tuple[int, int]]:
+    """Group labels (int16, sizes falling geometrically, interleaved) and row weights (float64)."""
+    rng = np.random.default_rng(seed)
+    sizes = 0.7 ** np.arange(k)
+    labels = rng.choice(k, size=n, p=sizes / sizes.sum()).astype(np.int16)
     w = np.ones(n, dtype=np.float64)
-    past = n > TWO_24 + 100_000
-    special = {
-        "row_past_2**24": TWO_24 + 12_345 if past else (2 * n) // 3,
-        "last_row": n - 1,
-        "first_row": 0,
-        "middle_row": n // 2 + 1,
-    }
-    target_p = {"row_past_2**24": 0.10, "last_row": 0.05, "first_row": 0.01, "middle_row": 0.001}
-    zero = (TWO_24 + 20_000, TWO_24 + 30_000) if past else (n // 3, n // 3 + max(1, n // 1000))
+    w[::2] = 2.0  # a 2:1 tilt inside every group
+    special = {"row_past_2**24": TWO_24 + 12_345 if n > TWO_24 + 100_000 else (2 * n) // 3, "last_row": n - 1}
+    zero = (TWO_24 + 20_000, TWO_24 + 30_000) if n > TWO_24 + 100_000 else (n // 3, n // 3 + max(1, n // 1000))
     w[zero[0] : zero[1]] = 0.0
-    rest = float(w.sum()) - len(special)  # mass of the uniform rows
-    heavy_total = sum(target_p.values())
-    for name, row in special.items():
-        w[row] = target_p[name] * rest / (1.0 - heavy_total)
-    return w, special, zero
+    for row in special.values():
+        w[row] = 1000.0
+    return labels, w, special, zero
 
 
-def run(rows: int, draws: int, iter_n: int, lazy_chunk: int, seed: int, repeats: int, try_multinomial: bool) -> dict:
+def _take(it, count: int) -> np.ndarray:
+    return np.fromiter(islice(it, count), dtype=np.int64, count=count)
+
+
+def run(rows: int, groups: int, draws: int, iter_n: int, seed: int) -> dict:
     from sft_callbacks.engine.sampling import AdaptiveSampler
 
-    import torch  # noqa: F401  (imported by the sampler anyway; counted in the baseline)
+    rss_base = _maxrss_bytes()
+    labels, w, special, zero = build_rows(rows, groups, seed)
+    rss_inputs = _maxrss_bytes()
 
-    rss_baseline = _maxrss_bytes()
-    cur_baseline = _current_rss_bytes()
+    def build():
+        return AdaptiveSampler(rows, num_samples=rows, seed=seed, lazy_chunk=4096, groups=labels)
 
-    w, special, zero = build_weights(rows)
-    total = float(w.sum())
-    probs = {name: float(w[row] / total) for name, row in special.items()}
-
-    sampler, t_init = _timed(lambda: AdaptiveSampler(rows, seed=seed, lazy_chunk=lazy_chunk))
-    schedule_times = []
-    for _ in range(repeats):
-        _, dt = _timed(lambda: sampler.schedule(w, 0))
-        schedule_times.append(dt)
-    rss_after_schedule = _maxrss_bytes()
-    sampler_bytes = sum(v.weights.nbytes + v.cumsum.nbytes for v in sampler._versions)
-
-    idx, t_draw = _timed(lambda: sampler.draw(0, draws))
-    again = sampler.draw(draws // 2, draws // 2 + 4096)
-    deterministic = bool(np.array_equal(again, idx[draws // 2 : draws // 2 + 4096]))
-
-    it, t_iter = _timed(lambda: np.fromiter(islice(iter(sampler), iter_n), dtype=np.int64, count=iter_n))
-    iter_matches_draw = bool(np.array_equal(it, idx[:iter_n])) if iter_n <= draws else None
-
-    # -- correctness -----------------------------------------------------------------------------------
-    checks = []
-    in_range = bool(idx.min() >= 0 and idx.max() < rows)
-    checks.append({"check": "all indices in [0, rows)", "ok": in_range, "detail": f"min {idx.min()}, max {idx.max()}"})
-    hits_zero = int(((idx >= zero[0]) & (idx < zero[1])).sum())
-    checks.append({"check": f"zero-weight rows [{zero[0]}, {zero[1]}) never drawn", "ok": hits_zero == 0,
-                   "detail": f"{hits_zero} draws"})
-    for name, row in special.items():
-        p = probs[name]
-        count = int((idx == row).sum())
-        f = count / draws
-        sigma = math.sqrt(p * (1 - p) / draws)
-        z = (f - p) / sigma
-        checks.append({"check": f"freq of {name} (row {row})", "ok": abs(z) < 5.0,
-                       "detail": f"p={p:.6f} observed={f:.6f} z={z:+.2f}", "row": row, "p": p, "observed": f, "z": z})
-    # Uniform (weight-1) rows beyond 2**24: their share of the draws matches their share of the mass.
-    if rows > TWO_24 + 100_000:
-        mask_w = (w == 1.0)
-        mask_w[:TWO_24] = False
-        p_far = float(mask_w.sum()) / total
-        del mask_w
-        far = idx >= TWO_24
-        for row in special.values():
-            far &= idx != row
-        f_far = float(far.sum()) / draws
-        sig = math.sqrt(p_far * (1 - p_far) / draws)
-        z = (f_far - p_far) / sig
-        checks.append({"check": "share of uniform rows >= 2**24", "ok": abs(z) < 5.0,
-                       "detail": f"p={p_far:.6f} observed={f_far:.6f} z={z:+.2f} "
-                                 f"({int(far.sum())} draws, {len(np.unique(idx[far]))} distinct rows)"})
-        checks.append({"check": "row past 2**24 drawn", "ok": bool((idx == special['row_past_2**24']).any()),
-                       "detail": f"row {special['row_past_2**24']}"})
-    checks.append({"check": "last row drawn", "ok": bool((idx == rows - 1).any()), "detail": f"row {rows - 1}"})
-    checks.append({"check": "draw() is pure (re-draw of a sub-range identical)", "ok": deterministic, "detail": "4096 positions"})
-    if iter_matches_draw is not None:
-        checks.append({"check": f"iter(sampler) (lazy_chunk={lazy_chunk}) == draw(0, {iter_n})", "ok": iter_matches_draw,
-                       "detail": f"{iter_n} positions"})
-
-    multinomial = None
-    if try_multinomial:
-        import torch
-
-        try:
-            torch.multinomial(torch.from_numpy(w[:rows].astype(np.float32)), 1, replacement=True)
-            multinomial = "ok"
-        except RuntimeError as e:  # expected past 2**24 categories
-            multinomial = f"RuntimeError: {str(e).splitlines()[0]}"
-
+    sampler, t_init = _timed(build)
+    it = iter(sampler)  # one epoch, consumed in order as the Trainer does
+    flat, t_flat = _timed(lambda: _take(it, draws))
+    row_times = []
+    for _ in range(3):  # the last one stays; at the first position the iterator has not produced yet
+        _, dt = _timed(lambda: sampler.schedule(w, at_position=sampler.produced))
+        row_times.append(dt)
+    change = sampler.produced
+    weighted, t_weighted = _timed(lambda: _take(it, draws))
+    credit_rows = float(np.abs(sampler.group_credit()).max())
+    shares = np.full(groups, 1.0 / groups)
+    group_times = []
+    for _ in range(50):
+        _, dt = _timed(lambda: sampler.schedule_groups(shares, at_position=sampler.produced))
+        group_times.append(dt)
+    after_groups, t_after_groups = _timed(lambda: _take(it, draws))
+    credit_groups = float(np.abs(sampler.group_credit()).max())
+    sampler.lazy_chunk = 16
+    lazy, t_lazy = _timed(lambda: _take(it, iter_n))
+    resident = sampler.resident_bytes()
     peak = _maxrss_bytes()
+
+    # -- checks ---------------------------------------------------------------------------------------
+    checks = []
+    stream = np.concatenate([flat, weighted, after_groups, lazy])
+    checks.append({"check": "first epoch's first 1M: no row twice (a permutation)", "ok": bool(len(np.unique(flat)) == draws),
+                   "detail": f"{len(np.unique(flat)):,} distinct of {draws:,}"})
+    hits_zero = int(((weighted >= zero[0]) & (weighted < zero[1])).sum() + ((after_groups >= zero[0]) & (after_groups < zero[1])).sum())
+    checks.append({"check": f"zero-weight rows [{zero[0]}, {zero[1]}) never drawn after the change", "ok": bool(hits_zero == 0),
+                   "detail": f"{hits_zero} draws"})
+    # Expected counts under the row-level weights (shares by total weight) over the 1M after the change.
+    sums = np.bincount(labels, weights=w, minlength=groups)
+    share_w = sums / sums.sum()
+    p_row = w / sums[labels] * share_w[labels]
+    counts = np.bincount(weighted, minlength=rows)
+    for name, row in special.items():
+        exp = draws * p_row[row]
+        checks.append({"check": f"{name} (row {row}, weight 1000) within one of its quota, plus the credit it "
+                                "carried from before the change (under one)", "ok": bool(abs(counts[row] - exp) < 2),
+                       "detail": f"expected {exp:.2f}, drawn {int(counts[row])}"})
+    tilt_dev = float(np.abs(counts[: 2 * (rows // 2)].reshape(-1, 2).sum(0) / draws - [2 / 3, 1 / 3]).max())
+    checks.append({"check": "weight-2 rows get twice the draws of weight-1 rows", "ok": bool(tilt_dev < 0.01),
+                   "detail": f"shares off by {tilt_dev:.4f}"})
+    checks.append({"check": "each group within one of its credit after the row-level update", "ok": bool(credit_rows < 1),
+                   "detail": f"max |credit - draws| = {credit_rows:.3f}"})
+    got = np.bincount(labels[after_groups], minlength=groups)
+    dev = float(np.abs(got - draws * shares).max())
+    checks.append({"check": "each group within one of its credit after schedule_groups", "ok": bool(credit_groups < 1),
+                   "detail": f"max |credit - draws| = {credit_groups:.3f}; draws vs shares alone off by {dev:.1f} "
+                             "(the credit carried over)"})
+    checks.append({"check": "rows past 2**24 drawn", "ok": bool((stream >= TWO_24).any()) if rows > TWO_24 else True,
+                   "detail": f"{int((stream >= TWO_24).sum()):,} draws"})
+    # The same seed and schedule give the same stream (what every process relies on).
+    twin = build()
+    twin.schedule(w, at_position=change)
+    twin_stream = twin.draw(0, change + 4096)
+    same = np.array_equal(twin_stream[:draws], flat) and np.array_equal(twin_stream[draws:], weighted[: change + 4096 - draws])
+    checks.append({"check": "a second sampler (same seed, same schedule) yields the same stream", "ok": bool(same),
+                   "detail": f"{draws + 4096:,} positions"})
     return {
-        "rows": rows,
-        "seed": seed,
-        "lazy_chunk": lazy_chunk,
+        "rows": rows, "groups": groups, "seed": seed,
         "timings_s": {
-            "init": t_init,
-            "schedule_median": statistics.median(schedule_times),
-            "schedule_all": schedule_times,
-            "draw": t_draw,
-            "draw_n": draws,
-            "draw_per_index_ns": t_draw / draws * 1e9,
-            "iter": t_iter,
-            "iter_n": iter_n,
-            "iter_per_index_us": t_iter / iter_n * 1e6,
+            "init": t_init, "flat_1m": t_flat,
+            "row_update_median": statistics.median(row_times), "row_update_all": row_times,
+            "weighted_1m": t_weighted,
+            "group_update_median": statistics.median(group_times), "group_update_max": max(group_times),
+            "after_group_update_1m": t_after_groups,
+            "lazy": t_lazy, "lazy_n": iter_n, "lazy_per_index_us": t_lazy / iter_n * 1e6, "draws": draws,
         },
         "memory": {
-            "maxrss_baseline_bytes": rss_baseline,
-            "rss_baseline_bytes": cur_baseline,
-            "maxrss_after_schedule_bytes": rss_after_schedule,
-            "maxrss_peak_bytes": peak,
-            "peak_delta_bytes_per_row": (rss_after_schedule - rss_baseline) / rows,
-            "input_weights_bytes_per_row": w.nbytes / rows,
-            "sampler_resident_bytes_per_row": sampler_bytes / rows,
+            "maxrss_baseline_bytes": rss_base, "maxrss_with_inputs_bytes": rss_inputs, "maxrss_peak_bytes": peak,
+            "peak_delta_bytes_per_row": (peak - rss_inputs) / rows,
+            "inputs_bytes_per_row": (labels.nbytes + w.nbytes) / rows,
+            "sampler_resident_bytes_per_row": resident / rows,
         },
-        "torch_multinomial": multinomial,
         "checks": checks,
         "all_ok": all(c["ok"] for c in checks),
     }
@@ -190,25 +166,29 @@ def run(rows: int, draws: int, iter_n: int, lazy_chunk: int, seed: int, repeats:
 def markdown(res: dict, env: dict) -> str:
     t, m = res["timings_s"], res["memory"]
     gib = 1024**3
+    d = t["draws"]
     lines = [
-        f"Rows: {res['rows']:,} | CPU: {env['cpu']} ({env['cpu_count']} cores) | numpy {env['numpy']}, torch {env['torch']}",
+        f"Rows: {res['rows']:,} in {res['groups']} groups | CPU: {env['cpu']} ({env['cpu_count']} cores) | "
+        f"numpy {env['numpy']}, torch {env['torch']}",
         "",
         "| measurement | value |",
         "|---|---|",
-        f"| `AdaptiveSampler(n)` construction (uniform weights; first touch of fresh memory) | {t['init']:.3f} s |",
-        f"| `schedule(w, 0)` (validate + cumsum), median of {len(t['schedule_all'])} | {t['schedule_median']:.3f} s "
-        f"({t['schedule_median'] / res['rows'] * 1e9:.1f} ns/row; first call {t['schedule_all'][0]:.3f} s) |",
-        f"| `draw(0, {t['draw_n']:,})` | {t['draw']:.3f} s ({t['draw_per_index_ns']:.0f} ns/index) |",
-        f"| `iter(sampler)`, {t['iter_n']:,} indices, lazy_chunk={res['lazy_chunk']} | {t['iter']:.3f} s "
-        f"({t['iter_per_index_us']:.2f} us/index) |",
-        f"| peak RSS (getrusage) | {m['maxrss_peak_bytes'] / gib:.2f} GiB (baseline after imports "
-        f"{m['maxrss_baseline_bytes'] / gib:.2f} GiB) |",
-        f"| peak RSS increase per row (incl. the caller's float64 weight vector) | {m['peak_delta_bytes_per_row']:.1f} B |",
-        f"| sampler resident arrays per row (float32 weights + float64 cumsum) | {m['sampler_resident_bytes_per_row']:.1f} B |",
+        f"| `AdaptiveSampler(n, groups=...)` (the partition, once) | {t['init']:.3f} s |",
+        f"| first {d:,} indices, equal weights (one `torch.randperm(n)`) | {t['flat_1m']:.3f} s |",
+        f"| row-level update `schedule(w, at)`, median of {len(t['row_update_all'])} | {t['row_update_median']:.3f} s |",
+        f"| next {d:,} indices (split into groups, weighted passes start) | {t['weighted_1m']:.3f} s |",
+        f"| group-level update `schedule_groups(shares, at)`, median of 50 (max) | "
+        f"{t['group_update_median'] * 1e3:.3f} ms ({t['group_update_max'] * 1e3:.3f} ms) |",
+        f"| next {d:,} indices after it | {t['after_group_update_1m']:.3f} s |",
+        f"| `iter(sampler)`, {t['lazy_n']:,} indices, lazy_chunk=16 | {t['lazy']:.3f} s ({t['lazy_per_index_us']:.2f} us/index) |",
+        f"| peak RSS | {m['maxrss_peak_bytes'] / gib:.2f} GiB (with the caller's labels and weights "
+        f"{m['maxrss_with_inputs_bytes'] / gib:.2f} GiB) |",
+        f"| peak RSS increase per row over the caller's inputs | {m['peak_delta_bytes_per_row']:.1f} B |",
+        f"| sampler resident arrays per row | {m['sampler_resident_bytes_per_row']:.1f} B |",
+        "",
+        "| check | ok | detail |",
+        "|---|---|---|",
     ]
-    if res["torch_multinomial"] is not None:
-        lines.append(f"| `torch.multinomial` on the same weights | {res['torch_multinomial']} |")
-    lines += ["", "| correctness check | ok | detail |", "|---|---|---|"]
     for c in res["checks"]:
         lines.append(f"| {c['check']} | {'yes' if c['ok'] else '**NO**'} | {c['detail']} |")
     return "\n".join(lines)
@@ -216,29 +196,21 @@ def markdown(res: dict, env: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=50_000_000)
+    ap.add_argument("--rows", type=int, default=100_000_000)
+    ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--draws", type=int, default=1_000_000)
     ap.add_argument("--iter", dest="iter_n", type=int, default=100_000)
-    ap.add_argument("--lazy-chunk", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3, help="timed schedule() calls")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-multinomial", action="store_true", help="skip the torch.multinomial comparison")
     ap.add_argument("--out", default="bench_results/sampler.json")
     args = ap.parse_args(argv)
-    if args.rows < 10_000:
-        ap.error("--rows must be >= 10000")
+    if args.rows < 10 * args.draws // 10 or args.rows < 10_000:
+        ap.error("--rows must be >= 10000 and >= --draws")
 
     import torch
 
-    env = {
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "git": git_state(),
-    }
-    res = run(args.rows, args.draws, args.iter_n, args.lazy_chunk, args.seed, args.repeats, not args.no_multinomial)
+    env = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+           "numpy": np.__version__, "torch": torch.__version__, "git": git_state()}
+    res = run(args.rows, args.groups, args.draws, args.iter_n, args.seed)
     res["env"] = env
     res["command"] = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     print(markdown(res, env))

@@ -60,6 +60,21 @@ def phases(n: int) -> np.ndarray:
     return (np.arange(n, dtype=np.float64) + 0.5) / n
 
 
+def thresholds(lag: np.ndarray, psi: np.ndarray) -> np.ndarray:
+    """Each row's visit threshold for a pass: ``psi`` moved into ``[max(0, lag), 1]``.
+
+    A row owed credit from before the pass (``lag > 0``) gets its first visit between now and the moment it would
+    fall a whole visit behind, in the order of ``psi``; no visit is ever due before the pass starts, so the pass
+    never opens with a burst of overdue rows. Rows with no lag keep ``psi`` (equal weights: the permutation).
+
+    Example:
+        >>> thresholds(np.array([0.0, 0.5, -0.5]), np.array([0.5, 0.5, 0.5])).tolist()
+        [0.5, 0.75, 0.5]
+    """
+    owed = np.maximum(lag, 0.0)
+    return owed + psi * (1.0 - owed)
+
+
 def visits_per_row(rate: np.ndarray, lag: np.ndarray, psi: np.ndarray) -> np.ndarray:
     """Visits each row gets in one pass: the thresholds ``m + psi`` (``m = 0, 1, ...``) its credit crosses.
 

@@ -27,7 +27,7 @@ from . import quotas
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_WINDOW_EVENTS = 1 << 23  # visits planned at once inside a weighted pass (bounds memory and first-draw latency)
+_WINDOW_EVENTS = 1 << 22  # visits planned at once inside a weighted pass (bounds memory and first-draw latency)
 _GROUP_CHUNK = 1 << 16  # positions assigned to groups per call of the stride rule
 _STATE_FORMAT = "passes-1"
 
@@ -81,6 +81,7 @@ class _Change:
     start: int
     weights: np.ndarray | None = None
     shares: np.ndarray | None = None
+    sums: np.ndarray | None = None  # each group's total weight under ``weights`` (computed once, O(rows))
 
     def to_dict(self) -> dict:
         out = {"start": self.start}
@@ -98,42 +99,48 @@ class _Change:
 
 
 class _GroupStream:
-    """One group's own sequence of passes over its rows; hands out the next rows of the current pass."""
+    """One group's own sequence of passes over its rows; hands out the next rows of the current pass.
+
+    Memory per row: the permutation of the pass in progress (int32) and the lag (float32); the weights are the
+    stream's one array, read through ``rows``, and a pass is planned one window of visits at a time.
+    """
 
     def __init__(self, rows: np.ndarray | None, n: int, seed: int):
         self.rows = rows  # global ids of the group's rows (None: every row, in order)
         self.n = n
         self.seed = seed  # pass p is seeded with seed + p
-        self.weights: np.ndarray | None = None  # float32, the group's rows in order; None: all equal
-        self.scale = 1.0  # rate = weights * scale has mean 1 over the group
+        self.source: np.ndarray | None = None  # the stream's row weights when this group's differ; None: all equal
+        self.scale = 1.0  # rate = weight * scale has mean 1 over the group
         self.lag: np.ndarray | None = None  # between passes: credit minus visits, per row (None: all 0)
         self.pass_id = 0  # passes started so far
-        # The pass in progress (perm is None between passes). Arrays in the pass's permutation order.
+        # The pass in progress (perm is None between passes), in the pass's permutation order.
         self.perm: np.ndarray | None = None
         self.lag_p: np.ndarray | None = None
         self.window = 0
         self.windows = 1
-        self.events: np.ndarray | None = None  # permutation ranks of the current window's visits (None: flat pass)
-        self.times: np.ndarray | None = None
+        self.events: np.ndarray | None = None  # permutation ranks of the window's visits (None: a flat pass)
         self.cursor = 0
 
-    # -- the pass ----------------------------------------------------------------------------------------
+    def _local(self, weights: np.ndarray) -> np.ndarray:
+        return weights if self.rows is None else weights[self.rows]
+
     @property
     def flat(self) -> bool:
-        return self.weights is None and self.lag is None
+        return self.source is None and self.lag is None
 
+    # -- the pass ----------------------------------------------------------------------------------------
     def _rate_p(self) -> np.ndarray:
-        if self.weights is None:
+        if self.source is None:
             return np.ones(self.n)
-        return self.weights[self.perm].astype(np.float64) * self.scale
+        rows = self.perm if self.rows is None else self.rows[self.perm]
+        return self.source[rows].astype(np.float64) * self.scale
 
     def _start_pass(self) -> None:
         self.perm = quotas.pass_permutation(self.n, self.seed + self.pass_id)
         self.pass_id += 1
-        self.window, self.cursor = 0, 0
+        self.window, self.cursor, self.windows = 0, 0, 1
         if self.flat:
-            self.events = self.times = self.lag_p = None
-            self.windows = 1
+            self.events = self.lag_p = None
             return
         self.lag_p = self.lag[self.perm] if self.lag is not None else np.zeros(self.n, dtype=np.float32)
         self.lag = None
@@ -143,7 +150,7 @@ class _GroupStream:
     def _pass_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         rate = self._rate_p()
         lag = self.lag_p.astype(np.float64)
-        psi = quotas.phases(self.n)
+        psi = quotas.thresholds(lag, quotas.phases(self.n))
         return rate, lag, psi, quotas.visits_per_row(rate, lag, psi)
 
     def _window_bounds(self, w: int) -> tuple[float, float]:
@@ -154,19 +161,20 @@ class _GroupStream:
     def _plan_window(self) -> None:
         rate, lag, psi, total = self._pass_arrays()
         lo, hi = self._window_bounds(self.window)
-        self.events, self.times = quotas.plan_window(lo, hi, rate, lag, psi, total)
+        ranks, _ = quotas.plan_window(lo, hi, rate, lag, psi, total)
+        self.events = ranks.astype(quotas.index_dtype(self.n))
         self.cursor = 0
 
     def _end_pass(self) -> None:
         if self.lag_p is not None:
             rate, lag, psi, total = self._pass_arrays()
             self._store_lag(lag + rate - total)
-        self.perm = self.lag_p = self.events = self.times = None
+        self.perm = self.lag_p = self.events = None
 
     def _store_lag(self, lag_p: np.ndarray) -> None:
         lag = np.empty(self.n, dtype=np.float32)
         lag[self.perm] = lag_p
-        self.lag = None if not lag.any() else lag
+        self.lag = lag if lag.any() else None
 
     def _available(self) -> int:
         return (self.n if self.events is None else len(self.events)) - self.cursor
@@ -197,8 +205,8 @@ class _GroupStream:
         """End the pass in progress here, keeping each row's credit and visits (before its weights change)."""
         if self.perm is None:
             return
+        psi = quotas.phases(self.n)
         if self.events is None:  # a flat pass: the first `cursor` rows of the permutation were visited
-            psi = quotas.phases(self.n)
             visited = (np.arange(self.n) < self.cursor).astype(np.int64)
             elapsed = float(psi[self.cursor - 1]) if self.cursor else 0.0
             self._store_lag(quotas.carried_lag(np.ones(self.n), np.zeros(self.n), visited, elapsed))
@@ -207,24 +215,31 @@ class _GroupStream:
             lo, _ = self._window_bounds(self.window)
             before = np.zeros(self.n, dtype=np.int64) if lo == -np.inf else quotas.visits_before(lo, rate, lag, psi, total)
             visited = before + np.bincount(self.events[: self.cursor], minlength=self.n)
-            elapsed = float(self.times[self.cursor - 1]) if self.cursor else (0.0 if lo == -np.inf else lo)
-            self._store_lag(quotas.carried_lag(rate, lag, visited, elapsed))
-        self.perm = self.lag_p = self.events = self.times = None
+            if self.cursor:  # the time of the last visit handed out: its row's visit number in the pass
+                j = int(self.events[self.cursor - 1])
+                elapsed = (visited[j] - 1 + psi[j] - lag[j]) / rate[j]
+            else:
+                elapsed = 0.0 if lo == -np.inf else lo
+            self._store_lag(quotas.carried_lag(rate, lag, visited, float(elapsed)))
+        self.perm = self.lag_p = self.events = None
 
-    def set_weights(self, weights: np.ndarray) -> None:
-        """New weights for the group's rows (float32, in order); the pass in progress ends first if they changed."""
-        equal = bool((weights == weights[0]).all()) and weights[0] > 0
-        new = None if equal else weights
-        total = float(weights.sum(dtype=np.float64))
-        if new is None and self.weights is None:
+    def set_weights(self, weights: np.ndarray | None) -> None:
+        """The stream's new row weights (None: all equal); the pass in progress ends first if this group's changed.
+
+        Weights proportional to the old ones (the group's share moved, not its rows) keep the pass going.
+        """
+        local = None if weights is None else self._local(weights)
+        equal = local is None or bool((local == local[0]).all() and local[0] > 0)
+        total = float(self.n) if local is None else float(local.sum(dtype=np.float64))
+        if equal and self.source is None:
             return
-        # Weights proportional to the old ones (the group's share moved, not its rows) keep the pass going.
-        same = new is not None and self.weights is not None and total > 0 and np.allclose(
-            new.astype(np.float64) * (self.n / total), self.weights.astype(np.float64) * self.scale, rtol=1e-6, atol=0
-        )
-        if not same:
-            self.interrupt()
-        self.weights = new
+        if not equal and self.source is not None and total > 0:
+            old = self._local(self.source).astype(np.float64) * self.scale
+            if np.allclose(local.astype(np.float64) * (self.n / total), old, rtol=1e-6, atol=0):
+                self.source, self.scale = weights, self.n / total
+                return
+        self.interrupt()
+        self.source = None if equal else weights
         self.scale = self.n / total if total > 0 else 1.0
 
     # -- checkpointing -------------------------------------------------------------------------------------
@@ -236,14 +251,14 @@ class _GroupStream:
     def load_state_dict(self, d: dict) -> None:
         lag = None if d["lag"] is None else decode_array(d["lag"]).astype(np.float32)
         self.pass_id = int(d["pass_id"])
-        self.perm = self.lag_p = self.events = self.times = None
+        self.perm = self.lag_p = self.events = None
         self.window, self.windows, self.cursor = 0, 1, 0
         if not d["in_pass"]:
             self.lag = lag
             return
         self.perm = quotas.pass_permutation(self.n, self.seed + self.pass_id - 1)
         self.lag = None
-        if lag is not None or self.weights is not None:  # a weighted pass: re-plan its current window
+        if lag is not None or self.source is not None:  # a weighted pass: re-plan its current window
             self.lag_p = lag if lag is not None else np.zeros(self.n, dtype=np.float32)
             self.windows = max(1, math.ceil(self.n / _WINDOW_EVENTS))
             self.window = int(d["window"])
@@ -269,6 +284,7 @@ class _Stream:
 
     def _reset_turns(self) -> None:
         sizes = np.array([g.n for g in self.groups], dtype=np.float64)
+        self.sums = sizes  # each group's total row weight
         self.shares = sizes / sizes.sum()
         self.deficit = np.zeros(len(self.groups))  # each group's credit minus the positions it took
 
@@ -286,6 +302,7 @@ class _Stream:
                 g.lag = lag[rows]
             self.groups.append(g)
         self._reset_turns()
+        self.sums = self.group_sums(self.weights)
         if lag is not None:
             self.deficit = np.array([float(lag[g.rows].sum(dtype=np.float64)) for g in self.groups])
 
@@ -307,8 +324,10 @@ class _Stream:
                 self.split(partition)
             self.weights = None if flat else w
             for g in self.groups:
-                g.set_weights(w if g.rows is None else w[g.rows])
-            self._set_shares(self.group_sums(self.weights))
+                g.set_weights(self.weights)
+            known = change.sums is not None and len(change.sums) == len(self.groups)
+            self.sums = change.sums if known else self.group_sums(self.weights)
+            self._set_shares(self.sums)
         if change.shares is not None:
             if len(self.groups) == 1:
                 self.split(partition)
@@ -344,10 +363,12 @@ class _Stream:
         self.position = int(d["position"])
         self.weights = None if d["weights"] is None else decode_array(d["weights"]).astype(np.float32)
         for g in self.groups:
-            w = None if self.weights is None else (self.weights if g.rows is None else self.weights[g.rows])
-            if w is not None and not bool((w == w[0]).all() and w[0] > 0):
-                g.weights = w
-                g.scale = g.n / float(w.sum(dtype=np.float64))
+            if self.weights is not None:
+                local = g._local(self.weights)
+                if not bool((local == local[0]).all() and local[0] > 0):
+                    total = float(local.sum(dtype=np.float64))
+                    g.source, g.scale = self.weights, (g.n / total if total > 0 else 1.0)
+        self.sums = self.group_sums(self.weights)
         self.shares = np.asarray(d["shares"], dtype=np.float64)
         self.deficit = np.asarray(d["deficit"], dtype=np.float64)
         for g, gd in zip(self.groups, d["groups"]):
@@ -446,7 +467,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         self.epoch = 0
         self.produced = 0  # highest stream position handed out so far (+1)
         self.before_iter = None  # called with the epoch before an epoch's first draw (the session's hook)
-        self._group_ids, self._partition = self._make_partition(groups)
+        self._partition = self._make_partition(groups)
         self._pending: list[_Change] = []  # scheduled, not yet reached
         self._log: list[_Change] = []  # reached; kept so draw() can replay the stream
         self._replayable = True
@@ -456,21 +477,29 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         self._floor = 0  # positions below were consumed before a resume: never trained on
         self._tail: tuple[int, np.ndarray] | None = None  # restored positions [start, start + len)
 
-    def _make_partition(self, groups):
+    def _make_partition(self, groups) -> tuple[np.ndarray, np.ndarray] | None:
+        """Rows sorted by group (int32 up to 2^31 rows) and each group's offset into them; None for one group."""
         if groups is None:
-            return None, None
+            return None
         labels = np.asarray(groups).reshape(-1)
         if labels.dtype == object:  # e.g. strings with missing values: compare as text
             labels = labels.astype(str)
         if labels.shape[0] != self.num_rows:
             raise ValueError(f"groups have {labels.shape[0]} entries but the dataset has {self.num_rows} rows")
         _, ids = np.unique(labels, return_inverse=True)
-        ids = ids.astype(quotas.index_dtype(self.num_rows))
         if ids.max() == 0:
-            return None, None
+            return None
         order = np.argsort(ids, kind="stable").astype(quotas.index_dtype(self.num_rows))
         offsets = np.concatenate([[0], np.cumsum(np.bincount(ids))])
-        return ids, (order, offsets)
+        return order, offsets
+
+    def _group_ids(self) -> np.ndarray | None:
+        if self._partition is None:
+            return None
+        order, offsets = self._partition
+        ids = np.empty(self.num_rows, dtype=np.int32)
+        ids[order] = np.repeat(np.arange(len(offsets) - 1, dtype=np.int32), np.diff(offsets))
+        return ids
 
     def set_groups(self, groups) -> None:
         """Split rows into groups (a label per row) for two-level sampling; before the stream first splits.
@@ -481,12 +510,14 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
             >>> s.num_groups
             2
         """
+        partition = self._make_partition(groups)
         if len(self._stream.groups) > 1:
-            ids, _ = self._make_partition(groups)
-            if self._group_ids is None or ids is None or not np.array_equal(ids, self._group_ids):
+            same = partition is not None and self._partition is not None and all(
+                np.array_equal(a, b) for a, b in zip(partition, self._partition))
+            if not same:
                 raise RuntimeError("the sampler's stream already runs on other row groups; groups are set before it")
             return
-        self._group_ids, self._partition = self._make_partition(groups)
+        self._partition = partition
 
     @property
     def num_groups(self) -> int:
@@ -501,6 +532,24 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
+    def group_credit(self) -> np.ndarray:
+        """Each group's credit minus the positions it took so far (within one of zero once groups take turns)."""
+        return self._stream.deficit.copy()
+
+    def resident_bytes(self) -> int:
+        """Bytes of the per-row arrays the sampler holds: the partition, the weights in force, each group's pass.
+
+        Example:
+            >>> AdaptiveSampler(1000).resident_bytes()
+            0
+        """
+        total = sum(a.nbytes for a in self._partition) if self._partition is not None else 0
+        if self._stream.weights is not None:
+            total += self._stream.weights.nbytes
+        for g in self._stream.groups:
+            total += sum(a.nbytes for a in (g.perm, g.lag, g.lag_p, g.events) if a is not None)
+        return total
+
     def set_epoch(self, epoch: int) -> None:
         """Called by the Trainer before each epoch; positions of epoch ``e`` start at ``e * len(self)``."""
         self.epoch = int(epoch)
@@ -514,7 +563,8 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         that is refused too (the session schedules far enough ahead). Costs O(rows).
         """
         w = _validated(weights, self.num_rows).astype(np.float32)
-        self._queue(_Change(int(at_position), weights=w))
+        sums = self._group_sums(w) if self._partition is not None else None
+        self._queue(_Change(int(at_position), weights=w, sums=sums))
 
     def schedule_groups(self, shares: np.ndarray, at_position: int) -> None:
         """Make the groups' ``shares`` of the stream active from ``at_position``; rows keep their weights in a group.
@@ -530,18 +580,19 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         if self._partition is None:
             raise ValueError("schedule_groups needs the sampler built with `groups` (a group label per row)")
         shares = _validated(shares, self.num_groups, "group shares", "groups")
-        in_force = self._weights_before(int(at_position))
-        sums = self._group_sums(in_force)
+        sums = self._sums_before(int(at_position))
         starved = np.flatnonzero((shares > 0) & (sums <= 0))
         if starved.size:
             raise ValueError(f"groups {starved.tolist()} are given a share but all their rows have weight 0")
         self._queue(_Change(int(at_position), shares=shares))
 
-    def _weights_before(self, position: int) -> np.ndarray | None:
+    def _sums_before(self, position: int) -> np.ndarray:
         for change in reversed(self._pending):
-            if change.start <= position and change.weights is not None:
-                return change.weights
-        return self._stream.weights
+            if change.start <= position and change.sums is not None:
+                return change.sums
+        if len(self._stream.groups) > 1:
+            return self._stream.sums
+        return self._group_sums(self._stream.weights)  # O(rows), once: before the stream first splits
 
     def _queue(self, change: _Change) -> None:
         if change.start < self.produced:
@@ -688,7 +739,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
             "num_rows": self.num_rows,
             "num_samples": self.num_samples,
             "seed": self.seed,
-            "groups": None if self._group_ids is None else encode_array(self._group_ids),
+            "groups": None if self._partition is None else encode_array(self._group_ids()),
             "resume_from": start,
             "tail": encode_array(tail),
             "stream": self._stream.state_dict(),
@@ -709,7 +760,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
             )
         self.seed = int(state["seed"])
         groups = None if state["groups"] is None else decode_array(state["groups"])
-        self._group_ids, self._partition = self._make_partition(groups)
+        self._partition = self._make_partition(groups)
         self._stream = _Stream(self.num_rows, self.seed)
         self._stream.load_state_dict(state["stream"], self._partition)
         self._pending = [_Change.from_dict(c) for c in state["pending"]]

@@ -446,14 +446,16 @@ def test_focal_loss_weighting_changes_the_logged_loss_exactly(tmp_path, tokenize
     # Train a little first, so the samples' losses (and hence their focal weights) differ; then freeze (lr 0).
     SFTTrainer(model=model, args=_config(tmp_path / "pre", learning_rate=1e-2, per_device_train_batch_size=8),
                train_dataset=data, processing_class=tokenizer).train()
-    trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=6, gradient_accumulation_steps=2,
+    # Two epochs: the sampler visits each row once per epoch, so only the second epoch trains on rows whose loss
+    # (and hence focal weight) is known.
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, max_steps=14, gradient_accumulation_steps=2,
                                                    logging_steps=1),
                          train_dataset=data, processing_class=tokenizer, callbacks=[dynamics, policy])
     seen = record_micro_batches(model, dynamics)  # registered before training: runs before ours
     trainer.train()
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     expected, plain = [], []
-    for step in range(1, 7):
+    for step in range(1, 15):
         nll, ntok, uid = (np.concatenate(x) for x in zip(*seen[2 * (step - 1) : 2 * step]))
         in_force = [w for s, _, w in policy.loss_calls if s <= step - 1 and w is not None]
         weights = in_force[-1][uid] if in_force else np.ones(len(uid))
