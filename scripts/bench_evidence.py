@@ -758,6 +758,73 @@ def merge_reports(reports: list[dict]) -> dict:
     }
 
 
+def compare_runs(before: list[dict], after: list[dict], arms: list[str], aliases: dict[str, str] | None = None) -> dict:
+    """The same arms measured twice (e.g. before and after a sampler change): per arm, paired differences
+    (after minus before, same seed) of the final target loss and test exact match, and each side's difference
+    against its own ``uniform`` of the same seed.
+
+    ``before`` / ``after`` are lists of runs (a report's ``"runs"``, several reports concatenated); ``aliases`` maps
+    an arm to its name on the before side (``{"validation": "validation:exp3"}`` when the default rule was
+    measured under its candidate name). Seeds are those both sides have.
+
+    Example:
+        >>> run = lambda arm, seed, loss, em: {"arm": arm, "seed": seed, "curve": [{"target_loss": loss}],
+        ...                                    "exact_match": em}
+        >>> b = [run("uniform", s, 0.3, 0.6) for s in (0, 1)] + [run("hard", s, 0.4, 0.5) for s in (0, 1)]
+        >>> a = [run("uniform", s, 0.3, 0.6) for s in (0, 1)] + [run("hard", s, 0.35, 0.55) for s in (0, 1)]
+        >>> round(compare_runs(b, a, ["hard"])["hard"]["after_minus_before"]["target_loss"]["mean"], 3)
+        -0.05
+    """
+    aliases = aliases or {}
+
+    def index(runs):
+        return {(r["arm"], int(r["seed"])): r for r in runs}
+
+    def metrics(run):
+        return {"target_loss": float(run["curve"][-1]["target_loss"]), "exact_match": float(run["exact_match"])}
+
+    b_by, a_by = index(before), index(after)
+    out = {}
+    for arm in arms:
+        b_arm = aliases.get(arm, arm)
+        seeds = sorted(s for (x, s) in a_by if x == arm and (b_arm, s) in b_by)
+        if not seeds:
+            continue
+        entry = {"seeds": seeds, "before_arm": b_arm, "before": {}, "after": {}, "after_minus_before": {},
+                 "before_vs_uniform": {}, "after_vs_uniform": {}}
+        for key in ("target_loss", "exact_match"):
+            bv = [metrics(b_by[(b_arm, s)])[key] for s in seeds]
+            av = [metrics(a_by[(arm, s)])[key] for s in seeds]
+            entry["before"][key] = mean_ci(bv)
+            entry["after"][key] = mean_ci(av)
+            entry["after_minus_before"][key] = mean_ci(np.subtract(av, bv))
+            for side, by, name in (("before_vs_uniform", b_by, b_arm), ("after_vs_uniform", a_by, arm)):
+                diffs = [metrics(by[(name, s)])[key] - metrics(by[("uniform", s)])[key] for s in seeds
+                         if ("uniform", s) in by]
+                entry[side][key] = mean_ci(diffs)
+        out[arm] = entry
+    return out
+
+
+def comparison_markdown(table: dict, before_label: str, after_label: str) -> str:
+    """The before/after table of :func:`compare_runs`."""
+    rows = []
+    for arm, e in table.items():
+        rows.append([f"`{arm}`" + (f" (before: `{e['before_arm']}`)" if e["before_arm"] != arm else ""),
+                     ", ".join(map(str, e["seeds"])),
+                     _ci(e["before"]["target_loss"], ".4f"), _ci(e["after"]["target_loss"], ".4f"),
+                     _ci(e["after_minus_before"]["target_loss"], ".4f", True),
+                     _ci(e["before_vs_uniform"]["target_loss"], ".4f", True),
+                     _ci(e["after_vs_uniform"]["target_loss"], ".4f", True),
+                     _ci(e["before"]["exact_match"], ".3f"), _ci(e["after"]["exact_match"], ".3f"),
+                     _ci(e["after_minus_before"]["exact_match"], ".3f", True),
+                     _ci(e["after_vs_uniform"]["exact_match"], ".3f", True)])
+    head = ["arm", "seeds", f"target loss, {before_label}", f"{after_label}", "Δ after - before",
+            f"Δ vs uniform, {before_label}", f"Δ vs uniform, {after_label}", f"test EM, {before_label}",
+            f"{after_label}", "Δ after - before", f"Δ EM vs uniform, {after_label}"]
+    return _table(head, rows)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # screening candidate domains
 # ------------------------------------------------------------------------------------------------------------

@@ -323,6 +323,16 @@ def main(argv=None) -> int:
     ev.add_argument("--out", default="bench_results/evidence.json")
     ev.add_argument("--markdown", default="bench_results/evidence.md")
     ev.add_argument("--plots", default="docs/benchmarks", help="folder for the two plots ('' for none)")
+    cp = sub.add_parser("evidence-compare", help="the same arms measured twice (before / after a change): paired "
+                                                  "differences per arm, and each side against its own uniform")
+    cp.add_argument("--before", nargs="+", required=True, help="JSON reports of the earlier runs")
+    cp.add_argument("--after", nargs="+", required=True, help="JSON reports of the later runs")
+    cp.add_argument("--arms", nargs="+", required=True)
+    cp.add_argument("--alias", nargs="*", default=[], metavar="ARM=BEFORE_ARM",
+                    help="an arm's name on the before side, e.g. validation=validation:exp3")
+    cp.add_argument("--labels", nargs=2, default=["before", "after"])
+    cp.add_argument("--out", default="bench_results/evidence_compare.json")
+    cp.add_argument("--markdown", default="bench_results/evidence_compare.md")
     mg = sub.add_parser("evidence-merge", help="pool several evidence runs (other arms / seeds) into one report")
     mg.add_argument("reports", nargs="+", help="JSON reports written by `evidence --out`")
     mg.add_argument("--out", default="bench_results/evidence_merged.json")
@@ -400,6 +410,14 @@ def main(argv=None) -> int:
 
         report = bench_evidence_noise.merge([json.loads(Path(p).read_text()) for p in args.reports])
         _write_report(args.out, args.markdown, report, bench_evidence_noise.markdown(report))
+        return 0
+    if args.benchmark == "evidence-compare":
+        load = lambda paths: [r for p in paths for r in json.loads(Path(p).read_text())["runs"]]  # noqa: E731
+        aliases = dict(a.split("=", 1) for a in args.alias)
+        table = bench_evidence.compare_runs(load(args.before), load(args.after), args.arms, aliases)
+        report = {"benchmark": "evidence-compare", "before": args.before, "after": args.after, "labels": args.labels,
+                  "aliases": aliases, "arms": table}
+        _write_report(args.out, args.markdown, report, bench_evidence.comparison_markdown(table, *args.labels))
         return 0
     if args.benchmark == "evidence-merge":
         report = bench_evidence.merge_reports([json.loads(Path(p).read_text()) for p in args.reports])

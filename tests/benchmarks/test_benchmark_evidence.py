@@ -283,3 +283,31 @@ def test_evidence_noise_benchmark_and_merge_run_on_the_tiny_model(tmp_path):
     assert "cleanlab (out-of-sample)" in merged_md.read_text()
     with pytest.raises(ValueError, match="two reports"):
         benchmark.main(["evidence-noise-merge", str(reports[0]), str(reports[0]), "--out", str(tmp_path / "x.json")])
+
+
+def test_flat_arm_is_the_uniform_run_and_compare_pairs_before_with_after(tmp_path):
+    out = tmp_path / "evidence.json"
+    rc = benchmark.main(["evidence", "--model", "tiny", "--steps", "8", "--batch-size", "8", "--eval-steps", "4",
+                         "--seeds", "0", "1", "--arms", "uniform", "flat", "balance", "--cv-folds", "0",
+                         "--data-fraction", "0.1", "--workdir", str(tmp_path / "runs"), "--out", str(out),
+                         "--markdown", str(tmp_path / "evidence.md"), "--plots", ""])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    by = {(r["arm"], r["seed"]): r for r in report["runs"]}
+    for seed in (0, 1):  # equal weights through our sampler: the plain run, curve for curve
+        assert by[("flat", seed)]["curve"] == by[("uniform", seed)]["curve"]
+        assert by[("flat", seed)]["exact_match"] == by[("uniform", seed)]["exact_match"]
+    # An earlier measurement of the same arms (here: balance renamed, its losses shifted by +0.1).
+    before = {"runs": [dict(r, arm="balance_old", curve=[{**p, "target_loss": p["target_loss"] + 0.1} for p in r["curve"]])
+                       if r["arm"] == "balance" else r for r in report["runs"]]}
+    (tmp_path / "before.json").write_text(json.dumps(before))
+    rc = benchmark.main(["evidence-compare", "--before", str(tmp_path / "before.json"), "--after", str(out),
+                         "--arms", "flat", "balance", "--alias", "balance=balance_old", "--labels", "replacement",
+                         "without", "--out", str(tmp_path / "cmp.json"), "--markdown", str(tmp_path / "cmp.md")])
+    assert rc == 0
+    cmp = json.loads((tmp_path / "cmp.json").read_text())["arms"]
+    assert cmp["balance"]["seeds"] == [0, 1] and cmp["balance"]["before_arm"] == "balance_old"
+    assert cmp["balance"]["after_minus_before"]["target_loss"]["mean"] == pytest.approx(-0.1)
+    assert cmp["flat"]["after_minus_before"]["target_loss"]["mean"] == 0.0
+    assert cmp["flat"]["after_vs_uniform"]["exact_match"]["mean"] == 0.0
+    assert "Δ after - before" in (tmp_path / "cmp.md").read_text()
