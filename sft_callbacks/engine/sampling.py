@@ -27,7 +27,8 @@ from . import quotas
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_WINDOW_EVENTS = 1 << 20  # rows scanned per planned window of a weighted pass (bounds memory and first-draw latency)
+_WINDOW_EVENTS = 1 << 20  # visits planned at once in a weighted pass (bounds memory and first-draw latency) ...
+_MAX_WINDOWS = 8  # ... but each window rescans the group's rows, so a pass has at most this many
 _GROUP_CHUNK = 1 << 16  # positions assigned to groups per call of the stride rule
 _STATE_FORMAT = "passes-1"
 
@@ -62,14 +63,18 @@ def counter_uniforms(seed: int, start: int, stop: int) -> np.ndarray:
 
 
 def _validated(weights: np.ndarray, num_rows: int, what: str = "weights", noun: str = "rows") -> np.ndarray:
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    w = np.asarray(weights)
+    if not np.issubdtype(w.dtype, np.floating):
+        w = w.astype(np.float64)
+    w = w.reshape(-1)
     if w.shape[0] != num_rows:
         raise ValueError(f"{what} have {w.shape[0]} entries but the dataset has {num_rows} {noun}")
-    if not np.isfinite(w).all():
+    low, high = (float(w.min()), float(w.max())) if w.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high)):  # NaN propagates into min/max, inf shows in them
         raise ValueError(f"{what} contain NaN or inf; a policy must return finite, non-negative weights")
-    if (w < 0).any():
+    if low < 0:
         raise ValueError(f"{what} contain negative values; a policy must return finite, non-negative weights")
-    if not (w > 0).any():
+    if not high > 0:
         raise ValueError(f"all {what} are zero; at least one must be positive")
     return w
 
@@ -137,7 +142,7 @@ class _GroupStream:
         self.perm = None
         if self.lag is None:
             self.lag = np.zeros(self.n, dtype=np.float32)
-        self.windows = max(1, math.ceil(self.n / _WINDOW_EVENTS))
+        self.windows = min(_MAX_WINDOWS, max(1, math.ceil(self.n / _WINDOW_EVENTS)))
         self._plan_window()
 
     def _pass_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -421,7 +426,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
     - :meth:`state_dict` / :meth:`load_state_dict` resume the stream exactly;
     - it works far past 2^24 rows (where ``torch.multinomial`` stops): int32 permutations up to 2^31 rows, int64
       beyond; resident memory is at most 16 bytes per row (the weights in force, the rows sorted by group, and a
-      flat pass's permutation or each row's credit) plus a planning window of about 1M visits.
+      flat pass's permutation or each row's credit) plus a planning window of max(1M, rows / 8) visits.
 
     Args:
         num_rows (`int`): number of rows of the dataset the dataloader indexes.
@@ -561,7 +566,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         position this sampler has already handed out would make the stream depend on prefetch timing, so
         that is refused too (the session schedules far enough ahead). Costs O(rows).
         """
-        w = _validated(weights, self.num_rows).astype(np.float32)
+        w = _validated(np.asarray(weights, dtype=np.float32), self.num_rows)  # kept as float32: checked as such
         sums = self._group_sums(w) if self._partition is not None else None
         self._queue(_Change(int(at_position), weights=w, sums=sums))
 
