@@ -38,7 +38,7 @@ from sft_callbacks.engine.compat import checkpointing_off
 
 ARMS = ("uniform", "flat", "static_target", "validation", "hard", "curriculum", "balance", "all")
 QUICK_ARMS = ("uniform", "static_target", "all")
-# The candidate update rules of ValidationGuidedResamplingCallback (issue 13's ablation): "validation:<method>".
+# The candidate update rules of ValidationGuidedResamplingCallback (their ablation): "validation:<method>".
 VALIDATION_CANDIDATES = ("validation:scaling", "validation:learnability", "validation:aioli", "validation:exp3",
                          "validation:doremi")
 # The CPU budget (2 cores): chosen so that all arms x 3 seeds fit in 100 minutes (see BENCHMARKS.md).
@@ -66,7 +66,7 @@ class EvidenceConfig:
     data_fraction: float = 1.0  # keep this fraction of every split, per domain (the smoke test)
     workdir: str = "bench_results/evidence_runs"
     threads: int | None = None  # torch threads (None: torch's default)
-    # The domain shift (issue 18): only this domain in validation and test, and only the first
+    # The domain shift: only this domain in validation and test, and only the first
     # ``target_train_rows`` of its training rows; the other domains are the sources.
     target_domain: str | None = None
     target_train_rows: int | None = None

@@ -1,4 +1,4 @@
-"""Finding the wrong answers on the evidence data (issue 14): every noise score of the package against cleanlab.
+"""Finding the wrong answers on the evidence data: every noise score of the package against cleanlab.
 
 SmolLM2-135M-Instruct (LoRA, the evidence benchmark's configuration) trains uniformly for ``epochs`` epochs on the
 evidence training set, 20% of whose answers are corrupted (the same rows as the evidence benchmark), with
@@ -112,7 +112,7 @@ def _auroc(score, positive) -> float:
 
 def summarise(cfg: NoiseConfig, data: dict, maps: list[dict], cleanlabs: list[dict]) -> dict:
     """Per domain and seed: AUROC and precision at the noise rate of every score and of cleanlab; the flags'
-    precision, recall and expected precision; the clean test EM; and the issue's targets, checked."""
+    precision, recall and expected precision; the clean test EM; and the targets, checked."""
     from bench_scores import precision_at_k
 
     train = data["train"]
@@ -192,7 +192,7 @@ SINGLE_VISIT = ("loss_first", "loss_last")
 
 
 def targets(per_seed: dict, names: list[str], test_em: dict, default: str | None = None) -> dict:
-    """The issue's bars, seed by seed: the default score above cleanlab and above the best single-visit loss in
+    """The bars, seed by seed: the default score above cleanlab and above the best single-visit loss in
     AUROC on every domain; AUROC >= 0.95 and precision at the noise rate >= 0.8 where clean test EM >= 0.9."""
     from sft_callbacks.policies.noise import DEFAULT_NOISE_SCORE
 

@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     ev.add_argument("--threads", type=int, default=None, help="torch threads")
     ev.add_argument("--noise", type=float, default=None, help="share of training answers corrupted (default 0.2)")
     ev.add_argument("--target-domain", default=None,
-                    help="domain shift (issue 18): validation and test on this domain only; arms domain:<method>")
+                    help="domain shift: validation and test on this domain only; arms domain:<method>")
     ev.add_argument("--target-train-rows", type=int, default=None,
                     help="with --target-domain: keep only this many of its training rows")
     ev.add_argument("--data", choices=["benchmark", "sentiment_shift"], default=None,

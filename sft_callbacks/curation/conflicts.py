@@ -47,6 +47,8 @@ import datasets
 import numpy as np
 import xxhash
 
+from ..engine.hashing import mix64
+
 __all__ = [
     "ConflictResult",
     "detect_conflicts",
@@ -243,10 +245,7 @@ def shingle_hashes(texts: Sequence[str], ngram: int = 3) -> tuple[np.ndarray, np
         for k in range(ngram):
             byte = np.where(pos + k < end, data[pos + k], np.uint64(0))
             h = h * _BYTE_MULT + byte
-        # splitmix-style finaliser, keep 32 bits
-        h ^= h >> np.uint64(31)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(29)
+    h = mix64(h)  # keep 32 of the mixed bits
     return (h >> _SHIFT32) & _MASK32, starts
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .sampling import splitmix64
+from .hashing import splitmix64
 
 _MULT_SEED = np.uint64(0x5DEECE66D1234567)
 # Mixes the length into the key; the same wrapping product is computed on the device and on the host.

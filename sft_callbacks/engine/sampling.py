@@ -24,42 +24,12 @@ import numpy as np
 import torch
 
 from . import quotas
+from .hashing import counter_uniforms
 
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _WINDOW_EVENTS = 1 << 20  # visits planned at once in a weighted pass (bounds memory and first-draw latency) ...
 _MAX_WINDOWS = 8  # ... but each window rescans the group's rows, so a pass has at most this many
 _GROUP_CHUNK = 1 << 16  # positions assigned to groups per call of the stride rule
 _STATE_FORMAT = "passes-1"
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on a ``uint64`` array (wrapping arithmetic), a fast high-quality bit mixer.
-
-    Example:
-        >>> splitmix64(np.arange(2, dtype=np.uint64)).dtype
-        dtype('uint64')
-    """
-    with np.errstate(over="ignore"):
-        z = (x + _GOLDEN) & _MASK64
-        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        return z ^ (z >> np.uint64(31))
-
-
-def counter_uniforms(seed: int, start: int, stop: int) -> np.ndarray:
-    """Uniform floats in [0, 1) for counters ``start..stop-1``; counter ``p`` always gets the same value.
-
-    Example:
-        >>> u = counter_uniforms(0, 0, 4)
-        >>> bool(((u >= 0) & (u < 1)).all()) and np.array_equal(u[2:], counter_uniforms(0, 2, 4))
-        True
-    """
-    key = splitmix64(np.asarray([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
-    pos = np.arange(start, stop, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        bits = splitmix64(pos ^ key)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def _validated(weights: np.ndarray, num_rows: int, what: str = "weights", noun: str = "rows") -> np.ndarray:

@@ -21,7 +21,8 @@ import pandas as pd
 
 from ..engine.callbacks import SamplingPolicyCallback
 from ..engine.frames import per_user_row
-from ..engine.sampling import decode_array, encode_array, splitmix64
+from ..engine.hashing import splitmix64
+from ..engine.sampling import decode_array, encode_array
 from ..engine.scoring import length_difficulty, loss_difficulty
 
 logger = logging.getLogger(__name__)

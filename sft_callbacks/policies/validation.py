@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.hashing import mix64
 from ..engine.session import PolicyContext
 from .groups import (
     floor_shares,
@@ -144,16 +145,6 @@ _PRIME = np.uint64(0x100000001B3)
 _CHUNK_ROWS = 65536
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    x = x.copy()
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
-
-
 def _column_as_text(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     """One string per row: a string column as is, a list of strings / chat messages joined by spaces."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -259,7 +250,7 @@ def hashed_ngram_features(texts, num_buckets: int = 2**16, ngram: Sequence[int] 
         for k in range(1, n):
             x = x * _PRIME + h[k : k + m]
         valid = parent[:m] == parent[n - 1 : n - 1 + m]  # all n words in the same text
-        x = _mix64(x[valid] ^ np.uint64(n * 0x9E3779B97F4A7C15 % 2**64))
+        x = mix64(x[valid] ^ np.uint64(n * 0x9E3779B97F4A7C15 % 2**64))
         rows_out.append(parent[:m][valid])
         buckets_out.append((x % np.uint64(num_buckets)).astype(np.int64))
     if not rows_out:

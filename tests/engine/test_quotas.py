@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sft_callbacks.engine import quotas
+from sft_callbacks.engine import hashing, quotas, sampling
+
+
+@pytest.mark.parametrize("module", [quotas, sampling, hashing])
+def test_module_examples_hold(module):
+    import doctest
+
+    failures, tried = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert tried >= 4 and failures == 0
 
 
 def test_equal_weights_visit_every_row_once_in_permutation_order():

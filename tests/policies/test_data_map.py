@@ -65,7 +65,7 @@ def test_data_map_separates_corrupted_answers_in_real_training(tmp_path, tokeniz
     pos, neg = score[corrupted & ok], score[~corrupted & ok]
     auroc = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
     # A 0.2M-parameter model from scratch only half-learns the word -> label rule in 8 epochs; measured 0.68
-    # (deterministic on CPU), chance is 0.5 +- 0.05 here. The real-model target (>= 0.95) is issue 4's benchmark.
+    # (deterministic on CPU), chance is 0.5 +- 0.05 here. The real-model target (>= 0.95) is the noise benchmark's.
     assert auroc > 0.6, auroc
     precision = corrupted[frame["flag_noisy"].to_numpy()].mean()
     assert precision > corrupted.mean() * 1.3  # flags are richer in corrupted rows than the base rate

@@ -1,4 +1,4 @@
-"""The validation-guided update rules (issue 13): the pure functions of ``policies/mixing.py`` on arrays, and the
+"""The validation-guided update rules: the pure functions of ``policies/mixing.py`` on arrays, and the
 default callback on a real SFTTrainer run with a large easy group, a rare learnable group and a pure-noise group."""
 
 from __future__ import annotations
