@@ -16,7 +16,6 @@ callback bases), ``policies/`` (the strategies), ``curation/`` and ``hub/`` (aft
 - Recipes: :func:`run_recipe` (``sft-callbacks sft --config recipe.yaml``: a ``trl sft`` recipe plus callbacks).
 """
 
-from . import _moved
 from .curation import CuratedDataset, curate, training_annotations
 from .curation.active_learning import select_for_annotation
 from .curation.augmentation import (
@@ -58,8 +57,6 @@ from .policies import (
     plot_data_map,
 )
 from .policies.noise import NOISE_SCORES, estimate_noise_rate
-
-_moved.install()  # old module paths (sft_callbacks.tracking, ...) keep working for one release
 
 __version__ = "0.1.0"
 

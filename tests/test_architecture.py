@@ -106,9 +106,8 @@ def test_init_files_only_re_export():
             ok = isinstance(node, (ast.Import, ast.ImportFrom)) or (
                 isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))  # the docstring
             ok = ok or (isinstance(node, ast.Assign) and [t.id for t in node.targets] in (["__all__"], ["__version__"]))
-            ok = ok or path.parent == PACKAGE and (  # the root: old module paths, and the lazy recipe launcher
-                isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
-                or isinstance(node, ast.Expr) and ast.unparse(node) == "_moved.install()")
+            ok = ok or path.parent == PACKAGE and (  # the root: the lazy recipe launcher
+                isinstance(node, ast.FunctionDef) and node.name == "__getattr__")
             assert ok, f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)[:80]}"
 
 
