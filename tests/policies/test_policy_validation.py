@@ -16,14 +16,11 @@ from trl import SFTConfig, SFTTrainer
 from sft_callbacks.demo_data import load_demo_dataset
 from sft_callbacks.policies.balance import GroupBalanceCallback
 from sft_callbacks.policies.groups import floor_shares, group_ids, row_group_shares
+from sft_callbacks.policies.dsir import dataset_texts, dsir_importance, dsir_log_ratio, hashed_ngram_features
 from sft_callbacks.policies.validation import (
     ValidationGuidedResamplingCallback,
-    dataset_texts,
     doremi_update,
-    dsir_importance,
-    dsir_log_ratio,
     group_eval_losses,
-    hashed_ngram_features,
     plateau_step,
 )
 
