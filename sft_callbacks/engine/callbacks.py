@@ -8,6 +8,7 @@ import numpy as np
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from .config import CallbackConfig
 from .frames import annotate_dataset, dynamics_frame, eval_frame, run_annotations
 from .session import PolicyContext, Session
 
@@ -51,9 +52,22 @@ class SFTCallback(TrainerCallback, ExportableState):
     needs_sampler = False
     needs_loss_weighting = False
     publishes_signals = False
+    config_class: type[CallbackConfig] | None = None  # a strategy's options (see :mod:`.config`)
 
-    def __init__(self, **config: Any):
-        self._init_kwargs = dict(config)
+    def __init__(self, config: CallbackConfig | None = None, /, **options: Any):
+        if self.config_class is not None:
+            if config is None:
+                config = self.config_class(**options)
+            elif options:
+                raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__} or keyword options, not both")
+            elif not isinstance(config, self.config_class):
+                raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+            self.config = config
+            self._init_kwargs = config.to_dict()
+        else:
+            if config is not None:
+                raise TypeError(f"{type(self).__name__} has no config class; pass its options as keywords")
+            self._init_kwargs = dict(options)
         self._session: Session | None = None
         self._last_state = None
         self._sft_restore = None

@@ -379,7 +379,8 @@ class Session:
 
     def _set_sampler_groups(self) -> None:
         """Two-level sampling over the group column the sampling policies share (none if they name different ones)."""
-        names = {getattr(cb, "group_column", None) for cb in self.members if cb.needs_sampler}
+        names = {getattr(getattr(cb, "config", None), "group_column", getattr(cb, "group_column", None))
+                 for cb in self.members if cb.needs_sampler}
         names.discard(None)
         if len(names) != 1:
             if len(names) > 1:

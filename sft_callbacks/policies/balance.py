@@ -8,10 +8,12 @@ Pure functions (:func:`inverse_frequency_shares`, :func:`temperature_shares`, :f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.config import CallbackConfig
 from ..engine.session import PolicyContext
 from .groups import (
     floor_shares,
@@ -117,6 +119,48 @@ def group_loss_weights(shares: np.ndarray, natural: np.ndarray, sample_groups: n
     return w / mean
 
 
+@dataclass(frozen=True, kw_only=True)
+class GroupBalanceConfig(CallbackConfig):
+    """Options of :class:`GroupBalanceCallback` (see its Args), checked when built.
+
+    Example:
+        >>> GroupBalanceConfig(group_column="domain", beta=0.3).strategy
+        'inverse_frequency'
+    """
+
+    group_column: str
+    strategy: str = "inverse_frequency"
+    beta: float = 0.5
+    temperature: float = 2.0
+    target_shares: Mapping | None = None
+    min_share: float = 0.0
+    loss_weighting: bool = False
+
+    def __post_init__(self):
+        self.require(isinstance(self.group_column, str) and bool(self.group_column),
+                     "group_column must be the name of a column of the training dataset", self.group_column)
+        self.require(self.strategy in STRATEGIES, f"unknown strategy; choose one of {list(STRATEGIES)}", self.strategy)
+        self.require(np.isfinite(self.beta) and self.beta >= 0, "beta must be a finite number >= 0", self.beta)
+        self.require(np.isfinite(self.temperature) and self.temperature > 0, "temperature must be a finite number > 0",
+                     self.temperature)
+        if self.strategy == "target":
+            self.require(isinstance(self.target_shares, Mapping) and bool(self.target_shares),
+                         "strategy='target' needs target_shares={group: share, ...}")
+            bad = {k: v for k, v in self.target_shares.items() if not np.isfinite(float(v)) or float(v) < 0}
+            self.require(not bad, "target_shares must be finite and >= 0", bad)
+            self.require(sum(float(v) for v in self.target_shares.values()) > 0,
+                         "target_shares are all zero; at least one group needs a positive share")
+        else:
+            self.require(self.target_shares is None,
+                         f"target_shares is only used with strategy='target' (strategy is {self.strategy!r})")
+        self.require(0.0 <= self.min_share < 1.0, "min_share must be in [0, 1)", self.min_share)
+        self._set("beta", float(self.beta))
+        self._set("temperature", float(self.temperature))
+        self._set("target_shares", dict(self.target_shares) if self.target_shares is not None else None)
+        self._set("min_share", float(self.min_share))
+        self._set("loss_weighting", bool(self.loss_weighting))
+
+
 class GroupBalanceCallback(SamplingPolicyCallback):
     """A [`~transformers.TrainerCallback`] that draws rare classes / domains more often.
 
@@ -167,52 +211,13 @@ class GroupBalanceCallback(SamplingPolicyCallback):
         >>> trainer.train()  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        *,
-        group_column: str,
-        strategy: str = "inverse_frequency",
-        beta: float = 0.5,
-        temperature: float = 2.0,
-        target_shares: Mapping | None = None,
-        min_share: float = 0.0,
-        loss_weighting: bool = False,
-    ):
-        if not isinstance(group_column, str) or not group_column:
-            raise ValueError("group_column must be the name of a column of the training dataset")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
-        if not np.isfinite(beta) or beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0 (got {beta})")
-        if not np.isfinite(temperature) or temperature <= 0:
-            raise ValueError(f"temperature must be a finite number > 0 (got {temperature})")
-        if strategy == "target":
-            if not isinstance(target_shares, Mapping) or not target_shares:
-                raise ValueError("strategy='target' needs target_shares={group: share, ...}")
-            bad = {k: v for k, v in target_shares.items() if not np.isfinite(float(v)) or float(v) < 0}
-            if bad:
-                raise ValueError(f"target_shares must be finite and >= 0 (got {bad})")
-            if sum(float(v) for v in target_shares.values()) <= 0:
-                raise ValueError("target_shares are all zero; at least one group needs a positive share")
-        elif target_shares is not None:
-            raise ValueError(f"target_shares is only used with strategy='target' (strategy is {strategy!r})")
-        if not 0.0 <= min_share < 1.0:
-            raise ValueError(f"min_share must be in [0, 1) (got {min_share})")
-        super().__init__(
-            group_column=group_column, strategy=strategy, beta=beta, temperature=temperature,
-            target_shares=dict(target_shares) if target_shares is not None else None, min_share=min_share,
-            loss_weighting=loss_weighting,
-        )
-        self.group_column = group_column
-        self.strategy = strategy
-        self.beta = float(beta)
-        self.temperature = float(temperature)
-        self.target_shares = dict(target_shares) if target_shares is not None else None
-        self.min_share = float(min_share)
-        self.loss_weighting = bool(loss_weighting)
+    config_class = GroupBalanceConfig
+
+    def __init__(self, config: GroupBalanceConfig | None = None, /, **options):
+        super().__init__(config, **options)
         # Resampling or loss weighting: the session reads these flags per instance.
-        self.needs_sampler = not self.loss_weighting
-        self.needs_loss_weighting = self.loss_weighting
+        self.needs_sampler = not self.config.loss_weighting
+        self.needs_loss_weighting = self.config.loss_weighting
         # internal state
         self.group_names: list[str] = []
         self.shares: np.ndarray | None = None
@@ -222,7 +227,7 @@ class GroupBalanceCallback(SamplingPolicyCallback):
         self._given = False
 
     def required_columns(self) -> list[str]:
-        return [self.group_column]
+        return [self.config.group_column]
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._given = False  # hand the weights to the session once per train() call
@@ -232,13 +237,13 @@ class GroupBalanceCallback(SamplingPolicyCallback):
         key = (id(ctx.dataset), ctx.num_rows)
         if self._ids is not None and self._ids_key == key:
             return
-        ids, names = group_ids(ctx.column(self.group_column))
+        ids, names = group_ids(ctx.column(self.config.group_column))
         counts = group_counts(ids, len(names))
         self._ids, self._ids_key, self.group_names = ids, key, names
         self.natural = natural_shares(counts)
         self.shares = balance_shares(
-            counts, names, strategy=self.strategy, beta=self.beta, temperature=self.temperature,
-            target=self.target_shares, min_share=self.min_share,
+            counts, names, strategy=self.config.strategy, beta=self.config.beta, temperature=self.config.temperature,
+            target=self.config.target_shares, min_share=self.config.min_share,
         )
 
     def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:

@@ -14,12 +14,14 @@ import logging
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.config import CallbackConfig
 from ..engine.frames import per_user_row
 from ..engine.hashing import splitmix64
 from ..engine.sampling import decode_array, encode_array
@@ -203,6 +205,57 @@ def _is_real(x) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Callback
 # ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class CurriculumConfig(CallbackConfig):
+    """Options of :class:`CurriculumCallback` (see its Args), checked when built.
+
+    Example:
+        >>> CurriculumConfig(pacing="root", start=0.1).duration
+        0.8
+    """
+
+    difficulty: str | Callable[[dict], float] = "length"
+    pacing: str | Callable[[float], float] = "linear"
+    start: float = 0.2
+    duration: float = 0.8
+    root_p: float = 2.0
+    num_steps: int = 4
+    anti: bool = False
+    stages: Sequence[Sequence[Any]] | None = None
+    stage_column: str | None = None
+    stage_durations: Sequence[float] | None = None
+    update_every_steps: int | None = None
+    scoring_batch_size: int = 16
+
+    def __post_init__(self):
+        difficulty = self.difficulty
+        self.require(callable(difficulty) or (isinstance(difficulty, str) and bool(difficulty)),
+                     "difficulty must be 'length', 'loss', the name of a numeric column, or a callable row -> float",
+                     difficulty)
+        _check_schedule(self.pacing, self.start, self.duration, self.root_p, self.num_steps)
+        self.require(isinstance(self.anti, bool), "anti must be True or False", self.anti)
+        every = self.update_every_steps
+        self.require(every is None or (isinstance(every, int) and not isinstance(every, bool) and every >= 1),
+                     "update_every_steps must be None or an integer >= 1", every)
+        self.require(isinstance(self.scoring_batch_size, int) and self.scoring_batch_size >= 1,
+                     "scoring_batch_size must be an integer >= 1", self.scoring_batch_size)
+        if self.stages is None:
+            self.require(self.stage_column is None and self.stage_durations is None,
+                         "stage_column and stage_durations only apply with stages=[[...], ...]")
+        else:
+            stages, durations = _check_stages(self.stages, self.stage_column, self.stage_durations)
+            changed = [name for name, value, default in (
+                ("difficulty", difficulty, "length"), ("pacing", self.pacing, "linear"), ("start", self.start, 0.2),
+                ("duration", self.duration, 0.8), ("anti", self.anti, False)) if value != default]
+            self.require(not changed, f"stages restrict rows by group instead of by difficulty; {changed} do not apply "
+                                      "with stages (set each stage's length with stage_durations)")
+            self._set("stages", stages)
+            self._set("stage_durations", durations)
+        self._set("start", float(self.start))
+        self._set("duration", float(self.duration))
+        self._set("root_p", float(self.root_p))
+
+
 class CurriculumCallback(SamplingPolicyCallback):
     """A [`~transformers.TrainerCallback`] that trains on the easiest rows first and widens the pool over training.
 
@@ -266,75 +319,10 @@ class CurriculumCallback(SamplingPolicyCallback):
         with ``root_p=2`` is their ``c_sqrt``).
     """
 
-    def __init__(
-        self,
-        *,
-        difficulty: str | Callable[[dict], float] = "length",
-        pacing: str | Callable[[float], float] = "linear",
-        start: float = 0.2,
-        duration: float = 0.8,
-        root_p: float = 2.0,
-        num_steps: int = 4,
-        anti: bool = False,
-        stages: Sequence[Sequence[Any]] | None = None,
-        stage_column: str | None = None,
-        stage_durations: Sequence[float] | None = None,
-        update_every_steps: int | None = None,
-        scoring_batch_size: int = 16,
-    ):
-        if not (callable(difficulty) or (isinstance(difficulty, str) and difficulty)):
-            raise ValueError(
-                "difficulty must be 'length', 'loss', the name of a numeric column, or a callable row -> float; "
-                f"got {difficulty!r}"
-            )
-        _check_schedule(pacing, start, duration, root_p, num_steps)
-        if not isinstance(anti, bool):
-            raise ValueError(f"anti must be True or False, got {anti!r}")
-        if update_every_steps is not None and not (
-            isinstance(update_every_steps, int) and not isinstance(update_every_steps, bool) and update_every_steps >= 1
-        ):
-            raise ValueError(f"update_every_steps must be None or an integer >= 1, got {update_every_steps!r}")
-        if not (isinstance(scoring_batch_size, int) and scoring_batch_size >= 1):
-            raise ValueError(f"scoring_batch_size must be an integer >= 1, got {scoring_batch_size!r}")
-        if stages is None:
-            if stage_column is not None or stage_durations is not None:
-                raise ValueError("stage_column and stage_durations only apply with stages=[[...], ...]")
-        else:
-            stages, stage_durations = _check_stages(stages, stage_column, stage_durations)
-            changed = [
-                name
-                for name, value, default in (
-                    ("difficulty", difficulty, "length"),
-                    ("pacing", pacing, "linear"),
-                    ("start", start, 0.2),
-                    ("duration", duration, 0.8),
-                    ("anti", anti, False),
-                )
-                if value != default
-            ]
-            if changed:
-                raise ValueError(
-                    f"stages restrict rows by group instead of by difficulty; {changed} do not apply with stages "
-                    "(set each stage's length with stage_durations)"
-                )
-        super().__init__(
-            difficulty=difficulty, pacing=pacing, start=start, duration=duration, root_p=root_p, num_steps=num_steps,
-            anti=anti, stages=stages, stage_column=stage_column, stage_durations=stage_durations,
-            update_every_steps=update_every_steps, scoring_batch_size=scoring_batch_size,
-        )
-        # Hyperparameters.
-        self.difficulty_source = difficulty
-        self.pacing = pacing
-        self.start = float(start)
-        self.duration = float(duration)
-        self.root_p = float(root_p)
-        self.num_steps = num_steps
-        self.anti = anti
-        self.stages = stages
-        self.stage_column = stage_column
-        self.stage_durations = stage_durations
-        self.update_every_steps = update_every_steps
-        self.scoring_batch_size = scoring_batch_size
+    config_class = CurriculumConfig
+
+    def __init__(self, config: CurriculumConfig | None = None, /, **options):
+        super().__init__(config, **options)
         # Internal state.
         self.difficulty: np.ndarray | None = None  # per dataloader row, computed once
         self.percentiles: np.ndarray | None = None
@@ -359,31 +347,31 @@ class CurriculumCallback(SamplingPolicyCallback):
         super().on_train_begin(args, state, control, **kwargs)
 
     def required_columns(self) -> list[str]:
-        if self.stages is not None:
-            return [self.stage_column]
-        if isinstance(self.difficulty_source, str) and self.difficulty_source not in ("length", "loss"):
-            return [self.difficulty_source]
+        if self.config.stages is not None:
+            return [self.config.stage_column]
+        if isinstance(self.config.difficulty, str) and self.config.difficulty not in ("length", "loss"):
+            return [self.config.difficulty]
         return []
 
     def compute_weights(self, ctx, reason: str) -> np.ndarray | None:
         step = ctx.step
-        if self.update_every_steps is not None:
-            step = (step // self.update_every_steps) * self.update_every_steps
+        if self.config.update_every_steps is not None:
+            step = (step // self.config.update_every_steps) * self.config.update_every_steps
         progress = min(1.0, step / ctx.max_steps) if ctx.max_steps > 0 else 0.0
-        if self.stages is not None:
+        if self.config.stages is not None:
             groups = self._stage_groups(ctx)
-            stage = stage_at(progress, self.stage_durations)
-            mask = stage_weights(groups, self.stages[stage])
+            stage = stage_at(progress, self.config.stage_durations)
+            mask = stage_weights(groups, self.config.stages[stage])
             self._metrics = {"sft/curriculum/stage": float(stage)}
         else:
             percentiles = self._percentiles(ctx)
             c = competence(
-                progress, self.pacing, self.start, self.duration, root_p=self.root_p, num_steps=self.num_steps
+                progress, self.config.pacing, self.config.start, self.config.duration, root_p=self.config.root_p, num_steps=self.config.num_steps
             )
             # Validation-paced difficulty (ValidationGuidedResamplingCallback(paced_difficulty=True)) moves
             # competence forward, so the hard tail becomes available sooner when validation stops improving.
             c = float(c + float(getattr(ctx, "signals", {}).get("hard_boost", 0.0)) * (1.0 - c))
-            mask = curriculum_weights(percentiles, c, anti=self.anti)
+            mask = curriculum_weights(percentiles, c, anti=self.config.anti)
             self._metrics = {"sft/curriculum/competence": float(c)}
         self._metrics["sft/curriculum/available_fraction"] = float(mask.mean())
         if self._last_mask is not None and np.array_equal(mask, self._last_mask):
@@ -416,7 +404,7 @@ class CurriculumCallback(SamplingPolicyCallback):
 
     # -- difficulty -------------------------------------------------------------------------------------------
     def _source_name(self) -> str:
-        src = self.difficulty_source
+        src = self.config.difficulty
         return src if isinstance(src, str) else f"callable:{getattr(src, '__qualname__', type(src).__name__)}"
 
     def _percentiles(self, ctx) -> np.ndarray:
@@ -435,20 +423,20 @@ class CurriculumCallback(SamplingPolicyCallback):
         return self.percentiles
 
     def _compute_difficulty(self, ctx) -> np.ndarray:
-        src = self.difficulty_source
+        src = self.config.difficulty
         if src == "length":
             values = length_difficulty(index=ctx.index)
         elif src == "loss":
             show = not getattr(ctx.args, "disable_tqdm", False)
             scores = loss_difficulty(
-                ctx.model, ctx.dataset, batch_size=self.scoring_batch_size, progress=show,
+                ctx.model, ctx.dataset, batch_size=self.config.scoring_batch_size, progress=show,
                 desc="Curriculum: scoring rows by loss",
             )
             self.scoring_seconds = scores.seconds
             if getattr(ctx.args, "should_log", True):
                 logger.info(
                     "CurriculumCallback: scored %d rows by the model's loss in %.1f s (one forward pass, batch %d)",
-                    ctx.num_rows, scores.seconds, self.scoring_batch_size,
+                    ctx.num_rows, scores.seconds, self.config.scoring_batch_size,
                 )
             values = scores.loss
         elif callable(src):
@@ -475,15 +463,15 @@ class CurriculumCallback(SamplingPolicyCallback):
 
     def _stage_groups(self, ctx) -> np.ndarray:
         if self._groups is None or len(self._groups) != ctx.num_rows:
-            groups = _as_str(ctx.column(self.stage_column))  # once: later stage switches are vectorised
+            groups = _as_str(ctx.column(self.config.stage_column))  # once: later stage switches are vectorised
             present = set(np.unique(groups).tolist())
-            for i, stage in enumerate(self.stages):
+            for i, stage in enumerate(self.config.stages):
                 if not present.intersection(map(str, stage)):
                     raise ValueError(
-                        f"stage {i} ({list(stage)}) matches no row: column {self.stage_column!r} holds "
+                        f"stage {i} ({list(stage)}) matches no row: column {self.config.stage_column!r} holds "
                         f"{sorted(present)}"
                     )
-            unknown = sorted({str(g) for stage in self.stages for g in stage} - present)
+            unknown = sorted({str(g) for stage in self.config.stages for g in stage} - present)
             if unknown:
                 logger.warning("CurriculumCallback: groups %s of stages appear in no training row", unknown)
             self._groups = groups
