@@ -152,7 +152,7 @@ def run_demo(
         plot_data_map(dmap, str(out / "data_map.png"), title=f"Data map: {mapped} rows, {model_name.split(' ')[0]}")
         plot_data_map(dmap, str(out / "data_map_flags.png"), color_by="flag_noisy", title="Flagged as likely mislabeled")
     flagged = dmap[dmap.flag_noisy].join(labels).sort_values("noise_score", ascending=False)
-    eligible = int((dmap.epochs_seen >= data_map.min_epochs).sum())
+    eligible = int((dmap.epochs_seen >= data_map.config.min_epochs).sum())
     planted = labels.corrupted.to_numpy(bool)
     hits = int((dmap.flag_noisy.to_numpy(bool) & planted).sum())
     seen = frame[frame.times_seen > 0].join(train.select_columns(["domain"]).to_pandas())
@@ -188,8 +188,8 @@ def run_demo(
             "rows_mapped": mapped,
             "rows_seen_once": seen_once,
             "rows_eligible": eligible,
-            "min_epochs": data_map.min_epochs,
-            "noise_score": data_map.noise_score,
+            "min_epochs": data_map.config.min_epochs,
+            "noise_score": data_map.config.noise_score,
             "window": data_map.noise_report.get("window"),
             "precision": round(hits / len(flagged), 4) if len(flagged) else None,
             "recall": round(hits / int(planted.sum()), 4) if planted.any() else None,

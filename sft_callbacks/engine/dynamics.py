@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .callbacks import SFTCallback
+from .config import CallbackConfig
 from .frames import DYNAMICS_COLUMNS, annotate_dataset, dynamics_frame, eval_frame
 
-__all__ = ["DYNAMICS_COLUMNS", "TrainingDynamicsCallback", "annotate_dataset", "dynamics_frame", "eval_frame"]
+__all__ = ["DYNAMICS_COLUMNS", "TrainingDynamicsCallback", "TrainingDynamicsConfig", "annotate_dataset", "dynamics_frame", "eval_frame"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingDynamicsConfig(CallbackConfig):
+    """Options of :class:`TrainingDynamicsCallback` (see its Args), checked when built.
+
+    Example:
+        >>> TrainingDynamicsConfig(sync_every=5).max_weight_ratio
+        1000.0
+    """
+
+    sync_every: int = 10
+    max_weight_ratio: float = 1000.0
+
+    def __post_init__(self):
+        self.require(isinstance(self.sync_every, int) and self.sync_every >= 1, "sync_every must be an integer >= 1",
+                     self.sync_every)
+        self.require(self.max_weight_ratio >= 1, "max_weight_ratio must be >= 1", self.max_weight_ratio)
+        self._set("max_weight_ratio", float(self.max_weight_ratio))
 
 
 class TrainingDynamicsCallback(SFTCallback):
@@ -36,16 +58,12 @@ class TrainingDynamicsCallback(SFTCallback):
         >>> annotated = cb.to_dataset(train)  # your rows + times_seen, loss_mean, ...  # doctest: +SKIP
     """
 
-    def __init__(self, *, sync_every: int = 10, max_weight_ratio: float = 1000.0):
-        if sync_every < 1:
-            raise ValueError("sync_every must be >= 1")
-        if max_weight_ratio < 1:
-            raise ValueError("max_weight_ratio must be >= 1")
-        super().__init__(sync_every=sync_every, max_weight_ratio=max_weight_ratio)
-        self.sync_every = sync_every
-        self.max_weight_ratio = max_weight_ratio
+    config_class = TrainingDynamicsConfig
+
+    def __init__(self, config: TrainingDynamicsConfig | None = None, /, **options):
+        super().__init__(config, **options)
 
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
-        self.session.sync_every = self.sync_every
-        self.session.max_weight_ratio = self.max_weight_ratio
+        self.session.sync_every = self.config.sync_every
+        self.session.max_weight_ratio = self.config.max_weight_ratio

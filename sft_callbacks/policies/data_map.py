@@ -8,10 +8,13 @@ epochs (a denoising curriculum) and logs what it did; :func:`plot_data_map` draw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.config import CallbackConfig
 from ..engine.session import PolicyContext
 from .noise import DEFAULT_NOISE_SCORE, NOISE_SCORES, estimate_noise_rate, flag_by_score, history_scores, window_of_trust
 
@@ -153,6 +156,33 @@ DATA_MAP_COLUMNS = ("confidence", "variability", "correctness", "forgetting_even
                     "noise_score", "flag_noisy")
 
 
+@dataclass(frozen=True, kw_only=True)
+class DataMapConfig(CallbackConfig):
+    """Options of :class:`DataMapCallback` (see its Args), checked when built.
+
+    Example:
+        >>> DataMapConfig(noise_rate=0.2).min_epochs
+        2
+    """
+
+    min_epochs: int = 2
+    noise_rate: float | None = None
+    noise_score: str = DEFAULT_NOISE_SCORE
+    downweight_after_epochs: int | None = None
+    downweight: float = 0.1
+    group_column: str | None = None
+
+    def __post_init__(self):
+        self.require(self.min_epochs >= 1, "min_epochs must be >= 1", self.min_epochs)
+        self.require(self.noise_rate is None or 0 < self.noise_rate < 1,
+                     "noise_rate must be in (0, 1), or None to estimate it", self.noise_rate)
+        self.require(self.noise_score in NOISE_SCORES, f"noise_score must be one of {sorted(NOISE_SCORES)}",
+                     self.noise_score)
+        self.require(self.downweight_after_epochs is None or self.downweight_after_epochs >= 1,
+                     "downweight_after_epochs must be >= 1", self.downweight_after_epochs)
+        self.require(0 <= self.downweight <= 1, "downweight must be in [0, 1]", self.downweight)
+
+
 class DataMapCallback(SamplingPolicyCallback):
     """A [`~transformers.TrainerCallback`] that maps every training sample by confidence and variability across
     epochs (dataset cartography) and flags likely wrong answers, from the training forward passes themselves.
@@ -201,47 +231,21 @@ class DataMapCallback(SamplingPolicyCallback):
         >>> plot_data_map(frame, "data_map.png")  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        *,
-        min_epochs: int = 2,
-        noise_rate: float | None = None,
-        noise_score: str = DEFAULT_NOISE_SCORE,
-        downweight_after_epochs: int | None = None,
-        downweight: float = 0.1,
-        group_column: str | None = None,
-    ):
-        if min_epochs < 1:
-            raise ValueError("min_epochs must be >= 1")
-        if noise_rate is not None and not 0 < noise_rate < 1:
-            raise ValueError("noise_rate must be in (0, 1), or None to estimate it")
-        if noise_score not in NOISE_SCORES:
-            raise ValueError(f"noise_score must be one of {sorted(NOISE_SCORES)}, got {noise_score!r}")
-        if downweight_after_epochs is not None and downweight_after_epochs < 1:
-            raise ValueError("downweight_after_epochs must be >= 1")
-        if not 0 <= downweight <= 1:
-            raise ValueError("downweight must be in [0, 1]")
-        super().__init__(
-            min_epochs=min_epochs, noise_rate=noise_rate, noise_score=noise_score,
-            downweight_after_epochs=downweight_after_epochs, downweight=downweight, group_column=group_column,
-        )
-        self.group_column = group_column
+    config_class = DataMapConfig
+
+    def __init__(self, config: DataMapConfig | None = None, /, **options):
+        super().__init__(config, **options)
         self._uid_groups: np.ndarray | None = None
         self._group_names: list[str] = []
-        self.min_epochs = min_epochs
-        self.noise_rate = noise_rate
-        self.noise_score = noise_score
-        self.downweight_after_epochs = downweight_after_epochs
-        self.downweight = downweight
         #: What the last flagging did: the score, its window of steps, and per group the rate (given or
         #: estimated), the flags and their expected precision (the mean noise probability of the flagged).
         self.noise_report: dict = {}
         # Only a sampling policy when it down-weights; otherwise it leaves the sampler alone.
-        self.needs_sampler = downweight_after_epochs is not None
+        self.needs_sampler = self.config.downweight_after_epochs is not None
         self._metrics: dict[str, float] = {}
 
     def required_columns(self) -> list[str]:
-        return [self.group_column] if self.group_column else []
+        return [self.config.group_column] if self.config.group_column else []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._uid_groups = None  # the dataset may differ from a previous train()
@@ -249,13 +253,13 @@ class DataMapCallback(SamplingPolicyCallback):
 
     # -- map --------------------------------------------------------------------------------------------
     def _groups(self) -> np.ndarray | None:
-        if self.group_column is None:
+        if self.config.group_column is None:
             return None
         if self._uid_groups is None:
             from .groups import group_ids, uid_groups
 
             index = self.session.tracker.index
-            ids, self._group_names = group_ids(self.session.columns[self.group_column])
+            ids, self._group_names = group_ids(self.session.columns[self.config.group_column])
             self._uid_groups = uid_groups(ids, index.seq_uid, index.seq_row, len(index.keys))
         return self._uid_groups
 
@@ -268,25 +272,25 @@ class DataMapCallback(SamplingPolicyCallback):
         coords["region"] = assign_regions(coords["confidence"], coords["variability"])
         n = stats.size
         (start, end), scores = self._history_scores()
-        score = scores[self.noise_score]
-        eligible = (coords["epochs_seen"] >= self.min_epochs) & np.isfinite(score)
+        score = scores[self.config.noise_score]
+        eligible = (coords["epochs_seen"] >= self.config.min_epochs) & np.isfinite(score)
         groups = self._groups()
         labels = np.zeros(n, dtype=np.int64) if groups is None else groups
         flags = np.zeros(n, dtype=bool)
         probability = np.full(n, np.nan)
-        report = {"noise_score": self.noise_score, "window": [start, end], "groups": {}}
+        report = {"noise_score": self.config.noise_score, "window": [start, end], "groups": {}}
         for g in np.unique(labels):
             at = np.flatnonzero((labels == g) & eligible)
             if not at.size:
                 continue
             estimated, post = estimate_noise_rate(score[at])
-            rate = self.noise_rate if self.noise_rate is not None else estimated
+            rate = self.config.noise_rate if self.config.noise_rate is not None else estimated
             chosen = flag_by_score(score[at], rate)
             flags[at] = chosen
             probability[at] = post
             name = self._group_names[g] if groups is not None and 0 <= g < len(self._group_names) else "all"
             report["groups"][name] = {
-                "eligible": int(at.size), "rate": float(rate), "rate_given": self.noise_rate is not None,
+                "eligible": int(at.size), "rate": float(rate), "rate_given": self.config.noise_rate is not None,
                 "estimated_rate": float(estimated), "flagged": int(chosen.sum()),
                 "expected_precision": float(post[chosen].mean()) if chosen.any() else float("nan"),
             }
@@ -326,7 +330,7 @@ class DataMapCallback(SamplingPolicyCallback):
         """The window of trust read from the tracker's visit log, and every noise score over it (per sample)."""
         tracker = self.session.tracker
         visits, n = tracker.visits.arrays(), tracker.stats.size
-        start, end = window_of_trust(visits, n, rate=self.noise_rate or 0.2)
+        start, end = window_of_trust(visits, n, rate=self.config.noise_rate or 0.2)
         return (start, end), history_scores(visits, n, start=start, end=end)
 
     def _by_row(self, coords: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -368,11 +372,11 @@ class DataMapCallback(SamplingPolicyCallback):
         }
         for region in REGIONS:
             self._metrics[f"sft/data_map/region/{region}"] = float((coords["region"] == region).mean())
-        if self.downweight_after_epochs is None or reason not in ("epoch", "train_begin"):
+        if self.config.downweight_after_epochs is None or reason not in ("epoch", "train_begin"):
             return None
-        if ctx.epoch + (1 if reason == "epoch" else 0) < self.downweight_after_epochs:
+        if ctx.epoch + (1 if reason == "epoch" else 0) < self.config.downweight_after_epochs:
             return None
-        per_sample = np.where(flags, self.downweight, 1.0)
+        per_sample = np.where(flags, self.config.downweight, 1.0)
         rows = ctx.rows_from_samples(per_sample)
         return rows if (rows > 0).any() else None
 
