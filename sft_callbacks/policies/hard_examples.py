@@ -13,6 +13,8 @@ See ``docs/methods/hard_example_mining.md`` for the method card.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import logging
 import math
 import numbers
@@ -20,6 +22,7 @@ import numbers
 import numpy as np
 
 from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.config import CallbackConfig
 
 logger = logging.getLogger(__name__)
 
@@ -357,6 +360,64 @@ def hard_fraction(weights: np.ndarray, scores: np.ndarray, scored: np.ndarray) -
 
 
 # -- the callback -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class HardExampleMiningConfig(CallbackConfig):
+    """Options of :class:`HardExampleMiningCallback` (see its Args), checked when built.
+
+    Example:
+        >>> HardExampleMiningConfig(warmup=5).warmup
+        5
+    """
+
+    mode: str = "rank"
+    selection_pressure: float = 10.0
+    alpha: float = 1.0
+    warmup: float | int = 0.1
+    max_weight_ratio: float | None = 20.0
+    reducible: bool | str = False
+    group_column: str | None = None
+    loss_weighting: bool = False
+    focal_gamma: float = 2.0
+    update_every: int = 1
+
+    def __post_init__(self):
+        self.require(self.mode in MODES, f"mode must be one of {MODES}", self.mode)
+        self.require(_finite_number(self.selection_pressure) and self.selection_pressure > 1,
+                     "selection_pressure must be a finite number > 1", self.selection_pressure)
+        self.require(_finite_number(self.alpha) and self.alpha > 0, "alpha must be a finite number > 0", self.alpha)
+        warmup = self.warmup
+        self.require(not isinstance(warmup, bool) and _finite_number(warmup),
+                     "warmup must be a fraction of training in [0, 1) or an int number of steps", warmup)
+        if isinstance(warmup, numbers.Integral):
+            self.require(warmup >= 0, "warmup in steps must be >= 0", warmup)
+            self._set("warmup", int(warmup))
+        else:
+            self.require(0 <= warmup < 1, "a float warmup is a fraction of training in [0, 1); pass an int for a "
+                                          "number of steps", warmup)
+        ratio = self.max_weight_ratio
+        self.require(ratio is None or (_finite_number(ratio) and ratio >= 1),
+                     "max_weight_ratio must be a finite number >= 1 or None", ratio)
+        self.require(self.reducible is not True,
+                     'reducible=True is ambiguous: pass reducible="first_epoch" or the name of a reference-loss column')
+        if self.reducible is None:
+            self._set("reducible", False)
+        self.require(self.reducible is False or (isinstance(self.reducible, str) and bool(self.reducible)),
+                     'reducible must be False, "first_epoch" or a column name', self.reducible)
+        self.require(self.group_column is None or (isinstance(self.group_column, str) and bool(self.group_column)),
+                     "group_column must be a column name or None", self.group_column)
+        self.require(isinstance(self.loss_weighting, bool), "loss_weighting must be True or False", self.loss_weighting)
+        self.require(_finite_number(self.focal_gamma) and self.focal_gamma >= 0,
+                     "focal_gamma must be a finite number >= 0", self.focal_gamma)
+        every = self.update_every
+        self.require(not isinstance(every, bool) and isinstance(every, numbers.Integral) and every >= 1,
+                     "update_every must be an int >= 1", every)
+        self._set("selection_pressure", float(self.selection_pressure))
+        self._set("alpha", float(self.alpha))
+        self._set("max_weight_ratio", None if ratio is None else float(ratio))
+        self._set("focal_gamma", float(self.focal_gamma))
+        self._set("update_every", int(every))
+
+
 class HardExampleMiningCallback(SamplingPolicyCallback):
     """A [`~transformers.TrainerCallback`] that draws the training samples the model currently finds hardest more often.
 
@@ -439,73 +500,11 @@ class HardExampleMiningCallback(SamplingPolicyCallback):
         Detection", ICCV 2017.
     """
 
-    def __init__(
-        self,
-        *,
-        mode: str = "rank",
-        selection_pressure: float = 10.0,
-        alpha: float = 1.0,
-        warmup: float | int = 0.1,
-        max_weight_ratio: float | None = 20.0,
-        reducible: bool | str = False,
-        group_column: str | None = None,
-        loss_weighting: bool = False,
-        focal_gamma: float = 2.0,
-        update_every: int = 1,
-    ):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if not _finite_number(selection_pressure) or not selection_pressure > 1:
-            raise ValueError(f"selection_pressure must be a finite number > 1, got {selection_pressure!r}")
-        if not _finite_number(alpha) or not alpha > 0:
-            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-        if isinstance(warmup, bool) or not _finite_number(warmup):
-            raise ValueError(
-                f"warmup must be a fraction of training in [0, 1) or an int number of steps, got {warmup!r}"
-            )
-        if isinstance(warmup, numbers.Integral):
-            if warmup < 0:
-                raise ValueError(f"warmup in steps must be >= 0, got {warmup!r}")
-            warmup = int(warmup)
-        elif not 0 <= warmup < 1:
-            raise ValueError(
-                f"a float warmup is a fraction of training in [0, 1), got {warmup!r}; pass an int for a number of steps"
-            )
-        if max_weight_ratio is not None and (not _finite_number(max_weight_ratio) or not max_weight_ratio >= 1):
-            raise ValueError(f"max_weight_ratio must be a finite number >= 1 or None, got {max_weight_ratio!r}")
-        if reducible is True:
-            raise ValueError(
-                'reducible=True is ambiguous: pass reducible="first_epoch" or the name of a reference-loss column'
-            )
-        if reducible is None:
-            reducible = False
-        if reducible is not False and not (isinstance(reducible, str) and reducible):
-            raise ValueError(f'reducible must be False, "first_epoch" or a column name, got {reducible!r}')
-        if group_column is not None and not (isinstance(group_column, str) and group_column):
-            raise ValueError(f"group_column must be a column name or None, got {group_column!r}")
-        if not isinstance(loss_weighting, bool):
-            raise ValueError(f"loss_weighting must be True or False, got {loss_weighting!r}")
-        if not _finite_number(focal_gamma) or not focal_gamma >= 0:
-            raise ValueError(f"focal_gamma must be a finite number >= 0, got {focal_gamma!r}")
-        if isinstance(update_every, bool) or not isinstance(update_every, numbers.Integral) or update_every < 1:
-            raise ValueError(f"update_every must be an int >= 1, got {update_every!r}")
-        super().__init__(
-            mode=mode, selection_pressure=selection_pressure, alpha=alpha, warmup=warmup,
-            max_weight_ratio=max_weight_ratio, reducible=reducible, group_column=group_column,
-            loss_weighting=loss_weighting, focal_gamma=focal_gamma, update_every=int(update_every),
-        )
-        # Hyperparameters.
-        self.mode = mode
-        self.selection_pressure = float(selection_pressure)
-        self.alpha = float(alpha)
-        self.warmup = warmup
-        self.max_weight_ratio = None if max_weight_ratio is None else float(max_weight_ratio)
-        self.reducible = reducible
-        self.group_column = group_column
-        self.loss_weighting = loss_weighting
-        self.focal_gamma = float(focal_gamma)
-        self.update_every = int(update_every)
-        self.needs_loss_weighting = loss_weighting  # per instance: the session asks only those that set it
+    config_class = HardExampleMiningConfig
+
+    def __init__(self, config: HardExampleMiningConfig | None = None, /, **options):
+        super().__init__(config, **options)
+        self.needs_loss_weighting = self.config.loss_weighting  # per instance: the session asks only those that set it
         # Internal state (sync points counted after the warm-up: checkpointed, so a resume acts at the same ones).
         self.sync_points = 0
         self.updates = 0
@@ -516,26 +515,26 @@ class HardExampleMiningCallback(SamplingPolicyCallback):
     # -- contract ------------------------------------------------------------------------------------------------
     def required_columns(self) -> list[str]:
         cols = []
-        if self.reducible and self.reducible != "first_epoch":
-            cols.append(self.reducible)
-        if self.group_column is not None and self.group_column not in cols:
-            cols.append(self.group_column)
+        if self.config.reducible and self.config.reducible != "first_epoch":
+            cols.append(self.config.reducible)
+        if self.config.group_column is not None and self.config.group_column not in cols:
+            cols.append(self.config.group_column)
         return cols
 
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
-        if isinstance(self.warmup, int) and state.max_steps and self.warmup >= state.max_steps:
+        if isinstance(self.config.warmup, int) and state.max_steps and self.config.warmup >= state.max_steps:
             logger.warning("HardExampleMiningCallback: warmup=%d steps >= max_steps=%d, so it never acts",
-                           self.warmup, state.max_steps)
-        if self.reducible == "first_epoch" and 0 < state.max_steps <= self.session.steps_per_epoch:
+                           self.config.warmup, state.max_steps)
+        if self.config.reducible == "first_epoch" and 0 < state.max_steps <= self.session.steps_per_epoch:
             logger.warning('HardExampleMiningCallback: reducible="first_epoch" scores samples from their second epoch '
                            "on, but this run trains for one epoch or less, so it never acts")
 
     def warmed_up(self, ctx) -> bool:
         """Whether the warm-up is over at ``ctx`` (``ctx.step >= warmup`` steps, or ``ctx.progress >= warmup``)."""
-        if isinstance(self.warmup, int):
-            return ctx.step >= self.warmup
-        return ctx.progress >= self.warmup
+        if isinstance(self.config.warmup, int):
+            return ctx.step >= self.config.warmup
+        return ctx.progress >= self.config.warmup
 
     def _acts(self, ctx) -> bool:
         """Decide once per sync point (the session hands the loss-weight and sampling-weight calls the same ctx)."""
@@ -545,7 +544,7 @@ class HardExampleMiningCallback(SamplingPolicyCallback):
         act = False
         if warm:
             self.sync_points += 1
-            act = (self.sync_points - 1) % self.update_every == 0
+            act = (self.sync_points - 1) % self.config.update_every == 0
         self._decision = (ctx, act)
         stats = ctx.stats
         self._metrics["sft/hard/active"] = float(warm)
@@ -561,14 +560,14 @@ class HardExampleMiningCallback(SamplingPolicyCallback):
             return None
         # Validation-paced difficulty (ValidationGuidedResamplingCallback(paced_difficulty=True)) sharpens selection.
         boost = float(getattr(ctx, "signals", {}).get("hard_boost", 0.0))
-        if self.mode == "rank":
-            base = rank_weights(scores, self.selection_pressure ** (1.0 + boost))
+        if self.config.mode == "rank":
+            base = rank_weights(scores, self.config.selection_pressure ** (1.0 + boost))
         else:
-            base = power_weights(scores, self.alpha * (1.0 + boost))
+            base = power_weights(scores, self.config.alpha * (1.0 + boost))
         rows = ctx.rows_from_samples(base)
-        groups = self._row_groups(ctx) if self.group_column is not None else None
-        if self.max_weight_ratio is not None:
-            weights = cap_ratio(rows, self.max_weight_ratio, groups)
+        groups = self._row_groups(ctx) if self.config.group_column is not None else None
+        if self.config.max_weight_ratio is not None:
+            weights = cap_ratio(rows, self.config.max_weight_ratio, groups)
         elif groups is not None:
             weights = group_normalise(rows, groups)
         else:
@@ -585,13 +584,13 @@ class HardExampleMiningCallback(SamplingPolicyCallback):
         return weights
 
     def policy_loss_weights(self, ctx, reason: str) -> np.ndarray | None:
-        if not self.loss_weighting or not self._acts(ctx):
+        if not self.config.loss_weighting or not self._acts(ctx):
             return None
         stats = ctx.stats
         seen = stats.times_seen > 0
         if not seen.any():
             return None
-        return focal_loss_weights(stats.loss_last, self.focal_gamma, seen)
+        return focal_loss_weights(stats.loss_last, self.config.focal_gamma, seen)
 
     def policy_metrics(self) -> dict[str, float]:
         return dict(self._metrics)
@@ -610,9 +609,9 @@ class HardExampleMiningCallback(SamplingPolicyCallback):
         """``(scores, scored)`` per sample at ``ctx``: :func:`hardness_scores` and :func:`scored_mask`."""
         stats = ctx.stats
         reference = None
-        if self.reducible == "first_epoch":
+        if self.config.reducible == "first_epoch":
             reference = first_epoch_reference(stats.epoch_sum, stats.epoch_count, stats.size)
-        elif self.reducible:
+        elif self.config.reducible:
             reference = self._sample_reference(ctx)
         return (
             hardness_scores(stats.loss_last, reference, stats.times_seen),
@@ -631,12 +630,12 @@ class HardExampleMiningCallback(SamplingPolicyCallback):
         """The reference column per sample (mean over the rows holding it; NaN where a value is missing)."""
 
         def build():
-            values = ctx.column(self.reducible)
+            values = ctx.column(self.config.reducible)
             try:
                 per_row = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             except (TypeError, ValueError) as err:
                 raise ValueError(
-                    f"HardExampleMiningCallback(reducible={self.reducible!r}) needs a numeric column of reference "
+                    f"HardExampleMiningCallback(reducible={self.config.reducible!r}) needs a numeric column of reference "
                     f"losses (one number per row, None for unknown): {err}"
                 ) from None
             index = ctx.index
@@ -648,7 +647,7 @@ class HardExampleMiningCallback(SamplingPolicyCallback):
         return self._cached(ctx, "reference", build)
 
     def _row_groups(self, ctx) -> np.ndarray:
-        return self._cached(ctx, "groups", lambda: _group_codes(ctx.column(self.group_column)))
+        return self._cached(ctx, "groups", lambda: _group_codes(ctx.column(self.config.group_column)))
 
 
 def _finite_number(x) -> bool:
