@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..engine.callbacks import SamplingPolicyCallback
+from ..engine.config import CallbackConfig
 from ..engine.session import PolicyContext
 from .dsir import dataset_texts, dsir_importance
 from .groups import (
@@ -152,6 +154,93 @@ SCALING_WINDOW = 3  # evaluations in each log-law fit
 LEARN_WINDOW = 4  # sync intervals in each first-visit loss fit (learnability)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ValidationGuidedConfig(CallbackConfig):
+    """Options of :class:`ValidationGuidedResamplingCallback` (see its Args), checked when built; ``method``,
+    ``learning_rate`` and ``prior`` are resolved to their defaults here.
+
+    Example:
+        >>> c = ValidationGuidedConfig(group_column="domain")
+        >>> c.method, c.learning_rate, c.prior
+        ('exp3', 1.0, 'target')
+    """
+
+    group_column: str
+    method: str | None = None
+    target: str | Mapping = "eval"
+    learning_rate: float | None = None
+    smoothing: float = 1e-3
+    min_share: float = 0.01
+    reference: str | Mapping = "first"
+    prior: str | Mapping | None = None
+    eval_name: str = "eval"
+    dsir: bool = False
+    dsir_text_column: str | None = None
+    dsir_strength: float = 1.0
+    paced_difficulty: bool = False
+    patience: int = 1
+    boost_step: float = 0.25
+
+    def __post_init__(self):
+        self.require(isinstance(self.group_column, str) and bool(self.group_column),
+                     "group_column must be the name of a column of the training and eval datasets")
+        method = self.method
+        if method is None:
+            method = "doremi" if isinstance(self.reference, Mapping) else DEFAULT_METHOD
+        self.require(method in METHODS, f"method must be one of {sorted(METHODS)}", method)
+        rate = METHODS[method] if self.learning_rate is None else self.learning_rate
+        self.require(bool(np.isfinite(rate)) and rate >= 0, "learning_rate must be finite and >= 0", rate)
+        self.require(method not in ("scaling", "learnability") or rate <= 1,
+                     f"with method={method!r} learning_rate is a step fraction in [0, 1]", rate)
+        _check_group_weights("target", self.target, "eval", "{group: weight}")
+        prior = self.prior if self.prior is not None else ("natural" if method == "doremi" else "target")
+        self.require(0.0 <= self.smoothing <= 1.0, "smoothing must be in [0, 1]", self.smoothing)
+        self.require(0.0 <= self.min_share < 1.0, "min_share must be in [0, 1)", self.min_share)
+        if isinstance(self.reference, str):
+            self.require(self.reference == "first", "reference must be 'first' or a dict {group: loss}", self.reference)
+        elif isinstance(self.reference, Mapping):
+            bad = {k: v for k, v in self.reference.items() if not np.isfinite(float(v))}
+            self.require(not bad and bool(self.reference), "reference losses must be finite numbers, one per group",
+                         dict(self.reference))
+        else:
+            self.require(False, "reference must be 'first' or a dict {group: loss}", type(self.reference).__name__)
+        _check_group_weights("prior", prior, ("natural", "target"), "{group: share}")
+        self.require(isinstance(self.eval_name, str) and self.eval_name.startswith("eval"),
+                     "eval_name must be 'eval' or 'eval_<key>'", self.eval_name)
+        self.require(bool(np.isfinite(self.dsir_strength)) and self.dsir_strength >= 0,
+                     "dsir_strength must be finite and >= 0", self.dsir_strength)
+        self.require(int(self.patience) == self.patience and self.patience >= 1, "patience must be an integer >= 1",
+                     self.patience)
+        self.require(0.0 < self.boost_step <= 1.0, "boost_step must be in (0, 1]", self.boost_step)
+        as_plain = lambda v: v if isinstance(v, str) else dict(v)  # noqa: E731
+        self._set("method", method)
+        self._set("learning_rate", float(rate))
+        self._set("target", as_plain(self.target))
+        self._set("reference", as_plain(self.reference))
+        self._set("prior", as_plain(prior))
+        self._set("smoothing", float(self.smoothing))
+        self._set("min_share", float(self.min_share))
+        self._set("dsir", bool(self.dsir))
+        self._set("dsir_strength", float(self.dsir_strength))
+        self._set("paced_difficulty", bool(self.paced_difficulty))
+        self._set("patience", int(self.patience))
+        self._set("boost_step", float(self.boost_step))
+
+
+def _check_group_weights(name: str, value, words, shape: str) -> None:
+    """``value`` is one of ``words`` or a non-empty dict of finite, non-negative weights, not all zero."""
+    words = (words,) if isinstance(words, str) else tuple(words)
+    spelled = " or ".join(repr(w) for w in words)
+    if isinstance(value, str):
+        CallbackConfig.require(value in words, f"{name} must be {spelled} or a dict {shape}", value)
+    elif isinstance(value, Mapping):
+        ok = bool(value) and all(np.isfinite(float(v)) and float(v) >= 0 for v in value.values()) \
+            and sum(float(v) for v in value.values()) > 0
+        CallbackConfig.require(ok, f"{name} weights must be finite, >= 0 and not all zero", dict(value))
+    else:
+        CallbackConfig.require(False, f"{name} must be {spelled} or a dict {shape}", type(value).__name__)
+
+
 class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
     """A [`~transformers.TrainerCallback`] that moves the training mixture over groups to where more draws lower
     the target validation loss most per drawn row, after every evaluation.
@@ -237,105 +326,10 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         >>> guide.mixture_dict()  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        *,
-        group_column: str,
-        method: str | None = None,
-        target: str | Mapping = "eval",
-        learning_rate: float | None = None,
-        smoothing: float = 1e-3,
-        min_share: float = 0.01,
-        reference: str | Mapping = "first",
-        prior: str | Mapping | None = None,
-        eval_name: str = "eval",
-        dsir: bool = False,
-        dsir_text_column: str | None = None,
-        dsir_strength: float = 1.0,
-        paced_difficulty: bool = False,
-        patience: int = 1,
-        boost_step: float = 0.25,
-    ):
-        if not isinstance(group_column, str) or not group_column:
-            raise ValueError("group_column must be the name of a column of the training and eval datasets")
-        if method is None:
-            method = "doremi" if isinstance(reference, Mapping) else DEFAULT_METHOD
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)} (got {method!r})")
-        if learning_rate is None:
-            learning_rate = METHODS[method]
-        if not (np.isfinite(learning_rate) and learning_rate >= 0):
-            raise ValueError(f"learning_rate must be finite and >= 0 (got {learning_rate})")
-        if method in ("scaling", "learnability") and learning_rate > 1:
-            raise ValueError(f"with method={method!r} learning_rate is a step fraction in [0, 1] (got {learning_rate})")
-        if isinstance(target, str):
-            if target != "eval":
-                raise ValueError(f"target must be 'eval' or a dict {{group: weight}} (got {target!r})")
-        elif isinstance(target, Mapping):
-            if not target or any(not np.isfinite(float(v)) or float(v) < 0 for v in target.values()) \
-                    or sum(float(v) for v in target.values()) <= 0:
-                raise ValueError(f"target weights must be finite, >= 0 and not all zero (got {dict(target)})")
-        else:
-            raise ValueError(f"target must be 'eval' or a dict {{group: weight}} (got {type(target).__name__})")
-        if prior is None:
-            prior = "natural" if method == "doremi" else "target"
-        if not 0.0 <= smoothing <= 1.0:
-            raise ValueError(f"smoothing must be in [0, 1] (got {smoothing})")
-        if not 0.0 <= min_share < 1.0:
-            raise ValueError(f"min_share must be in [0, 1) (got {min_share})")
-        if isinstance(reference, str):
-            if reference != "first":
-                raise ValueError(f"reference must be 'first' or a dict {{group: loss}} (got {reference!r})")
-        elif isinstance(reference, Mapping):
-            bad = {k: v for k, v in reference.items() if not np.isfinite(float(v))}
-            if bad or not reference:
-                raise ValueError(f"reference losses must be finite numbers, one per group (got {dict(reference)})")
-        else:
-            raise ValueError(f"reference must be 'first' or a dict {{group: loss}} (got {type(reference).__name__})")
-        if isinstance(prior, str):
-            if prior not in ("natural", "target"):
-                raise ValueError(f"prior must be 'natural', 'target' or a dict {{group: share}} (got {prior!r})")
-        elif isinstance(prior, Mapping):
-            if not prior or any(not np.isfinite(float(v)) or float(v) < 0 for v in prior.values()):
-                raise ValueError(f"prior shares must be finite and >= 0 (got {dict(prior)})")
-            if sum(float(v) for v in prior.values()) <= 0:
-                raise ValueError("prior shares are all zero")
-        else:
-            raise ValueError(
-                f"prior must be 'natural', 'target' or a dict {{group: share}} (got {type(prior).__name__})"
-            )
-        if not isinstance(eval_name, str) or not eval_name.startswith("eval"):
-            raise ValueError(f"eval_name must be 'eval' or 'eval_<key>' (got {eval_name!r})")
-        if not (np.isfinite(dsir_strength) and dsir_strength >= 0):
-            raise ValueError(f"dsir_strength must be finite and >= 0 (got {dsir_strength})")
-        if int(patience) != patience or patience < 1:
-            raise ValueError(f"patience must be an integer >= 1 (got {patience})")
-        if not 0.0 < boost_step <= 1.0:
-            raise ValueError(f"boost_step must be in (0, 1] (got {boost_step})")
-        super().__init__(
-            group_column=group_column, method=method, target=target if isinstance(target, str) else dict(target),
-            learning_rate=learning_rate, smoothing=smoothing, min_share=min_share,
-            reference=reference if isinstance(reference, str) else dict(reference),
-            prior=prior if isinstance(prior, str) else dict(prior), eval_name=eval_name, dsir=dsir,
-            dsir_text_column=dsir_text_column, dsir_strength=dsir_strength, paced_difficulty=paced_difficulty,
-            patience=patience, boost_step=boost_step,
-        )
-        # hyperparameters
-        self.group_column = group_column
-        self.method = method
-        self.target_arg = target if isinstance(target, str) else dict(target)
-        self.learning_rate = float(learning_rate)
-        self.smoothing = float(smoothing)
-        self.min_share = float(min_share)
-        self.reference_arg = reference if isinstance(reference, str) else dict(reference)
-        self.prior_arg = prior if isinstance(prior, str) else dict(prior)
-        self.eval_name = eval_name
-        self.dsir = bool(dsir)
-        self.dsir_text_column = dsir_text_column
-        self.dsir_strength = float(dsir_strength)
-        self.paced_difficulty = bool(paced_difficulty)
-        self.patience = int(patience)
-        self.boost_step = float(boost_step)
+    config_class = ValidationGuidedConfig
+
+    def __init__(self, config: ValidationGuidedConfig | None = None, /, **options):
+        super().__init__(config, **options)
         # state (checkpointed)
         self.group_names: list[str] = []
         self.mixture: np.ndarray | None = None
@@ -364,9 +358,9 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
 
     # -- setup ------------------------------------------------------------------------------------------
     def required_columns(self) -> list[str]:
-        cols = [self.group_column]
-        if self.dsir and self.dsir_text_column is not None:
-            cols.append(self.dsir_text_column)
+        cols = [self.config.group_column]
+        if self.config.dsir and self.config.dsir_text_column is not None:
+            cols.append(self.config.dsir_text_column)
         return cols
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -374,7 +368,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         super().on_train_begin(args, state, control, **kwargs)
         self._check_eval(args, self.session.eval_datasets())
         # Results of evaluations before this train() call are not news (an eval_on_start result comes later).
-        self._seen_result = self.session.tracker.eval_results.get(self.eval_name)
+        self._seen_result = self.session.tracker.eval_results.get(self.config.eval_name)
 
     def _check_eval(self, args, eval_datasets: dict) -> None:
         """Refuse a run whose evaluation cannot give per-group losses (no evaluations, no group column)."""
@@ -386,18 +380,18 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
                 "eval_strategy='steps' (with eval_steps) or 'epoch' and pass an eval_dataset"
             )
         if not eval_datasets:
-            raise ValueError(f"{name} needs an eval_dataset (with a {self.group_column!r} column) on the trainer")
-        if self.eval_name not in eval_datasets:
+            raise ValueError(f"{name} needs an eval_dataset (with a {self.config.group_column!r} column) on the trainer")
+        if self.config.eval_name not in eval_datasets:
             raise ValueError(
-                f"{name} follows the evaluation {self.eval_name!r}, but the trainer's evaluations are "
+                f"{name} follows the evaluation {self.config.eval_name!r}, but the trainer's evaluations are "
                 f"{sorted(eval_datasets)}; set eval_name to one of them"
             )
-        ds = eval_datasets[self.eval_name]
-        if self.group_column not in ds.column_names:
+        ds = eval_datasets[self.config.eval_name]
+        if self.config.group_column not in ds.column_names:
             packed = " (with packing TRL keeps only input_ids/labels/seq_lengths; set eval_packing=False)" \
                 if "seq_lengths" in ds.column_names else ""
             raise ValueError(
-                f"{name} needs the group column {self.group_column!r} in the eval dataset {self.eval_name!r} to "
+                f"{name} needs the group column {self.config.group_column!r} in the eval dataset {self.config.eval_name!r} to "
                 f"compute per-group validation loss, but it has {sorted(ds.column_names)}{packed}"
             )
 
@@ -406,9 +400,9 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         if self._ids is not None and self._ids_key == key:
             return
         self._check_eval(ctx.args, ctx.eval_datasets)
-        ids, names = group_ids(ctx.column(self.group_column))
+        ids, names = group_ids(ctx.column(self.config.group_column))
         counts = group_counts(ids, len(names))
-        eval_names = set(group_ids(ctx.eval_column(self.group_column, self.eval_name))[1])
+        eval_names = set(group_ids(ctx.eval_column(self.config.group_column, self.config.eval_name))[1])
         only_eval = sorted(eval_names - set(names))
         if only_eval:
             logger.warning(
@@ -428,17 +422,17 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             )
         self._ids, self._ids_key, self.group_names = ids, key, names
         self.natural = natural_shares(counts)
-        if self.prior_arg == "natural":
+        if self.config.prior == "natural":
             self.prior = self.natural
-        elif self.prior_arg == "target":
+        elif self.config.prior == "target":
             self.prior = self._eval_row_shares(ctx, names)
         else:
-            self.prior = shares_from_mapping(self.prior_arg, names, "prior")
-        if isinstance(self.target_arg, dict):
-            self.target = shares_from_mapping(self.target_arg, names, "target")
+            self.prior = shares_from_mapping(self.config.prior, names, "prior")
+        if isinstance(self.config.target, dict):
+            self.target = shares_from_mapping(self.config.target, names, "target")
         self._uid_group = uid_groups(ids, ctx.index.seq_uid, ctx.index.seq_row, len(ctx.index.keys))
-        if isinstance(self.reference_arg, dict) and self.reference is None:
-            given = {str(k): float(v) for k, v in self.reference_arg.items()}
+        if isinstance(self.config.reference, dict) and self.reference is None:
+            given = {str(k): float(v) for k, v in self.config.reference.items()}
             unknown = sorted(set(given) - set(names) - eval_names)
             missing = [n for n in names if n not in given]
             if unknown or missing:
@@ -448,15 +442,15 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
                 )
             self.reference = np.array([given[n] for n in names], dtype=np.float64)
         if self.mixture is None:
-            self.mixture = floor_shares(self.prior, self.min_share)
-        if self.dsir and self.dsir_strength > 0:
-            train_texts = dataset_texts(ctx.columns, self.dsir_text_column)
-            val_texts = dataset_texts(ctx.eval_datasets[self.eval_name], self.dsir_text_column)
-            self._row_preference = dsir_importance(train_texts, val_texts, strength=self.dsir_strength, groups=ids)
+            self.mixture = floor_shares(self.prior, self.config.min_share)
+        if self.config.dsir and self.config.dsir_strength > 0:
+            train_texts = dataset_texts(ctx.columns, self.config.dsir_text_column)
+            val_texts = dataset_texts(ctx.eval_datasets[self.config.eval_name], self.config.dsir_text_column)
+            self._row_preference = dsir_importance(train_texts, val_texts, strength=self.config.dsir_strength, groups=ids)
 
     def _eval_row_shares(self, ctx: PolicyContext, names: list[str]) -> np.ndarray:
         """Each training group's share of the eval rows (the starting mixture with ``prior="target"``)."""
-        eval_ids, eval_names = group_ids(ctx.eval_column(self.group_column, self.eval_name))
+        eval_ids, eval_names = group_ids(ctx.eval_column(self.config.group_column, self.config.eval_name))
         counts = group_counts(eval_ids, len(eval_names))
         by_name = dict(zip(eval_names, counts.tolist()))
         shares = np.array([float(by_name.get(n, 0)) for n in names], dtype=np.float64)
@@ -476,11 +470,11 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
     def _eval_group_losses(self, ctx: PolicyContext, result: dict):
         """Per training group validation loss, its SE and tokens, and the token-weighted loss over all eval rows."""
         index = result["index"]
-        values = ctx.eval_column(self.group_column, self.eval_name)
+        values = ctx.eval_column(self.config.group_column, self.config.eval_name)
         if index.num_rows != len(values):
             logger.warning(
                 "%s: the evaluation %r ran on %d rows but the trainer's eval dataset has %d (an evaluate() call "
-                "with another dataset?); the mixture is left as it is", type(self).__name__, self.eval_name,
+                "with another dataset?); the mixture is left as it is", type(self).__name__, self.config.eval_name,
                 index.num_rows, len(values),
             )
             return None
@@ -502,7 +496,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         if measured is None:
             return
         losses, se, tokens, overall = measured
-        if self.target_arg == "eval":  # (a target dict was set from the data when training began)
+        if self.config.target == "eval":  # (a target dict was set from the data when training began)
             # The eval loss is token-weighted over its rows, so each group weighs its share of the eval tokens.
             if tokens.sum() > 0:
                 self.target = tokens / tokens.sum()
@@ -510,24 +504,24 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         point = {"step": int(ctx.step), "draws": draws.tolist(), "loss": _nan_to_none(losses), "se": _nan_to_none(se)}
         previous = self.history[-1] if self.history else None
         self.history.append(point)
-        if self.method == "doremi":
+        if self.config.method == "doremi":
             self._doremi_step(losses)
-        elif self.method == "exp3":
+        elif self.config.method == "exp3":
             self._exp3_step(previous, point)
-        elif self.method == "aioli":
+        elif self.config.method == "aioli":
             self._aioli_step()
-        elif self.method == "learnability":
+        elif self.config.method == "learnability":
             self._learnability_step()
         else:
             self._scaling_step()
         self.last_losses = losses
         self.updates += 1
-        if self.paced_difficulty:
+        if self.config.paced_difficulty:
             self.best_loss, self.evals_without_improvement, fire = plateau_step(
-                overall, self.best_loss, self.evals_without_improvement, self.patience
+                overall, self.best_loss, self.evals_without_improvement, self.config.patience
             )
             if fire:
-                self.hard_boost = min(1.0, self.hard_boost + self.boost_step)
+                self.hard_boost = min(1.0, self.hard_boost + self.config.boost_step)
 
     def _doremi_step(self, losses: np.ndarray) -> None:
         if self.reference is None:
@@ -536,7 +530,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             fill = np.isnan(self.reference) & np.isfinite(losses)
             self.reference[fill] = losses[fill]
         excess = losses - self.reference
-        self.mixture = doremi_update(self.mixture, excess, self.learning_rate, self.smoothing, self.prior, self.min_share)
+        self.mixture = doremi_update(self.mixture, excess, self.config.learning_rate, self.config.smoothing, self.prior, self.config.min_share)
         self.last_excess = excess
 
     def _exp3_step(self, previous: dict | None, point: dict) -> None:
@@ -548,13 +542,13 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         new = np.asarray(point["draws"]) - np.asarray(previous["draws"])
         drawn = new / new.sum() if new.sum() > 0 else self.mixture
         before, after = _none_to_nan(previous["loss"]), _none_to_nan(point["loss"])
-        self.log_weights = exp3_update(self.log_weights, before, after, drawn, self.target, self.learning_rate,
-                                       self.min_share)
+        self.log_weights = exp3_update(self.log_weights, before, after, drawn, self.target, self.config.learning_rate,
+                                       self.config.min_share)
         # What one drawn row of the group was worth in the last interval: target-loss decrease per row.
         self.last_gain = self.target * np.nan_to_num(before - after) / np.maximum(new, 1.0)
         # Exploration like EXP3's gamma: mix the prior back in, less as evaluations accumulate.
-        explore = max(self.smoothing, min(1.0, np.sqrt(np.log(k) / (k * max(self.updates, 1)))) if k > 1 else 0.0)
-        self.mixture = softmax_shares(self.log_weights, self.prior, explore, self.min_share)
+        explore = max(self.config.smoothing, min(1.0, np.sqrt(np.log(k) / (k * max(self.updates, 1)))) if k > 1 else 0.0)
+        self.mixture = softmax_shares(self.log_weights, self.prior, explore, self.config.min_share)
 
     def _history_arrays(self, last: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(draws, losses, errors, steps)`` of the last ``last`` evaluations (all by default), one row each."""
@@ -581,8 +575,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         proposal = scaling_shares(target, slope)
         if proposal is None:  # no group's loss falls: keep the mixture, smoothed back towards the prior
             proposal = self.prior
-        proposal = (1.0 - self.smoothing) * proposal + self.smoothing * self.prior
-        self.mixture = geometric_step(self.mixture, proposal, self.learning_rate, self.min_share)
+        proposal = (1.0 - self.config.smoothing) * proposal + self.config.smoothing * self.prior
+        self.mixture = geometric_step(self.mixture, proposal, self.config.learning_rate, self.config.min_share)
 
     def _aioli_step(self) -> None:
         if len(self.history) < 2:
@@ -597,8 +591,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         scale = np.abs(value).max()
         if not np.isfinite(scale) or scale <= 0:
             return
-        logits = np.log(np.maximum(self.mixture, 1e-12)) + self.learning_rate * value / scale
-        self.mixture = softmax_shares(logits, self.prior, self.smoothing, self.min_share)
+        logits = np.log(np.maximum(self.mixture, 1e-12)) + self.config.learning_rate * value / scale
+        self.mixture = softmax_shares(logits, self.prior, self.config.smoothing, self.config.min_share)
 
     def _record_train_point(self, ctx: PolicyContext) -> bool:
         """Per group: rows drawn so far, and sum / sum of squares / count of first-visit losses (learnability)."""
@@ -632,17 +626,17 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
 
     def policy_signals(self) -> dict[str, float]:
         """``hard_boost`` for the hardness policies (curriculum, hard-example mining), with paced_difficulty."""
-        return {"hard_boost": float(self.hard_boost)} if self.paced_difficulty else {}
+        return {"hard_boost": float(self.hard_boost)} if self.config.paced_difficulty else {}
 
     def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
         self._prepare(ctx)
         changed = False
-        result = ctx.eval_results.get(self.eval_name)
+        result = ctx.eval_results.get(self.config.eval_name)
         if result is not None and result is not self._seen_result:
             self._seen_result = result
             self._update_from_eval(ctx, result)
             changed = True
-        if self.method == "learnability" and self._record_train_point(ctx) and not changed:
+        if self.config.method == "learnability" and self._record_train_point(ctx) and not changed:
             before = self.mixture.copy()
             self._learnability_step()
             changed = not np.array_equal(before, self.mixture)
@@ -674,7 +668,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
                             ("slope", self.last_slope), ("target", self.target)):
             if values is not None:
                 out.update({f"sft/validation/{key}/{n}": float(v) for n, v in zip(self.group_names, values) if np.isfinite(v)})
-        if self.paced_difficulty:
+        if self.config.paced_difficulty:
             out["sft/validation/hard_boost"] = float(self.hard_boost)
         return out
 
@@ -692,7 +686,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             "evals_without_improvement": self.evals_without_improvement,
             "hard_boost": self.hard_boost,
             "updates": self.updates,
-            "method": self.method,
+            "method": self.config.method,
             "target": self.target.tolist() if self.target is not None else None,
             "history": self.history,
             "log_weights": self.log_weights.tolist() if self.log_weights is not None else None,
@@ -711,10 +705,10 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
         self.hard_boost = float(state.get("hard_boost", 0.0))
         self.updates = int(state.get("updates", 0))
-        if state.get("method", self.method) != self.method:
+        if state.get("method", self.config.method) != self.config.method:
             raise ValueError(
                 f"the checkpoint's mixture was updated with method={state['method']!r}, this callback uses "
-                f"method={self.method!r}; resume with the same method"
+                f"method={self.config.method!r}; resume with the same method"
             )
         self.target = np.asarray(state["target"], dtype=np.float64) if state.get("target") is not None else None
         self.history = list(state.get("history") or [])

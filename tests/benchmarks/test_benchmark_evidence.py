@@ -249,7 +249,7 @@ def test_validation_candidate_arms_parse_and_unknown_arms_are_refused():
     assert all(bench_evidence.is_arm(a) for a in bench_evidence.ARMS + bench_evidence.VALIDATION_CANDIDATES)
     assert not bench_evidence.is_arm("validation:greedy") and not bench_evidence.is_arm("validation:exp3@fast")
     (cb,) = bench_evidence.make_policies("validation:scaling@0.25", {"d": 1.0})
-    assert cb.method == "scaling" and cb.learning_rate == 0.25
+    assert cb.config.method == "scaling" and cb.config.learning_rate == 0.25
     with pytest.raises(SystemExit):
         benchmark.main(["evidence", "--arms", "uniform", "validation:greedy"])
 

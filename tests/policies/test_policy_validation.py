@@ -248,7 +248,7 @@ def test_group_with_worse_validation_loss_gains_share(tmp_path, tokenizer, make_
     assert np.isclose(metrics["sft/validation/loss/food"], expected["food"], rtol=1e-5)
     assert np.isclose(metrics["sft/validation/excess/food"], expected["food"], rtol=1e-5)
     restored = ValidationGuidedResamplingCallback(group_column="domain", reference={d: 0.0 for d in DOMAINS})
-    assert restored.method == "doremi"  # reference losses given: DoReMi's excess-loss update
+    assert restored.config.method == "doremi"  # reference losses given: DoReMi's excess-loss update
     restored.load_policy_state(json.loads(json.dumps(guide.policy_state())))
     assert restored.mixture_dict() == pytest.approx(guide.mixture_dict())
     np.testing.assert_allclose(restored.reference, guide.reference)

@@ -142,8 +142,8 @@ def test_bad_method_and_target_are_refused():
         ValidationGuidedResamplingCallback(group_column="g", target={"a": -1.0})
     with pytest.raises(ValueError, match="step fraction in \\[0, 1\\]"):
         ValidationGuidedResamplingCallback(group_column="g", method="scaling", learning_rate=2.0)
-    assert ValidationGuidedResamplingCallback(group_column="g", reference={"a": 1.0}).method == "doremi"
-    assert ValidationGuidedResamplingCallback(group_column="g").method == DEFAULT_METHOD
+    assert ValidationGuidedResamplingCallback(group_column="g", reference={"a": 1.0}).config.method == "doremi"
+    assert ValidationGuidedResamplingCallback(group_column="g").config.method == DEFAULT_METHOD
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def test_default_moves_draws_to_the_rare_learnable_group_and_away_from_noise(tmp
     # (EXP3's exploration keeps a little of the starting mix: sqrt(ln 3 / (3 t)) of it after t updates).
     assert final["rare"] > 3 * natural["rare"], final
     assert final["noise"] < 0.6 * natural["noise"], final
-    assert guide.method == "exp3" and guide.log_weights[names.index("noise")] < guide.log_weights[names.index("rare")]
+    assert guide.config.method == "exp3" and guide.log_weights[names.index("noise")] < guide.log_weights[names.index("rare")]
     drawn = np.array(guide.history[-1]["draws"]) - np.array(guide.history[2]["draws"])
     assert drawn[names.index("noise")] / drawn.sum() < natural["noise"]  # once three evaluations are in
     # The sampler draws the mixture; the logs say why it moved (gain per drawn row, fitted slope, target).
