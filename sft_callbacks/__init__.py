@@ -32,7 +32,14 @@ from .curation.conflicts import find_conflicts
 from .curation.out_of_sample import out_of_sample_losses
 from .curation.preference_pairs import build_preference_pairs
 from .engine.callbacks import SamplingPolicyCallback, SFTCallback
-from .engine.dynamics import TrainingDynamicsCallback, annotate_dataset, dynamics_frame, eval_frame
+from .engine.config import CallbackConfig
+from .engine.dynamics import (
+    TrainingDynamicsCallback,
+    TrainingDynamicsConfig,
+    annotate_dataset,
+    dynamics_frame,
+    eval_frame,
+)
 from .engine.sampling import AdaptiveSampler
 from .engine.session import PolicyContext
 from .engine.weights import check_weights, combine_weights
@@ -49,10 +56,16 @@ from .hub.publish import (
 )
 from .policies import (
     CurriculumCallback,
+    CurriculumConfig,
     DataMapCallback,
+    DataMapConfig,
     DomainAdaptationCallback,
+    DomainAdaptationConfig,
     GroupBalanceCallback,
+    GroupBalanceConfig,
     HardExampleMiningCallback,
+    HardExampleMiningConfig,
+    ValidationGuidedConfig,
     ValidationGuidedResamplingCallback,
     plot_data_map,
 )
@@ -98,17 +111,25 @@ __all__ = [
     "save_annotated_dataset",
     "save_curated_dataset",
     "CurriculumCallback",
+    "CurriculumConfig",
     "DataMapCallback",
+    "DataMapConfig",
     "DomainAdaptationCallback",
+    "DomainAdaptationConfig",
     "GroupBalanceCallback",
+    "GroupBalanceConfig",
     "HardExampleMiningCallback",
+    "HardExampleMiningConfig",
+    "ValidationGuidedConfig",
     "ValidationGuidedResamplingCallback",
+    "CallbackConfig",
     "PolicyContext",
     "RecipeError",
     "run_recipe",
     "SFTCallback",
     "SamplingPolicyCallback",
     "TrainingDynamicsCallback",
+    "TrainingDynamicsConfig",
     "annotate_dataset",
     "check_weights",
     "combine_weights",

@@ -1,19 +1,25 @@
 """Sampling and loss-weighting strategies: each module holds pure functions (statistics -> weights) and a thin
 callback that decides when to call them and logs what it did."""
 
-from .balance import GroupBalanceCallback
-from .curriculum import CurriculumCallback
-from .data_map import DataMapCallback, plot_data_map
-from .domain_adaptation import DomainAdaptationCallback
-from .hard_examples import HardExampleMiningCallback
-from .validation import ValidationGuidedResamplingCallback
+from .balance import GroupBalanceCallback, GroupBalanceConfig
+from .curriculum import CurriculumCallback, CurriculumConfig
+from .data_map import DataMapCallback, DataMapConfig, plot_data_map
+from .domain_adaptation import DomainAdaptationCallback, DomainAdaptationConfig
+from .hard_examples import HardExampleMiningCallback, HardExampleMiningConfig
+from .validation import ValidationGuidedConfig, ValidationGuidedResamplingCallback
 
 __all__ = [
     "CurriculumCallback",
+    "CurriculumConfig",
     "DataMapCallback",
+    "DataMapConfig",
     "DomainAdaptationCallback",
+    "DomainAdaptationConfig",
     "GroupBalanceCallback",
+    "GroupBalanceConfig",
     "HardExampleMiningCallback",
+    "HardExampleMiningConfig",
+    "ValidationGuidedConfig",
     "ValidationGuidedResamplingCallback",
     "plot_data_map",
 ]

@@ -3,12 +3,16 @@ to the Trainer's own loss in the same backward pass."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import math
 
 import numpy as np
 import torch
 
 from ..engine.callbacks import SFTCallback
+from ..engine.config import CallbackConfig
 from ..engine.sampling import decode_array, encode_array
 from ..engine.tracking import KeyLookup
 from .domain import DomainHead, adversarial_losses, gaussian_mmd2, packed_segments, padded_segments, sequence_means
@@ -38,6 +42,32 @@ def dann_schedule(progress: float) -> float:
         (0.0, 1.0)
     """
     return 2.0 / (1.0 + math.exp(-10.0 * min(max(progress, 0.0), 1.0))) - 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainAdaptationConfig(CallbackConfig):
+    """Options of :class:`DomainAdaptationCallback` (see its Args), checked when built.
+
+    Example:
+        >>> DomainAdaptationConfig(group_column="domain", target_group="movies").method
+        'adversarial'
+    """
+
+    group_column: str
+    target_group: Any
+    method: str = "adversarial"
+    layer: int = -1
+    weight: float = 0.1
+    warmup: float = 0.1
+    head_hidden: int = 256
+
+    def __post_init__(self):
+        self.require(self.method in METHODS, f"method must be one of {METHODS}", self.method)
+        self.require(isinstance(self.weight, (int, float)) and self.weight >= 0 and math.isfinite(self.weight),
+                     "weight must be a finite number >= 0", self.weight)
+        self.require(isinstance(self.warmup, (int, float)) and self.warmup >= 0,
+                     "warmup must be >= 0 (a fraction of training, or steps if >= 1)", self.warmup)
+        self._set("weight", float(self.weight))
 
 
 class DomainAdaptationCallback(SFTCallback):
@@ -77,18 +107,10 @@ class DomainAdaptationCallback(SFTCallback):
         >>> SFTTrainer(..., callbacks=[TrainingDynamicsCallback(), cb]).train()  # doctest: +SKIP
     """
 
-    def __init__(self, group_column: str, target_group, *, method: str = "adversarial", layer: int = -1,
-                 weight: float = 0.1, warmup: float = 0.1, head_hidden: int = 256):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if not (isinstance(weight, (int, float)) and weight >= 0 and math.isfinite(weight)):
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
-        if not (isinstance(warmup, (int, float)) and warmup >= 0):
-            raise ValueError(f"warmup must be >= 0 (a fraction of training, or steps if >= 1), got {warmup!r}")
-        super().__init__(group_column=group_column, target_group=target_group, method=method, layer=layer,
-                         weight=weight, warmup=warmup, head_hidden=head_hidden)
-        self.group_column, self.target_group, self.method = group_column, target_group, method
-        self.layer, self.weight, self.warmup, self.head_hidden = layer, float(weight), warmup, head_hidden
+    config_class = DomainAdaptationConfig
+
+    def __init__(self, config: DomainAdaptationConfig | None = None, /, **options):
+        super().__init__(config, **options)
         self.head: DomainHead | None = None
         self._hidden: torch.Tensor | None = None
         self._layer_handle = None
@@ -100,7 +122,7 @@ class DomainAdaptationCallback(SFTCallback):
         self._model = None
 
     def required_columns(self) -> list[str]:
-        return [self.group_column]
+        return [self.config.group_column]
 
     # -- attach -------------------------------------------------------------------------------------------
     def on_init_end(self, args, state, control, model=None, **kwargs):
@@ -111,20 +133,20 @@ class DomainAdaptationCallback(SFTCallback):
     def _attach(self, model) -> None:
         self._model = model
         layers = decoder_layers(model)
-        if not -len(layers) <= self.layer < len(layers):
-            raise ValueError(f"layer={self.layer} but the model has {len(layers)} decoder layers")
+        if not -len(layers) <= self.config.layer < len(layers):
+            raise ValueError(f"layer={self.config.layer} but the model has {len(layers)} decoder layers")
         if self._layer_handle is not None:
             self._layer_handle.remove()
-        self._layer_handle = layers[self.layer].register_forward_hook(self._keep_hidden)
+        self._layer_handle = layers[self.config.layer].register_forward_hook(self._keep_hidden)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        if self.method == "adversarial" and getattr(base, HEAD_NAME, None) is None:
+        if self.config.method == "adversarial" and getattr(base, HEAD_NAME, None) is None:
             # Before the Trainer builds its optimizer (in train()): as a submodule the head reaches it.
             param = next(base.parameters())
-            self.head = DomainHead(base.config.hidden_size, 2, hidden=self.head_hidden).to(param.device)
+            self.head = DomainHead(base.config.hidden_size, 2, hidden=self.config.head_hidden).to(param.device)
             base.add_module(HEAD_NAME, self.head)
             names = {f"{HEAD_NAME}.{n}" for n, _ in self.head.named_parameters()}
             base._keys_to_ignore_on_save = set(base._keys_to_ignore_on_save or ()) | names
-        elif self.method == "adversarial":
+        elif self.config.method == "adversarial":
             self.head = getattr(base, HEAD_NAME)
         if self._saved_head is not None and self.head is not None:
             self._load_head(self._saved_head)
@@ -141,14 +163,14 @@ class DomainAdaptationCallback(SFTCallback):
                 raise ValueError("DomainAdaptationCallback(method='adversarial'): the domain head's parameters are "
                                  "not in the optimizer. Let the Trainer build it (no `optimizers=` argument), or "
                                  "use method='mmd', which has no parameters")
-        values = self.session.columns[self.group_column]
+        values = self.session.columns[self.config.group_column]
         ids, names = group_ids(values)
-        target = str(self.target_group)
+        target = str(self.config.target_group)
         if target not in names:
-            raise ValueError(f"DomainAdaptationCallback: target_group {self.target_group!r} is not a value of "
-                             f"column {self.group_column!r} (values: {names[:20]})")
+            raise ValueError(f"DomainAdaptationCallback: target_group {self.config.target_group!r} is not a value of "
+                             f"column {self.config.group_column!r} (values: {names[:20]})")
         if len(names) < 2:
-            raise ValueError(f"DomainAdaptationCallback: column {self.group_column!r} has only the target group; "
+            raise ValueError(f"DomainAdaptationCallback: column {self.config.group_column!r} has only the target group; "
                              "domain adaptation needs source rows too")
         index = self.session.tracker.index
         is_target = (ids == names.index(target)).astype(np.int64)
@@ -159,10 +181,10 @@ class DomainAdaptationCallback(SFTCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         super().on_step_begin(args, state, control, **kwargs)
-        warm = self.warmup if self.warmup >= 1 else self.warmup * self._max_steps
+        warm = self.config.warmup if self.config.warmup >= 1 else self.config.warmup * self._max_steps
         progress = (state.global_step - warm) / max(1.0, self._max_steps - warm)
         self._strength = 0.0 if state.global_step < warm else (
-            dann_schedule(progress) if self.method == "adversarial" else 1.0)
+            dann_schedule(progress) if self.config.method == "adversarial" else 1.0)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._session is not None:
@@ -188,7 +210,7 @@ class DomainAdaptationCallback(SFTCallback):
         pooled = sequence_means(hidden, segments, n)
         domain = self._targets(keys)
         known = domain >= 0
-        if self.method == "adversarial":
+        if self.config.method == "adversarial":
             # Always through the head (times 0 before the warmup ends): every process uses its parameters in
             # every step, as DDP requires, and the head learns the domains from the start.
             losses, correct = adversarial_losses(pooled, domain.clamp(min=0), self.head, strength=self._strength)
@@ -196,11 +218,11 @@ class DomainAdaptationCallback(SFTCallback):
             self._add("correct", (correct & known).sum())
             self._add("seen", known.sum())
             # The head's own loss trains it at full weight; the reversal scales what reaches the model.
-            scale = self.weight
+            scale = self.config.weight
         else:
             mmd = gaussian_mmd2(pooled[known & (domain == 0)], pooled[known & (domain == 1)])
             per_seq = mmd.expand(n)
-            scale = self.weight * self._strength
+            scale = self.config.weight * self._strength
         self._add("aux", per_seq.detach().mean())
         self._add("batches", torch.ones((), device=per_seq.device))
         return scale * per_seq
@@ -230,7 +252,7 @@ class DomainAdaptationCallback(SFTCallback):
         model = self._model
         device = next(model.parameters()).device
         ids = dataset["input_ids"]
-        is_target = torch.tensor([str(g) == str(self.target_group) for g in dataset[self.group_column]])
+        is_target = torch.tensor([str(g) == str(self.config.target_group) for g in dataset[self.config.group_column]])
         pooled, was_training = [], model.training
         model.eval()
         self._capture_eval = True

@@ -210,7 +210,7 @@ def test_domain_arms_parse_weight_layer_and_combinations():
     assert not bench_evidence.is_arm("balance+domain:coral") and not bench_evidence.is_arm("domain:mmd/last")
     policies = bench_evidence.make_policies("balance+domain:mmd/3", {"a": 1.0, "b": 0.0})
     assert [type(p).__name__ for p in policies] == ["GroupBalanceCallback", "DomainAdaptationCallback"]
-    assert policies[1].target_group == "a" and policies[1].layer == 3
+    assert policies[1].config.target_group == "a" and policies[1].config.layer == 3
 
 
 def test_sentiment_shift_set_is_one_task_in_two_sources():
