@@ -10,6 +10,8 @@ into flat per-row arrays. The hook never adds a forward pass and never synchroni
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import logging
 from dataclasses import dataclass, field
 
@@ -138,7 +140,47 @@ class KeyLookup:
         return torch.where(sorted_keys[pos] == keys, values[pos], torch.full_like(values[pos], self._missing))
 
 
-_N_FLOATS = 6  # per sequence: nll_sum, n_tokens, n_correct, entropy_sum, min_logp, margin_sum
+_N_FLOATS = 6  # per sequence, in this order: the fields of SequenceRecords after ``keys``
+
+
+class SequenceRecords(NamedTuple):
+    """What one flush read from the forwards since the last: per captured sequence, its content key and sums over
+    its trained tokens, plus when it was seen. A capture stacks the six float fields on the device (in field order)
+    and copies them to the host once per flush.
+
+    Example:
+        >>> r = SequenceRecords.empty()
+        >>> len(r.keys), r.nll_sum.dtype.name
+        (0, 'float32')
+    """
+
+    keys: np.ndarray  # uint64 content key of the sequence
+    nll_sum: np.ndarray  # summed negative log-likelihood of its trained tokens
+    tokens: np.ndarray  # trained tokens
+    correct: np.ndarray  # trained tokens predicted top-1
+    entropy_sum: np.ndarray  # summed predictive entropy (NaN where the head does not give it)
+    min_logp: np.ndarray  # log-probability of its least likely trained token
+    margin_sum: np.ndarray  # summed AUM margin (NaN with the fused head: no logits)
+    steps: np.ndarray  # optimizer step when seen
+    epochs: np.ndarray  # epoch when seen
+
+    @classmethod
+    def from_arrays(cls, keys, floats, steps, epochs) -> SequenceRecords:
+        """From the keys, the ``(6, n)`` float block in field order, and the steps and epochs."""
+        return cls(keys, *floats, steps, epochs)
+
+    @classmethod
+    def empty(cls) -> SequenceRecords:
+        return cls.from_arrays(np.zeros(0, np.uint64), np.zeros((_N_FLOATS, 0), np.float32), np.zeros(0, np.int64),
+                               np.zeros(0, np.int64))
+
+    @classmethod
+    def concat(cls, parts) -> SequenceRecords:
+        """One record from several (e.g. every process's), in order."""
+        return cls(*(np.concatenate(column) for column in zip(*parts)))
+
+    def select(self, mask: np.ndarray) -> SequenceRecords:
+        return SequenceRecords(*(column[mask] for column in self))
 
 
 class VisitLog:
@@ -572,55 +614,38 @@ class SampleTracker:
 
     # -- flushing -------------------------------------------------------------------------------------------
     @staticmethod
-    def _drain(pending: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _drain(pending: list) -> SequenceRecords:
         if not pending:
-            return (np.zeros(0, np.uint64), np.zeros((_N_FLOATS, 0), np.float32), np.zeros(0, np.int64),
-                    np.zeros(0, np.int64))
+            return SequenceRecords.empty()
         keys = torch.cat([p[0] for p in pending]).cpu().numpy().view(np.uint64)
         floats = torch.cat([p[1] for p in pending], dim=1).cpu().numpy()
         steps = np.concatenate([np.full(p[0].shape[0], p[2], dtype=np.int64) for p in pending])
         epochs = np.concatenate([np.full(p[0].shape[0], p[3], dtype=np.int64) for p in pending])
         pending.clear()
-        keep = floats[1] > 0  # sequences with no trained token (padding segments) carry no signal
-        return keys[keep], floats[:, keep], steps[keep], epochs[keep]
+        records = SequenceRecords.from_arrays(keys, floats, steps, epochs)
+        return records.select(records.tokens > 0)  # sequences with no trained token (padding segments): no signal
 
     def flush(self) -> int:
         """Fold buffered training observations into :attr:`stats`, merged across processes. Returns how many."""
-        local = self._drain(self._pending)
-        parts = _gather(local)
-        keys = np.concatenate([p[0] for p in parts])
-        floats = np.concatenate([p[1] for p in parts], axis=1)
-        steps = np.concatenate([p[2] for p in parts])
-        epochs = np.concatenate([p[3] for p in parts])
-        if self.index is None or len(keys) == 0:
+        r = SequenceRecords.concat(_gather(self._drain(self._pending)))
+        if self.index is None or len(r.keys) == 0:
             return 0
-        loss = floats[0] / floats[1]
+        loss = r.nll_sum / r.tokens
         finite = np.isfinite(loss)
         self.nonfinite += int((~finite).sum())
-        uid = self.index.lookup(keys)
+        uid = self.index.lookup(r.keys)
         known = finite & (uid >= 0)
         self.unmatched += int((finite & (uid < 0)).sum())
-        ntok = floats[1][known]
-        self.visits.append(uid[known], steps[known], loss[known], floats[2][known] == ntok, floats[4][known],
-                           floats[5][known] / ntok)
-        self.stats.apply(
-            uid[known],
-            loss[known],
-            floats[2][known] / ntok,
-            floats[3][known] / ntok,
-            steps[known],
-            epochs[known],
-        )
+        r, uid, loss = r.select(known), uid[known], loss[known]
+        self.visits.append(uid, r.steps, loss, r.correct == r.tokens, r.min_logp, r.margin_sum / r.tokens)
+        self.stats.apply(uid, loss, r.correct / r.tokens, r.entropy_sum / r.tokens, r.steps, r.epochs)
         self.observed += int(known.sum())
         return int(known.sum())
 
     def flush_eval(self, dataset, name: str, step: int, args=None) -> dict | None:
         """Fold buffered evaluation observations into per-row results for eval dataset ``name``."""
-        local = self._drain(self._eval_pending)
-        parts = _gather(local)
-        keys = np.concatenate([p[0] for p in parts])
-        floats = np.concatenate([p[1] for p in parts], axis=1)
-        if dataset is None or len(keys) == 0:
+        r = SequenceRecords.concat(_gather(self._drain(self._eval_pending)))
+        if dataset is None or len(r.keys) == 0:
             return None
         cached = self._eval_indices.get(name)
         fingerprint = getattr(dataset, "_fingerprint", None)
@@ -630,15 +655,15 @@ class SampleTracker:
             row_user, n_user = user_row_mapping(dataset, args) if args is not None else (None, None)
             index = RowIndex.from_dataset(dataset, row_user, n_user)
             self._eval_indices[name] = (fingerprint, index)
-        uid = index.lookup(keys)
-        loss = floats[0] / floats[1]
+        uid = index.lookup(r.keys)
+        loss = r.nll_sum / r.tokens
         ok = (uid >= 0) & np.isfinite(loss)
         self.nonfinite += int((~np.isfinite(loss)).sum())
         # Every eval row is seen once per evaluation (distributed samplers may repeat a few): keep the last.
         row_loss = np.full(len(index.keys), np.nan, dtype=np.float32)
         row_acc = np.full(len(index.keys), np.nan, dtype=np.float32)
         row_loss[uid[ok]] = loss[ok]
-        row_acc[uid[ok]] = (floats[2] / floats[1])[ok]
+        row_acc[uid[ok]] = (r.correct / r.tokens)[ok]
         result = {
             "step": step,
             "loss_by_uid": row_loss,
