@@ -202,12 +202,32 @@ def loss_difficulty(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    collate = collate or pad_right
     start_time = time.perf_counter()
     rows, starts, lengths = _sequences(dataset)
     rank, world = _distributed()
     order = np.argsort(-lengths, kind="stable")
     mine = shard_sequences(order, rank, world) if world > 1 else order
+    nll, ntok = _score_sequences(model, dataset, (rows, starts, lengths), mine, batch_size, collate or pad_right,
+                                 progress and rank == 0, desc)
+    seq_nll = np.zeros(len(lengths), dtype=np.float64)
+    seq_n = np.zeros(len(lengths), dtype=np.float64)
+    if world > 1:
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, (mine, nll, ntok))
+    else:
+        parts = [(mine, nll, ntok)]
+    for idx, part_nll, part_n in parts:
+        seq_nll[idx] = part_nll  # repeated padding sequences write the same value twice
+        seq_n[idx] = part_n
+    row_nll = np.bincount(rows, weights=seq_nll, minlength=len(dataset))
+    row_n = np.bincount(rows, weights=seq_n, minlength=len(dataset))
+    loss = np.divide(row_nll, row_n, out=np.zeros(len(dataset)), where=row_n > 0)
+    return LossScores(loss=loss, n_tokens=row_n, seconds=time.perf_counter() - start_time)
+
+
+def _score_sequences(model, dataset, sequences, mine, batch_size, collate, progress, desc):
+    """Summed NLL and trained tokens of the sequences ``mine`` (in that order), ``batch_size`` per no-grad forward."""
+    rows, starts, lengths = sequences
     has_labels = "labels" in dataset.column_names
     view = dataset.select_columns(["input_ids", "labels"] if has_labels else ["input_ids"])
     device = getattr(model, "device", None) or next(model.parameters()).device
@@ -216,10 +236,10 @@ def loss_difficulty(
     ntok = np.zeros(len(mine), dtype=np.float64)
     n_batches = math.ceil(len(mine) / batch_size)
     bar = None
-    if progress and n_batches > 0:
+    if n_batches > 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_batches, desc=desc, unit="batch", disable=rank != 0)
+        bar = tqdm(total=n_batches, desc=desc, unit="batch", disable=not progress)
     was_training = model.training
     model.eval()
     try:
@@ -238,23 +258,9 @@ def loss_difficulty(
             s_nll, s_n = _batch_nll(model, batch, fused)
             nll[b * batch_size : b * batch_size + len(seqs)] = s_nll.double().cpu().numpy()
             ntok[b * batch_size : b * batch_size + len(seqs)] = s_n.double().cpu().numpy()
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
         model.train(was_training)
         if bar is not None:
             bar.close()
-    seq_nll = np.zeros(len(lengths), dtype=np.float64)
-    seq_n = np.zeros(len(lengths), dtype=np.float64)
-    if world > 1:
-        parts = [None] * world
-        torch.distributed.all_gather_object(parts, (mine, nll, ntok))
-    else:
-        parts = [(mine, nll, ntok)]
-    for idx, part_nll, part_n in parts:
-        seq_nll[idx] = part_nll  # repeated padding sequences write the same value twice
-        seq_n[idx] = part_n
-    row_nll = np.bincount(rows, weights=seq_nll, minlength=len(dataset))
-    row_n = np.bincount(rows, weights=seq_n, minlength=len(dataset))
-    loss = np.divide(row_nll, row_n, out=np.zeros(len(dataset)), where=row_n > 0)
-    return LossScores(loss=loss, n_tokens=row_n, seconds=time.perf_counter() - start_time)
+    return nll, ntok

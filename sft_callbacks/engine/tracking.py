@@ -440,37 +440,10 @@ class SampleTracker:
         labels = kwargs.get("labels")
         if input_ids is None or labels is None or input_ids.dim() != 2:
             return None
-        log_probs = getattr(output, "log_probs", None)
-        if log_probs is not None and getattr(output, "label_mask", None) is not None:
-            mask = output.label_mask
-            logp = log_probs.detach().float()
-            entropy = output.entropy.detach().float() if getattr(output, "entropy", None) is not None else None
-            top1 = output.is_top1.float() if getattr(output, "is_top1", None) is not None else None
-            margin = None  # the fused head never materialises the logits: no runner-up token to compare with
-        else:
-            logits = getattr(output, "logits", None)
-            if logits is None and getattr(output, "loss", None) is not None and log_probs is None:
-                # A loss head that keeps neither per-token log-probabilities nor logits (trl < 1.16's chunked
-                # cross-entropy head, a fused-loss kernel): training would go on with nothing captured.
-                raise RuntimeError(
-                    f"the model's training forward returned {type(output).__name__} with a loss but neither "
-                    "per-token log_probs nor logits, so sft-callbacks cannot capture per-sample losses. Use "
-                    "trl>=1.16 (its fused LM head returns log_probs) or a loss computed from the model's logits"
-                )
-            if logits is None or logits.shape[:2] != input_ids.shape:
-                return None
-            target = labels[:, 1:]
-            mask = target != -100
-            flat = logits[:, :-1].detach().float()
-            logp = -F.cross_entropy(
-                flat.reshape(-1, flat.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
-            ).view(target.shape)
-            top2 = flat.topk(2, dim=-1)
-            top1 = ((top2.indices[..., 0] == target) & mask).float()
-            # AUM margin (Pleiss et al., 2020): the given token's logit minus the best other token's.
-            given = flat.gather(-1, target.clamp(min=0)[..., None])[..., 0]
-            margin = given - torch.where(top1.bool(), top2.values[..., 1], top2.values[..., 0])
-            entropy = None
+        stats = _token_stats(output, input_ids, labels)
+        if stats is None:
+            return None
+        mask, logp, entropy, top1, margin = stats
         maskf = mask.float()
         attention_mask = kwargs.get("attention_mask")
         position_ids = kwargs.get("position_ids")
@@ -695,3 +668,36 @@ class SampleTracker:
         self.visits = VisitLog.from_state_dict(d["visits"]) if d.get("visits") is not None else VisitLog()
         for k, v in d.get("counters", {}).items():
             setattr(self, k, int(v))
+
+
+def _token_stats(output, input_ids, labels):
+    """Per trained token: ``(mask, log_prob, entropy, top1, margin)`` from TRL's fused head (no logits: entropy
+    and top-1 as it gives them, no margin) or from the logits (no entropy); ``None`` when neither fits the batch."""
+    log_probs = getattr(output, "log_probs", None)
+    if log_probs is not None and getattr(output, "label_mask", None) is not None:
+        entropy = output.entropy.detach().float() if getattr(output, "entropy", None) is not None else None
+        top1 = output.is_top1.float() if getattr(output, "is_top1", None) is not None else None
+        return output.label_mask, log_probs.detach().float(), entropy, top1, None
+    logits = getattr(output, "logits", None)
+    if logits is None and getattr(output, "loss", None) is not None and log_probs is None:
+        # A loss head that keeps neither per-token log-probabilities nor logits (trl < 1.16's chunked
+        # cross-entropy head, a fused-loss kernel): training would go on with nothing captured.
+        raise RuntimeError(
+            f"the model's training forward returned {type(output).__name__} with a loss but neither "
+            "per-token log_probs nor logits, so sft-callbacks cannot capture per-sample losses. Use "
+            "trl>=1.16 (its fused LM head returns log_probs) or a loss computed from the model's logits"
+        )
+    if logits is None or logits.shape[:2] != input_ids.shape:
+        return None
+    target = labels[:, 1:]
+    mask = target != -100
+    flat = logits[:, :-1].detach().float()
+    logp = -F.cross_entropy(
+        flat.reshape(-1, flat.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(target.shape)
+    top2 = flat.topk(2, dim=-1)
+    top1 = ((top2.indices[..., 0] == target) & mask).float()
+    # AUM margin (Pleiss et al., 2020): the given token's logit minus the best other token's.
+    given = flat.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    margin = given - torch.where(top1.bool(), top2.values[..., 1], top2.values[..., 0])
+    return mask, logp, None, top1, margin
