@@ -412,7 +412,7 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
     from trl import SFTTrainer
 
     from sft_callbacks import DataMapCallback, TrainingDynamicsCallback
-    from sft_callbacks.hub.provenance import mixture_history
+    from sft_callbacks.hub.facts import mixture_history
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

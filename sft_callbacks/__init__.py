@@ -43,7 +43,8 @@ from .engine.dynamics import (
 from .engine.sampling import AdaptiveSampler
 from .engine.session import PolicyContext
 from .engine.weights import check_weights, combine_weights
-from .hub.provenance import build_card, build_provenance, describe_run
+from .hub.card import build_card
+from .hub.provenance import build_provenance, describe_run
 from .hub.publish import (
     PublishError,
     PushResult,

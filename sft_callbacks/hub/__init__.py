@@ -1,8 +1,10 @@
-"""Publishing a curated dataset: the provenance record and dataset card (:mod:`.provenance`), and saving,
-pushing and loading an export with ``huggingface_hub`` (:mod:`.publish`). May import ``engine``, ``policies``
-and ``curation``."""
+"""Publishing a curated dataset: the provenance record (:mod:`.provenance`, from what :mod:`.facts` looks up,
+scrubbed by :mod:`.scrub`), the dataset card (:mod:`.card`) and the plots (:mod:`.plots`), and saving, pushing
+and loading an export with ``huggingface_hub`` (:mod:`.publish`). May import ``engine``, ``policies`` and
+``curation``."""
 
-from .provenance import build_card, build_provenance, describe_run
+from .card import build_card
+from .provenance import build_provenance, describe_run
 from .publish import (
     PublishError,
     PushResult,

@@ -36,7 +36,9 @@ import pyarrow as pa
 from ..curation.arrow_rows import subset
 from ..engine.columns import COLUMN_MEANINGS
 from ..curation import CuratedDataset, curate
-from .provenance import SCHEMA, build_card, build_provenance, write_plots
+from .card import build_card
+from .plots import write_plots
+from .provenance import SCHEMA, build_provenance
 
 DEFAULT_COMMIT_MESSAGE = "Upload curated dataset (sft-callbacks)"
 _SPLIT_RE = re.compile(r"^\w+(\.\w+)*$")

@@ -10,7 +10,7 @@ from sft_callbacks import find_conflicts
 from sft_callbacks.app.split import ANNOTATION_COLUMNS as APP_COLUMNS
 from sft_callbacks.engine.columns import COLUMN_MEANINGS, LIST_COLUMNS, column_meaning, columns_markdown
 from sft_callbacks.engine.frames import CURATED_DYNAMICS, DYNAMICS_COLUMNS
-from sft_callbacks.hub.provenance import _COLUMN_DOCS
+from sft_callbacks.hub.card import _COLUMN_DOCS
 from sft_callbacks.hub.publish import ANNOTATION_COLUMNS as EXPORT_COLUMNS
 from sft_callbacks.policies.data_map import DATA_MAP_COLUMNS
 

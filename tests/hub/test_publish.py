@@ -22,8 +22,9 @@ from sft_callbacks import DataMapCallback, GroupBalanceCallback, TrainingDynamic
 from sft_callbacks.cli import build_parser, main
 from sft_callbacks.curation import curate
 from sft_callbacks.models import build_tiny_llama
-from sft_callbacks.hub.provenance import build_card, card_metadata, sanitize
+from sft_callbacks.hub.card import build_card, card_metadata
 from sft_callbacks.hub.publish import load_export, save_curated_dataset
+from sft_callbacks.hub.scrub import sanitize
 
 from ..support.helpers import sft_rows
 from ..support.hub_server import TOKEN, USER, last_json, parse_card_data, run_client

@@ -12,7 +12,7 @@ import sft_callbacks
 from sft_callbacks.curation.curated import callback_config
 from sft_callbacks.engine.callbacks import SFTCallback
 from sft_callbacks.engine.config import CallbackConfig
-from sft_callbacks.hub.provenance import card_text
+from sft_callbacks.hub.card import card_text
 
 # What each needs beyond its defaults.
 REQUIRED = {
