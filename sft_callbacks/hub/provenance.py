@@ -126,20 +126,8 @@ def build_provenance(
                          model_revision=model_revision, dataset=curated.dataset, fetch_source_card=fetch_source_card,
                          token=token)  # fmt: skip
     run = dict(run or {})
-    # What this call was given wins; the recorded run fills in the rest.
-    src = dict(fresh["source"] if source is not None or not run.get("source") else run["source"])
-    if model is None and trainer is None and run.get("model"):
-        fresh["model"] = run["model"]
-    if trainer is None and run.get("training"):
-        fresh.update(training=run["training"], seed=run.get("seed"), mixture_over_training=run.get(
-            "mixture_over_training") or [])
+    src = _merged_run(fresh, run, source=source, model=model, trainer=trainer, license=license, language=language)
     callbacks = list(curated.callbacks) or list(run.get("callbacks") or [])
-    if license is not None:
-        src["license"] = license
-    if language is not None:
-        src["language"] = [language] if isinstance(language, str) else list(language)
-    elif isinstance(src.get("language"), str):
-        src["language"] = [src["language"]]
     # the group column is input data that curate() copies into its report, not an annotation
     group = curated.filters.get("group_column")
     skip = {"kept", "drop_reason", *([group] if group not in COLUMN_MEANINGS else [])}
@@ -173,6 +161,24 @@ def build_provenance(
         "packages": package_versions(),
     }
     return sanitize(_jsonable(record), tokens=[token] if token else ())
+
+
+def _merged_run(fresh: dict, run: dict, *, source, model, trainer, license, language) -> dict:
+    """Fill ``fresh`` (this call's facts) from the recorded ``run`` where this call gave nothing; the source entry,
+    with an explicit ``license`` / ``language`` winning over what the source's card says."""
+    src = dict(fresh["source"] if source is not None or not run.get("source") else run["source"])
+    if model is None and trainer is None and run.get("model"):
+        fresh["model"] = run["model"]
+    if trainer is None and run.get("training"):
+        fresh.update(training=run["training"], seed=run.get("seed"), mixture_over_training=run.get(
+            "mixture_over_training") or [])
+    if license is not None:
+        src["license"] = license
+    if language is not None:
+        src["language"] = [language] if isinstance(language, str) else list(language)
+    elif isinstance(src.get("language"), str):
+        src["language"] = [src["language"]]
+    return src
 
 
 _CHUNK_ROWS = 1 << 18  # summaries and plots read annotation columns this many rows at a time
