@@ -33,16 +33,10 @@ from .curation.out_of_sample import out_of_sample_losses
 from .curation.preference_pairs import build_preference_pairs
 from .engine.callbacks import SamplingPolicyCallback, SFTCallback
 from .engine.config import CallbackConfig
-from .engine.dynamics import (
-    TrainingDynamicsCallback,
-    TrainingDynamicsConfig,
-    annotate_dataset,
-    dynamics_frame,
-    eval_frame,
-)
+from .engine.dynamics import TrainingDynamicsCallback, TrainingDynamicsConfig
 from .engine.sampling import AdaptiveSampler
 from .engine.session import PolicyContext
-from .engine.weights import check_weights, combine_weights
+from .engine.weights import combine_weights
 from .hub.card import build_card
 from .hub.provenance import build_provenance, describe_run
 from .hub.publish import (
@@ -131,11 +125,7 @@ __all__ = [
     "SamplingPolicyCallback",
     "TrainingDynamicsCallback",
     "TrainingDynamicsConfig",
-    "annotate_dataset",
-    "check_weights",
     "combine_weights",
-    "dynamics_frame",
-    "eval_frame",
     "plot_data_map",
     "estimate_noise_rate",
     "out_of_sample_losses",

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 
 import sft_callbacks
 
 
-def test_every_public_name_imports():
-    assert len(sft_callbacks.__all__) >= 40
+def test_every_public_name_imports_and_readme_teaches_it():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    untaught = [n for n in sft_callbacks.__all__ if n != "__version__" and not re.search(rf"`{re.escape(n)}\b", readme)]
+    assert not untaught, f"in __all__ but not in README: {untaught}"
     missing = [n for n in sft_callbacks.__all__ if not hasattr(sft_callbacks, n)]
     assert not missing
     namespace: dict = {}

@@ -18,7 +18,8 @@ import pytest
 import transformers
 from trl import SFTConfig, SFTTrainer
 
-from sft_callbacks import DataMapCallback, GroupBalanceCallback, TrainingDynamicsCallback, annotate_dataset
+from sft_callbacks import DataMapCallback, GroupBalanceCallback, TrainingDynamicsCallback
+from sft_callbacks.engine.frames import annotate_dataset
 from sft_callbacks.cli import build_parser, main
 from sft_callbacks.curation import curate
 from sft_callbacks.models import build_tiny_llama
