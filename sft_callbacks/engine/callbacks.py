@@ -8,7 +8,7 @@ import numpy as np
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .config import CallbackConfig
+from .config import CallbackConfig, is_json
 from .frames import annotate_dataset, dynamics_frame, eval_frame, run_annotations
 from .session import PolicyContext, Session
 
@@ -215,7 +215,7 @@ class SFTCallback(TrainerCallback, ExportableState):
         if self._is_driver():
             payload["session"] = self._session.state_dict(self._last_state)
         # Only JSON-able settings go to trainer_state.json (a callable difficulty, say, cannot).
-        args = {k: v for k, v in self._init_kwargs.items() if _jsonable(v)}
+        args = {k: v for k, v in self._init_kwargs.items() if is_json(v)}
         return {"args": args, "attributes": {"_sft_restore": payload}}
 
     # -- results ----------------------------------------------------------------------------------------
@@ -252,16 +252,6 @@ class SFTCallback(TrainerCallback, ExportableState):
         """
         session = self.session
         return annotate_dataset(dataset, run_annotations(session, session.members or [self]))
-
-
-def _jsonable(value) -> bool:
-    import json
-
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def _eval_name(metrics: dict) -> str:

@@ -52,10 +52,16 @@ class CallbackConfig:
 
     def jsonable(self) -> dict[str, Any]:
         """The fields as JSON values: what a checkpoint and a card record (a callable as its ``repr``)."""
-        return {k: v if _is_json(v) else repr(v) for k, v in self.to_dict().items()}
+        return {k: v if is_json(v) else repr(v) for k, v in self.to_dict().items()}
 
 
-def _is_json(value) -> bool:
+def is_json(value) -> bool:
+    """Whether ``json.dumps`` can write ``value`` as it is.
+
+    Example:
+        >>> is_json({"a": [1, 2.5, None]}), is_json(print)
+        (True, False)
+    """
     try:
         json.dumps(value)
         return True
