@@ -35,6 +35,7 @@ from transformers import TrainerCallback
 
 from sft_callbacks import SamplingPolicyCallback
 from sft_callbacks.engine.compat import checkpointing_off
+from sft_callbacks.evaluation import greedy_answers, mean_ci, score_answers
 
 ARMS = ("uniform", "flat", "static_target", "validation", "hard", "curriculum", "balance", "all")
 QUICK_ARMS = ("uniform", "static_target", "all")
@@ -44,7 +45,6 @@ VALIDATION_CANDIDATES = ("validation:scaling", "validation:learnability", "valid
 # The CPU budget (2 cores): chosen so that all arms x 3 seeds fit in 100 minutes (see BENCHMARKS.md).
 CPU_STEPS, CPU_BATCH, CPU_EVAL_STEPS = 80, 8, 20
 NOISE_SEED = 1234  # which training answers are corrupted: fixed, so every arm and seed sees the same noise
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 @dataclass
@@ -345,61 +345,6 @@ def _drawn_shares(dyn, train_domains) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def normalise_answer(text: str) -> str:
-    """Trivial-format-insensitive form of an answer: first line, stripped, lower case, no trailing punctuation
-    or quotes.
-
-    Example::
-
-        >>> normalise_answer(" Spanish.\\n") == normalise_answer("spanish")
-        True
-    """
-    text = str(text).strip().split("\n")[0].strip()
-    return text.strip("\"'`*").rstrip(".!?,;:").strip().lower()
-
-
-def greedy_answers(model, tokenizer, prompts, batch_size: int = 32, max_new_tokens: int = 6,
-                   bf16: bool = False) -> list[str]:
-    """Greedy completions of chat ``prompts`` (left-padded batches, bf16 autocast if asked), cut at the
-    end-of-turn token."""
-    import torch
-
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    end = tokenizer.eos_token
-    out = []
-    try:
-        texts = [tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False, return_token_type_ids=False).to(model.device)
-            with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            for t in tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=False):
-                out.append(t.split(end)[0].replace(tokenizer.pad_token or "", ""))
-    finally:
-        tokenizer.padding_side = side
-    return out
-
-
-def score_answers(predictions, references, domains, labels: dict) -> dict:
-    """Exact match (normalised) per domain and overall, and format failures (a normalised answer outside the
-    domain's label set)."""
-    domains = np.asarray(domains)
-    pred = np.array([normalise_answer(p) for p in predictions], dtype=object)
-    ref = np.array([normalise_answer(r) for r in references], dtype=object)
-    hit = pred == ref
-    valid = np.array([p in {normalise_answer(x) for x in labels[d]} for p, d in zip(pred, domains)])
-    return {
-        "exact_match": float(hit.mean()),
-        "exact_match_by_domain": {d: float(hit[domains == d].mean()) for d in sorted(set(domains))},
-        "format_failures": float((~valid).mean()),
-        "format_failures_by_domain": {d: float((~valid)[domains == d].mean()) for d in sorted(set(domains))},
-    }
-
-
 # ------------------------------------------------------------------------------------------------------------
 # one run
 # ------------------------------------------------------------------------------------------------------------
@@ -472,17 +417,6 @@ def row_scores(dyn, data_map) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 # statistics
 # ------------------------------------------------------------------------------------------------------------
-
-
-def mean_ci(values) -> dict:
-    """Mean and 95% t-interval over seeds (NaN-free values); half-width NaN with one value."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
-    if v.size == 1:
-        return {"mean": float(v[0]), "lo": float("nan"), "hi": float("nan"), "n": 1}
-    half = _T975.get(v.size - 1, 1.96) * v.std(ddof=1) / math.sqrt(v.size)
-    return {"mean": float(v.mean()), "lo": float(v.mean() - half), "hi": float(v.mean() + half), "n": int(v.size)}
 
 
 def steps_to_reach(curve: list[dict], target: float) -> int | None:

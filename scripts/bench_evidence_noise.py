@@ -20,8 +20,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-from bench_evidence import (EvidenceConfig, build_model, greedy_answers, load_data, mean_ci, out_of_sample_probs,
-                            score_answers, sft_config)  # fmt: skip
+from bench_evidence import EvidenceConfig, build_model, load_data, out_of_sample_probs, sft_config
+
+from sft_callbacks.evaluation import greedy_answers, mean_ci, score_answers
 
 
 @dataclass

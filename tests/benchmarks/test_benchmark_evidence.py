@@ -20,35 +20,10 @@ import bench_evidence  # noqa: E402
 import benchmark  # noqa: E402
 
 
-def test_normalise_answer_ignores_trivial_format():
-    n = bench_evidence.normalise_answer
-    assert n(" Spanish.\n") == n("spanish") == n('"Spanish"') == n("SPANISH!")
-    assert n("positive\nbecause ...") == "positive"
-    assert n("not sarcastic") != n("sarcastic")
-
-
-def test_score_answers_counts_format_failures_apart():
-    labels = {"a": ["yes", "no"], "b": ["English", "Dutch"]}
-    out = bench_evidence.score_answers(["Yes.", "maybe", "dutch", "English"], ["yes", "no", "Dutch", "Dutch"],
-                                       ["a", "a", "b", "b"], labels)
-    assert out["exact_match_by_domain"] == {"a": 0.5, "b": 0.5}
-    assert out["format_failures_by_domain"] == {"a": 0.5, "b": 0.0}  # "maybe" is not an answer of domain a
-    assert out["exact_match"] == 0.5 and out["format_failures"] == 0.25
-
-
 def test_best_constant_is_the_strongest_constant_on_the_rows():
     out = bench_evidence.best_constant(["x", "y", "y", "z", "z", "z"], ["d", "d", "d", "e", "e", "e"])
     assert out["d"] == {"answer": "y", "test_accuracy": pytest.approx(2 / 3)}
     assert out["e"] == {"answer": "z", "test_accuracy": 1.0}
-
-
-def test_mean_ci_is_a_t_interval():
-    c = bench_evidence.mean_ci([1.0, 2.0, 3.0])
-    half = 4.303 * 1.0 / np.sqrt(3)  # t(0.975, 2 dof) * sd / sqrt(n)
-    assert c["mean"] == 2.0 and c["n"] == 3
-    assert c["lo"] == pytest.approx(2.0 - half) and c["hi"] == pytest.approx(2.0 + half)
-    assert np.isnan(bench_evidence.mean_ci([5.0])["lo"])
-    assert bench_evidence.mean_ci([None, float("nan")])["n"] == 0
 
 
 def test_steps_to_reach_takes_the_first_evaluation_at_or_below():
