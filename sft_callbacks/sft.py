@@ -58,13 +58,11 @@ from pathlib import Path
 from typing import Any
 
 OUR_KEYS = ("callbacks", "mixture_column", "curate")
-CURATE_KEYS = {
-    # curate()
-    "drop", "group_column", "quotas", "top_k", "score", "ascending", "seed",
-    # save_curated_dataset()
-    "output_dir", "splits", "source", "source_revision", "license", "language", "tags", "pretty_name",
-    "max_shard_size",
-}
+# The recipe's ``curate`` section: these options go to curate(), the rest to save_curated_dataset().
+CURATE_OPTIONS = ("drop", "group_column", "quotas", "top_k", "score", "ascending", "seed")
+SAVE_OPTIONS = ("output_dir", "splits", "source", "source_revision", "license", "language", "tags", "pretty_name",
+                "max_shard_size")
+CURATE_KEYS = {*CURATE_OPTIONS, *SAVE_OPTIONS}
 
 
 class RecipeError(ValueError):
@@ -462,8 +460,7 @@ def curate_after_training(trainer, train, callbacks, options: Mapping) -> Path:
     from .hub.publish import save_curated_dataset
 
     opts = dict(options)
-    curate_keys = ("drop", "group_column", "quotas", "top_k", "score", "ascending", "seed")
-    curated = curate(train, callbacks, **{k: opts.pop(k) for k in curate_keys if k in opts})
+    curated = curate(train, callbacks, **{k: opts.pop(k) for k in CURATE_OPTIONS if k in opts})
     out_dir = opts.pop("output_dir")
     return save_curated_dataset(out_dir, curated, trainer=trainer, seed=int(options.get("seed", 0)),
                                 fetch_source_card=False, **opts)
