@@ -238,7 +238,7 @@ def is_arm(arm: str) -> bool:
             return False
     if not arm.startswith("validation:"):
         return False
-    from sft_callbacks.policies.validation import METHODS
+    from sft_callbacks.policies.mixing_rules import METHODS
 
     try:
         return validation_candidate(arm)["method"] in METHODS
@@ -307,7 +307,7 @@ class EvalRecorder(TrainerCallback):
         result = self.dynamics.session.tracker.eval_results.get("eval")
         if result is None or metrics is None or "eval_loss" not in metrics:
             return
-        from sft_callbacks.policies.validation import group_eval_losses
+        from sft_callbacks.policies.mixing import group_eval_losses
 
         index = result["index"]
         uid = np.asarray(index.seq_uid)

@@ -20,7 +20,7 @@ import torch
 from bench_evidence import EvidenceConfig, load_data, build_model, sft_config
 from trl import SFTTrainer
 from sft_callbacks import TrainingDynamicsCallback
-from sft_callbacks import row_keys
+from sft_callbacks.engine import row_keys
 
 def record(epochs: int, seed: int, lr=None):
     torch.set_num_threads(2)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -661,7 +662,31 @@ def select_for_annotation(
         'hybrid: most uncertain of the top 80 candidates; mean entropy 2.31 nats (top 1%)'
         >>> batch.push_to_hub("me/to-label")  # doctest: +SKIP
     """
-    # ---- arguments, cheapest checks first ----
+    pool, prompts = _check_selection(pool, model, tokenizer, k, strategy, uncertainty, max_new_tokens, batch_size,
+                                     embedder, candidate_factor, group_column, group_errors, validation, prompt_column)
+    scorer = _Scorer(prompts, model, tokenizer, uncertainty, max_new_tokens, batch_size, embedder, show_progress)
+    order, values, reasons = _pick(scorer, pool, k, strategy, candidate_factor, seed, group_column, group_errors,
+                                   validation)
+    return _selection_dataset(pool, order, values, reasons, strategy)
+
+
+def _check_selection(
+    pool: datasets.Dataset | Sequence[dict],
+    model,
+    tokenizer,
+    k: int,
+    strategy: str,
+    uncertainty: str,
+    max_new_tokens: int,
+    batch_size: int,
+    embedder: Any,
+    candidate_factor: float,
+    group_column: str | None,
+    group_errors: dict[Any, float] | None,
+    validation: datasets.Dataset | Sequence[dict] | None,
+    prompt_column: str | None,
+) -> tuple[datasets.Dataset, list[Any]]:
+    """Check :func:`select_for_annotation`'s arguments, cheapest first; return the pool as a dataset and its prompts."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
     if uncertainty not in UNCERTAINTY_MEASURES:
@@ -697,42 +722,73 @@ def select_for_annotation(
                 "strategy='error_driven' needs exactly one of group_errors={group: error} or validation= "
                 "(a dataset with reference answers and the same group column)"
             )
-    prompts = _check_no_responses(pool, column)
+    return pool, _check_no_responses(pool, column)
 
-    # ---- scores ----
-    n = len(prompts)
-    scored: dict[int, float] = {}
 
-    def score_rows(rows: list[int]) -> list[float]:
-        todo = [i for i in rows if i not in scored]
+@dataclass
+class _Scorer:
+    """Uncertainty scores and embeddings of pool rows by index; each row's score is computed at most once."""
+
+    prompts: list[Any]
+    model: Any
+    tokenizer: Any
+    measure: str
+    max_new_tokens: int
+    batch_size: int
+    embedder: Any
+    show_progress: bool
+    scored: dict[int, float] = field(default_factory=dict)
+
+    def score_rows(self, rows: list[int]) -> list[float]:
+        """The uncertainty of the model's greedy answer to each of ``rows``."""
+        todo = [i for i in rows if i not in self.scored]
         if todo:
-            values = uncertainty_scores(model, tokenizer, [prompts[i] for i in todo], uncertainty,
-                                        max_new_tokens, batch_size, show_progress)
-            scored.update(zip(todo, values.tolist()))
-        return [scored[i] for i in rows]
+            values = uncertainty_scores(self.model, self.tokenizer, [self.prompts[i] for i in todo], self.measure,
+                                        self.max_new_tokens, self.batch_size, self.show_progress)
+            self.scored.update(zip(todo, values.tolist()))
+        return [self.scored[i] for i in rows]
 
-    def embed_rows(rows: list[int]) -> np.ndarray:
-        if embedder is not None:
-            return _embed_with(embedder, [_plain_text(prompts[i]) for i in rows])
-        return prompt_embeddings(model, tokenizer, [prompts[i] for i in rows], batch_size, show_progress)
+    def embed_rows(self, rows: list[int]) -> np.ndarray:
+        """Embeddings of ``rows``: the embedder's of their plain text if one was given, else the model's."""
+        if self.embedder is not None:
+            return _embed_with(self.embedder, [_plain_text(self.prompts[i]) for i in rows])
+        return prompt_embeddings(self.model, self.tokenizer, [self.prompts[i] for i in rows], self.batch_size,
+                                 self.show_progress)
 
+
+def _pick(
+    scorer: _Scorer,
+    pool: datasets.Dataset,
+    k: int,
+    strategy: str,
+    candidate_factor: float,
+    seed: int,
+    group_column: str | None,
+    group_errors: dict[Any, float] | None,
+    validation: datasets.Dataset | Sequence[dict] | None,
+) -> tuple[list[int], list[float], list[str]]:
+    """(rows, al_score, al_reason) of the ``k`` picks of ``strategy``, in pick order."""
+    everything = list(range(len(scorer.prompts)))
     if strategy == "uncertainty":
-        order, values, reasons = _select_uncertainty(np.array(score_rows(list(range(n)))), k, uncertainty)
-    elif strategy == "diversity":
-        order, values, reasons = _select_diversity(embed_rows(list(range(n))), k, seed)
-    elif strategy == "hybrid":
-        scores = np.array(score_rows(list(range(n))))
-        order, values, reasons = _select_hybrid(scores, embed_rows, k, candidate_factor, uncertainty, seed)
-    else:
-        groups = list(pool[group_column])
-        if validation is not None:
-            group_errors = group_validation_errors(
-                model, tokenizer, validation, group_column, batch_size, show_progress
-            )
-        errors = _check_group_errors(group_errors, list(dict.fromkeys(groups)))
-        order, values, reasons = _select_error_driven(groups, errors, k, score_rows, uncertainty)
+        return _select_uncertainty(np.array(scorer.score_rows(everything)), k, scorer.measure)
+    if strategy == "diversity":
+        return _select_diversity(scorer.embed_rows(everything), k, seed)
+    if strategy == "hybrid":
+        scores = np.array(scorer.score_rows(everything))
+        return _select_hybrid(scores, scorer.embed_rows, k, candidate_factor, scorer.measure, seed)
+    groups = list(pool[group_column])
+    if validation is not None:
+        group_errors = group_validation_errors(
+            scorer.model, scorer.tokenizer, validation, group_column, scorer.batch_size, scorer.show_progress
+        )
+    errors = _check_group_errors(group_errors, list(dict.fromkeys(groups)))
+    return _select_error_driven(groups, errors, k, scorer.score_rows, scorer.measure)
 
-    # ---- output ----
+
+def _selection_dataset(
+    pool: datasets.Dataset, order: list[int], values: list[float], reasons: list[str], strategy: str
+) -> datasets.Dataset:
+    """The picked rows of ``pool`` in pick order, with the ``al_*`` columns added."""
     # from_dict on the k picked rows: keeps the pool's features, and no flatten/map progress bar.
     data = pool.select(order).to_dict()
     data.update({
@@ -751,5 +807,5 @@ def select_for_annotation(
         "al_source_row": datasets.Value("int64"),
     })
     out = datasets.Dataset.from_dict(data, features=features)
-    logger.info("select_for_annotation: %d of %d rows with strategy=%s", len(order), n, strategy)
+    logger.info("select_for_annotation: %d of %d rows with strategy=%s", len(order), len(pool), strategy)
     return out

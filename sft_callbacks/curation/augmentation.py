@@ -572,8 +572,18 @@ def augment(
         >>> len(out), out.filter(lambda r: r["augmented"]).unique("augment_op")
         (50, ['random_swap(n=2)', 'synonym_replacement(n=1)'])
     """
-    import datasets
+    ops, selected = _check_augment(dataset, ops, n_per_row, fields, rows)
+    targets = _targets(dataset.column_names, fields)
+    if getattr(dataset, "_indices", None) is not None:
+        dataset = dataset.flatten_indices()
+    new_rows, addrs = _plan_rows(dataset, selected, targets, len(ops), n_per_row)
+    for k, op in enumerate(ops):
+        _rewrite(op, k, new_rows, addrs, seed)
+    return _assemble(dataset, ops, new_rows, include_original)
 
+
+def _check_augment(dataset, ops, n_per_row: int, fields: str, rows: Iterable[int] | None) -> tuple[list, list[int]]:
+    """Check :func:`augment`'s arguments; return the ops as a list and the selected rows, each once, in order."""
     ops = _check_ops(ops)
     if fields not in _FIELDS:
         raise ValueError(f"unknown fields={fields!r}; choose one of {list(_FIELDS)}")
@@ -589,44 +599,52 @@ def augment(
         )
     n = len(dataset)
     if rows is None:
-        selected = list(range(n))
-    else:
-        selected = []
-        for r in rows:
-            if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 0 <= int(r) < n:
-                raise ValueError(f"rows must be indices in [0, {n}), got {r!r}")
-            selected.append(int(r))
-        selected = list(dict.fromkeys(selected))  # a row listed twice is augmented once
-    targets = _targets(dataset.column_names, fields)
-    if getattr(dataset, "_indices", None) is not None:
-        dataset = dataset.flatten_indices()
+        return ops, list(range(n))
+    selected = []
+    for r in rows:
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 0 <= int(r) < n:
+            raise ValueError(f"rows must be indices in [0, {n}), got {r!r}")
+        selected.append(int(r))
+    return ops, list(dict.fromkeys(selected))  # a row listed twice is augmented once
 
-    # Plan: one new row per (source row, op, copy); collect the texts each op must rewrite.
+
+def _plan_rows(dataset, selected: list[int], targets, n_ops: int, n_per_row: int) -> tuple[list[dict], dict]:
+    """One new row per (source row, op, copy), still holding the source's texts, and each source's text addresses."""
     sources = {r: dataset[r] for r in selected}
     addrs = {r: _locate(sources[r], targets, r) for r in selected}
     new_rows: list[dict] = []
     for r in selected:
-        for k, op in enumerate(ops):
+        for k in range(n_ops):
             for c in range(n_per_row):
                 new_rows.append({"row": _copy_row(sources[r]), "src": r, "op": k, "copy": c})
-    for k, op in enumerate(ops):
-        jobs = [(j, a) for j, nr in enumerate(new_rows) if nr["op"] == k for a in addrs[nr["src"]]]
-        if getattr(op, "batched", False) and hasattr(op, "batch"):
-            # One batched pass over every text this op rewrites (a model call per text would be far slower).
-            results = op.batch([_get(new_rows[j]["row"], a) for j, a in jobs]) if jobs else []
-            for (j, a), text in zip(jobs, results):
-                _set(new_rows[j]["row"], a, text)
-        else:
-            for j, nr in enumerate(new_rows):
-                if nr["op"] != k:
-                    continue
-                rng = np.random.default_rng([seed, nr["src"], k, nr["copy"]])
-                for a in addrs[nr["src"]]:
-                    text = op(_get(nr["row"], a), rng)
-                    if not isinstance(text, str):
-                        raise ValueError(f"op {_op_label(op)} returned {type(text).__name__}, not a string")
-                    _set(nr["row"], a, text)
+    return new_rows, addrs
 
+
+def _rewrite(op, k: int, new_rows: list[dict], addrs: dict, seed: int) -> None:
+    """Apply op number ``k`` to every text piece of the new rows planned for it, in place."""
+    if getattr(op, "batched", False) and hasattr(op, "batch"):
+        jobs = [(j, a) for j, nr in enumerate(new_rows) if nr["op"] == k for a in addrs[nr["src"]]]
+        # One batched pass over every text this op rewrites (a model call per text would be far slower).
+        results = op.batch([_get(new_rows[j]["row"], a) for j, a in jobs]) if jobs else []
+        for (j, a), text in zip(jobs, results):
+            _set(new_rows[j]["row"], a, text)
+        return
+    for nr in new_rows:
+        if nr["op"] != k:
+            continue
+        rng = np.random.default_rng([seed, nr["src"], k, nr["copy"]])
+        for a in addrs[nr["src"]]:
+            text = op(_get(nr["row"], a), rng)
+            if not isinstance(text, str):
+                raise ValueError(f"op {_op_label(op)} returned {type(text).__name__}, not a string")
+            _set(nr["row"], a, text)
+
+
+def _assemble(dataset, ops: list, new_rows: list[dict], include_original: bool):
+    """The new rows with their provenance columns, after the unchanged originals unless they are left out."""
+    import datasets
+
+    n = len(dataset)
     features = dataset.features.copy()
     features["augmented"] = datasets.Value("bool")
     features["source_row"] = datasets.Value("int64")

@@ -670,22 +670,39 @@ def find_conflicts(
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
     pcol, rcol = resolve_columns(dataset.column_names, prompt_column, response_column)
-    cols = [pcol] if rcol is None else [pcol, rcol]
-    view = dataset.select_columns(cols)
-    stop = None
-    if near_duplicates and max_df is not None:
-        sample, _ = extract_texts(view.select(_sample_indices(len(view), df_sample))[:], pcol, rcol)
-        stop = frequent_shingles([normalize_text(t) for t in sample] if normalize else sample, ngram, max_df)
+    view = dataset.select_columns([pcol] if rcol is None else [pcol, rcol])
+    stop = _dataset_stop_shingles(view, pcol, rcol, ngram, normalize, max_df, df_sample) if near_duplicates else None
     acc = _Accumulator(near_duplicates, num_perm, ngram, normalize, stop)
     for s in range(0, len(view), batch_size):
-        batch = view[s : s + batch_size]
-        acc.add(*extract_texts(batch, pcol, rcol))
+        acc.add(*extract_texts(view[s : s + batch_size], pcol, rcol))
     res = acc.finish(threshold, bands)
-    out = dataset.remove_columns([c for c in _OUT_COLUMNS if c in dataset.column_names])
     params = repr((pcol, rcol, near_duplicates, threshold, num_perm, bands, ngram, normalize, max_df, df_sample))
+    out = _with_result_columns(dataset, res, params)
+    return (out, res) if return_result else out
+
+
+def _dataset_stop_shingles(
+    view: datasets.Dataset,
+    pcol: str,
+    rcol: str | None,
+    ngram: int,
+    normalize: bool,
+    max_df: float | None,
+    df_sample: int,
+) -> np.ndarray | None:
+    """Shingles too common in a sample of the prompts to tell them apart; ``None`` without ``max_df``."""
+    if max_df is None:
+        return None
+    sample, _ = extract_texts(view.select(_sample_indices(len(view), df_sample))[:], pcol, rcol)
+    return frequent_shingles([normalize_text(t) for t in sample] if normalize else sample, ngram, max_df)
+
+
+def _with_result_columns(dataset: datasets.Dataset, res: ConflictResult, params: str) -> datasets.Dataset:
+    """``dataset`` with the result's per-row columns, replacing any columns of those names."""
+    out = dataset.remove_columns([c for c in _OUT_COLUMNS if c in dataset.column_names])
     for name in _OUT_COLUMNS:
         values = getattr(res, name)
         # an explicit fingerprint avoids datasets pickling a million-element list to hash it
         fp = xxhash.xxh64_hexdigest(f"{dataset._fingerprint}|conflicts|{params}|{name}".encode())
         out = out.add_column(name, values.tolist(), new_fingerprint=fp)
-    return (out, res) if return_result else out
+    return out

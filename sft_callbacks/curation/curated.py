@@ -162,6 +162,24 @@ def curate(
     if n == 0:
         raise ValueError("the dataset is empty: nothing to curate")
     ours, _ = _sessions(list(callbacks))
+    frame = _annotation_frame(ours, annotations, n)
+    flags = _check_curate(dataset, frame, drop, group_column, quotas, top_k, score, report_columns)
+
+    # Rows are read by position from the table, so a selected / shuffled dataset is flattened first.
+    base = dataset.flatten_indices() if dataset._indices is not None else dataset
+    verdicts, categories, codes = _filter_rows(base, frame, flags, group_column, quotas, top_k, score, ascending, seed)
+    curated = _with_rows(_annotated(base, frame, verdicts.spans), verdicts.keep, verdicts.spans)
+    report = _report(frame, base, report_columns, group_column, categories, codes, verdicts)
+    filters = {"drop": flags, "group_column": group_column, "quotas": _jsonable_quotas(quotas),
+               "top_k": top_k, "score": score, "ascending": ascending, "seed": seed}
+    return CuratedDataset(
+        dataset=curated, annotations=report, dropped=verdicts.dropped, rows_in=n, rows_out=int(verdicts.keep.sum()),
+        filters=filters, callbacks=[callback_config(cb) for cb in ours],
+    )
+
+
+def _annotation_frame(ours: list, annotations: pd.DataFrame | None, n: int) -> pd.DataFrame:
+    """The annotation columns, indexed by row: the callbacks' statistics joined with the given frame."""
     frame = pd.DataFrame(index=pd.RangeIndex(n, name="row"))
     if ours:
         frame = frame.join(_checked_length(training_annotations(ours), n, "the callbacks' statistics"))
@@ -172,6 +190,20 @@ def curate(
             raise ValueError(f"annotation columns {both} come both from the callbacks and from `annotations`")
         # Without callbacks the given frame is the frame: a join would copy every annotation once more.
         frame = extra if not len(frame.columns) else frame.join(extra.set_axis(frame.index))
+    return frame
+
+
+def _check_curate(
+    dataset,
+    frame: pd.DataFrame,
+    drop: Sequence[str] | None,
+    group_column: str | None,
+    quotas: int | Mapping[str, int] | None,
+    top_k: int | None,
+    score: str | None,
+    report_columns: Sequence[str],
+) -> list[str]:
+    """Check :func:`curate`'s filters against the dataset and annotation columns; return the flags to drop by."""
     clash = sorted(set(frame.columns) & (set(dataset.column_names) | {"source_row"}))
     if clash:
         raise ValueError(
@@ -189,23 +221,7 @@ def curate(
         raise ValueError("quotas need group_column, e.g. curate(..., group_column='domain', quotas=100)")
     if top_k is not None and (top_k < 1 or score is None):
         raise ValueError("top_k needs score=<column> and top_k >= 1")
-
-    # Rows are read by position from the table, so a selected / shuffled dataset is flattened first.
-    base = dataset.flatten_indices() if dataset._indices is not None else dataset
-    columns = _Columns(frame, base)
-    spans = [(a, min(a + _CHUNK_ROWS, n)) for a in range(0, n, _CHUNK_ROWS)]
-    keep = np.ones(n, dtype=bool)
-    reasons = [""]  # drop_reason codes: 1 byte per row, not a Python string per row
-    reason = np.zeros(n, dtype=np.int8)
-    dropped: dict[str, int] = {}
-
-    def drop_rows(a: int, hit: np.ndarray, name: str) -> None:
-        if name not in reasons:
-            reasons.append(name)
-        keep[a : a + len(hit)] &= ~hit
-        reason[a : a + len(hit)][hit] = reasons.index(name)
-        dropped[name] = dropped.get(name, 0) + int(hit.sum())
-
+    columns = _Columns(frame, dataset)
     if drop is not None:
         flags = list(dict.fromkeys(drop))
     else:
@@ -214,25 +230,64 @@ def curate(
         if flag not in columns:
             raise ValueError(f"cannot drop by {flag!r}: no such column (annotations: {list(frame.columns)})")
         columns.check_boolean(flag)
-    for flag in flags:
-        dropped[flag] = 0
-        for a, b in spans:
-            drop_rows(a, keep[a:b] & columns.chunk(flag, a, b).to_numpy(dtype=bool, na_value=False), flag)
+    return flags
 
-    categories: list[str] = []
-    codes = None
-    if group_column is not None:
-        categories, codes = _group_codes(columns, group_column, spans)
 
-    def ranked(stage: str, group_codes, caps: np.ndarray, keys) -> None:
+class _Verdicts:
+    """Per row: kept or not and the reason it was dropped; per reason: how many rows it dropped."""
+
+    def __init__(self, n: int) -> None:
+        """All ``n`` rows kept, read in spans of at most ``_CHUNK_ROWS`` rows."""
+        self.spans = [(a, min(a + _CHUNK_ROWS, n)) for a in range(0, n, _CHUNK_ROWS)]
+        self.keep = np.ones(n, dtype=bool)
+        self.reasons = [""]  # drop_reason codes: 1 byte per row, not a Python string per row
+        self.reason = np.zeros(n, dtype=np.int8)
+        self.dropped: dict[str, int] = {}
+
+    def drop_rows(self, a: int, hit: np.ndarray, name: str) -> None:
+        """Drop the rows ``a + i`` where ``hit[i]``, counting them under ``name``."""
+        if name not in self.reasons:
+            self.reasons.append(name)
+        self.keep[a : a + len(hit)] &= ~hit
+        self.reason[a : a + len(hit)][hit] = self.reasons.index(name)
+        self.dropped[name] = self.dropped.get(name, 0) + int(hit.sum())
+
+    def drop_flagged(self, columns: _Columns, flags: list[str]) -> None:
+        """Drop the rows where a flag is True, each counted under the first such flag."""
+        for flag in flags:
+            self.dropped[flag] = 0
+            for a, b in self.spans:
+                hit = self.keep[a:b] & columns.chunk(flag, a, b).to_numpy(dtype=bool, na_value=False)
+                self.drop_rows(a, hit, flag)
+
+    def keep_best(self, stage: str, group_codes, caps: np.ndarray, keys) -> None:
+        """Keep the best rows by ``keys``, at most ``caps[g]`` of group ``g``; count the others under ``stage``."""
         def chunks():
-            for a, b in spans:
-                yield group_codes(a, b), keys(a, b), keep[a:b]
+            for a, b in self.spans:
+                yield group_codes(a, b), keys(a, b), self.keep[a:b]
 
         thresholds = best_rows_thresholds(chunks, caps)
-        dropped[stage] = 0
-        for (a, b), (g, k, candidates) in zip(spans, chunks()):
-            drop_rows(a, candidates & ~thresholds.keep(g, k, candidates), stage)
+        self.dropped[stage] = 0
+        for (a, b), (g, k, candidates) in zip(self.spans, chunks()):
+            self.drop_rows(a, candidates & ~thresholds.keep(g, k, candidates), stage)
+
+
+def _filter_rows(
+    dataset,
+    frame: pd.DataFrame,
+    flags: list[str],
+    group_column: str | None,
+    quotas: int | Mapping[str, int] | None,
+    top_k: int | None,
+    score: str | None,
+    ascending: bool,
+    seed: int,
+) -> tuple[_Verdicts, list[str], np.ndarray | None]:
+    """Run the filters in order (flags, quotas, top-k); return the verdicts, the group names and each row's group."""
+    columns = _Columns(frame, dataset)
+    verdicts = _Verdicts(len(dataset))
+    verdicts.drop_flagged(columns, flags)
+    categories, codes = _group_codes(columns, group_column, verdicts.spans) if group_column is not None else ([], None)
 
     def score_keys(a: int, b: int) -> np.ndarray:
         return order_keys(columns.chunk(score, a, b).to_numpy(dtype=np.float64, na_value=np.nan), not ascending)
@@ -242,28 +297,34 @@ def curate(
 
     if quotas is not None:
         caps = _quota_caps(categories, quotas)
-        ranked("quota", lambda a, b: codes[a:b], np.array([caps.get(c, -1) for c in categories]),
-               score_keys if score is not None else random_keys)  # fmt: skip
+        verdicts.keep_best("quota", lambda a, b: codes[a:b], np.array([caps.get(c, -1) for c in categories]),
+                           score_keys if score is not None else random_keys)  # fmt: skip
     if top_k is not None:
-        ranked("top_k", lambda a, b: np.zeros(b - a, dtype=np.int8), np.array([top_k]), score_keys)
-    if not keep.any():
-        raise ValueError(f"every row was dropped ({dropped}): loosen the filters")
+        verdicts.keep_best("top_k", lambda a, b: np.zeros(b - a, dtype=np.int8), np.array([top_k]), score_keys)
+    if not verdicts.keep.any():
+        raise ValueError(f"every row was dropped ({verdicts.dropped}): loosen the filters")
+    return verdicts, categories, codes
 
-    curated = _with_rows(_annotated(base, frame, spans), keep, spans)
+
+def _report(
+    frame: pd.DataFrame,
+    base,
+    report_columns: Sequence[str],
+    group_column: str | None,
+    categories: list[str],
+    codes: np.ndarray | None,
+    verdicts: _Verdicts,
+) -> pd.DataFrame:
+    """The per-input-row report: the annotation frame itself plus the report columns, group, ``kept``, reason."""
     # The report is the frame itself (its Arrow copy went into the curated data): no third copy per row.
     report = frame
     for c in report_columns:  # the table's own chunked column: a slice would make new Arrow objects per chunk
         report[c] = pd.arrays.ArrowExtensionArray(base.data.table.column(c))
     if group_column is not None and group_column not in report.columns:
         report[group_column] = pd.Categorical.from_codes(codes, categories=categories)
-    report["kept"] = keep
-    report["drop_reason"] = pd.Categorical.from_codes(reason, categories=reasons)
-    filters = {"drop": flags, "group_column": group_column, "quotas": _jsonable_quotas(quotas),
-               "top_k": top_k, "score": score, "ascending": ascending, "seed": seed}
-    return CuratedDataset(
-        dataset=curated, annotations=report, dropped=dropped, rows_in=n, rows_out=int(keep.sum()),
-        filters=filters, callbacks=[callback_config(cb) for cb in ours],
-    )
+    report["kept"] = verdicts.keep
+    report["drop_reason"] = pd.Categorical.from_codes(verdicts.reason, categories=verdicts.reasons)
+    return report
 
 
 class _Columns:

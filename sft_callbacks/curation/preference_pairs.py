@@ -34,6 +34,7 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -394,6 +395,32 @@ def build_preference_pairs(
             trainer = trl.DPOTrainer(model=model, args=DPOConfig(...), train_dataset=pairs,
                                      processing_class=tok)
     """
+    dataset = _check_pair_args(dataset, strategy, group_column, embed_fn, embed_roles, n_features, ngram_range, max_df,
+                               chunk_size, model, tokenizer, max_new_tokens, batch_size, normalize_fn, keep_columns)
+    rows = _split_rows(dataset, embed_roles, normalize_fn)
+    negatives = _negatives(rows, strategy, group_column, embed_fn, n_features, ngram_range, max_df, chunk_size, model,
+                           tokenizer, max_new_tokens, batch_size, normalize_fn, show_progress)
+    return _pairs_dataset(rows, strategy, negatives, keep_columns, return_stats)
+
+
+def _check_pair_args(
+    dataset: datasets.Dataset | Sequence[dict],
+    strategy: str,
+    group_column: str | None,
+    embed_fn: Callable[[list[str]], Any] | None,
+    embed_roles: Sequence[str] | None,
+    n_features: int,
+    ngram_range: tuple[int, int],
+    max_df: float,
+    chunk_size: int,
+    model,
+    tokenizer,
+    max_new_tokens: int,
+    batch_size: int,
+    normalize_fn: Callable[[str], str],
+    keep_columns: bool,
+) -> datasets.Dataset:
+    """Check :func:`build_preference_pairs`' arguments; return the input as a non-empty ``datasets.Dataset``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
     if not isinstance(dataset, datasets.Dataset):
@@ -402,8 +429,9 @@ def build_preference_pairs(
         dataset = datasets.Dataset.from_list(list(dataset)) if len(dataset) else datasets.Dataset.from_dict({})
     if len(dataset) == 0:
         raise ValueError("dataset is empty: nothing to build preference pairs from")
-    for name in ("chunk_size", "n_features", "max_new_tokens", "batch_size"):
-        _positive_int(name, locals()[name])
+    for name, value in (("chunk_size", chunk_size), ("n_features", n_features), ("max_new_tokens", max_new_tokens),
+                        ("batch_size", batch_size)):
+        _positive_int(name, value)
     if (
         not isinstance(ngram_range, (tuple, list))
         or len(ngram_range) != 2
@@ -427,11 +455,39 @@ def build_preference_pairs(
     clash = [c for c in ("chosen", "rejected", *META_COLUMNS) if c in dataset.column_names]
     if clash and keep_columns:
         raise ValueError(f"input already has output column(s) {clash}; rename them or pass keep_columns=False")
+    return dataset
 
+
+@dataclass
+class _PairRows:
+    """The input rows split into what the pairs are made of, in input order."""
+
+    dataset: datasets.Dataset
+    fmt: str
+    data_cols: tuple[str, ...]
+    prompts: list[Any]
+    chosens: list[Any]
+    prompt_texts: list[str]
+    norm: list[str]
+
+
+@dataclass
+class _Negatives:
+    """The rows that got a rejected response, with it, where it came from and what was dropped."""
+
+    keep: np.ndarray | list[int]
+    rejected: dict[int, Any]
+    source: dict[int, str]
+    similarity: dict[int, float] | None
+    dropped: dict[str, int]
+
+
+def _split_rows(dataset: datasets.Dataset, embed_roles: Sequence[str] | None, normalize_fn) -> _PairRows:
+    """Each row's prompt, chosen response, text to embed and normalised response, in the dataset's format."""
     fmt = _detect_format(dataset.column_names, dataset[0])
-    data_cols = {"standard": ("prompt", "completion"), "conversational": ("prompt", "completion"), "messages": ("messages",)}[fmt]
-    extra_cols = [c for c in dataset.column_names if c not in data_cols] if keep_columns else []
-
+    data_cols = {
+        "standard": ("prompt", "completion"), "conversational": ("prompt", "completion"), "messages": ("messages",)
+    }[fmt]
     prompts, chosens, prompt_texts, responses = [], [], [], []
     for i, row in enumerate(dataset.select_columns(list(data_cols))):
         p, c, pt, r = _split_row(row, fmt, i, embed_roles)
@@ -440,57 +496,107 @@ def build_preference_pairs(
         prompt_texts.append(pt)
         responses.append(r)
     norm = [normalize_fn(r) for r in responses]
-    n = len(dataset)
-    stats: dict[str, Any] = {"strategy": strategy, "format": fmt, "rows": n}
+    return _PairRows(dataset, fmt, data_cols, prompts, chosens, prompt_texts, norm)
 
+
+def _negatives(
+    rows: _PairRows,
+    strategy: str,
+    group_column: str | None,
+    embed_fn: Callable[[list[str]], Any] | None,
+    n_features: int,
+    ngram_range: tuple[int, int],
+    max_df: float,
+    chunk_size: int,
+    model,
+    tokenizer,
+    max_new_tokens: int,
+    batch_size: int,
+    normalize_fn: Callable[[str], str],
+    show_progress: bool,
+) -> _Negatives:
+    """The hard negatives of ``strategy``: a nearest other row's response, or the model's own wrong answer."""
     if strategy == "nearest":
-        _, response_codes = np.unique(np.array(norm, dtype=object).astype(str), return_inverse=True)
-        response_codes = response_codes.astype(np.int64).ravel()
-        group_codes = None
-        if group_column is not None:
-            _, group_codes = np.unique(np.array([str(g) for g in dataset[group_column]]), return_inverse=True)
-            group_codes = group_codes.astype(np.int64).ravel()
-        if embed_fn is not None:
-            emb = embed_fn(list(prompt_texts))
-            emb = emb.detach().cpu().numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb)
-            if emb.ndim != 2 or emb.shape[0] != n:
-                raise ValueError(f"embed_fn must return an array of shape ({n}, d), got {emb.shape}")
-            best, sim = _nearest_dense(emb, response_codes, group_codes, chunk_size, show_progress)
-        else:
-            indptr, indices, vals = hashed_tfidf(prompt_texts, n_features, tuple(ngram_range), max_df)
-            best, sim = _nearest_sparse(
-                indptr, indices, vals, n_features, response_codes, group_codes, chunk_size, show_progress
-            )
-        keep = np.flatnonzero(best >= 0)
-        stats["dropped_no_candidate"] = int(n - len(keep))
-        rejected = {int(i): chosens[int(best[i])] for i in keep}
-        source = {int(i): f"nearest:{int(best[i])}" for i in keep}
-        similarity = {int(i): float(sim[i]) for i in keep}
-    else:
-        answers = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, show_progress)
-        right = [normalize_fn(a) == norm[i] for i, a in enumerate(answers)]
-        empty = [not right[i] and normalize_fn(a) == "" for i, a in enumerate(answers)]
-        keep = [i for i in range(n) if not right[i] and not empty[i]]
-        stats["dropped_model_correct"] = int(sum(right))
-        stats["dropped_empty_answer"] = int(sum(empty))
-        wrap = (lambda a: [{"role": "assistant", "content": a}]) if fmt != "standard" else (lambda a: a)
-        rejected = {i: wrap(answers[i]) for i in keep}
-        source = {i: "model" for i in keep}
-        similarity = None
+        return _nearest_negatives(rows, group_column, embed_fn, n_features, ngram_range, max_df, chunk_size,
+                                  show_progress)
+    return _model_negatives(rows, model, tokenizer, max_new_tokens, batch_size, normalize_fn, show_progress)
 
-    keep = [int(i) for i in keep]
+
+def _nearest_negatives(
+    rows: _PairRows,
+    group_column: str | None,
+    embed_fn: Callable[[list[str]], Any] | None,
+    n_features: int,
+    ngram_range: tuple[int, int],
+    max_df: float,
+    chunk_size: int,
+    show_progress: bool,
+) -> _Negatives:
+    """For each row, the response of the most similar other prompt whose normalised response differs."""
+    dataset, n = rows.dataset, len(rows.dataset)
+    _, response_codes = np.unique(np.array(rows.norm, dtype=object).astype(str), return_inverse=True)
+    response_codes = response_codes.astype(np.int64).ravel()
+    group_codes = None
+    if group_column is not None:
+        _, group_codes = np.unique(np.array([str(g) for g in dataset[group_column]]), return_inverse=True)
+        group_codes = group_codes.astype(np.int64).ravel()
+    if embed_fn is not None:
+        emb = embed_fn(list(rows.prompt_texts))
+        emb = emb.detach().cpu().numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb)
+        if emb.ndim != 2 or emb.shape[0] != n:
+            raise ValueError(f"embed_fn must return an array of shape ({n}, d), got {emb.shape}")
+        best, sim = _nearest_dense(emb, response_codes, group_codes, chunk_size, show_progress)
+    else:
+        indptr, indices, vals = hashed_tfidf(rows.prompt_texts, n_features, tuple(ngram_range), max_df)
+        best, sim = _nearest_sparse(
+            indptr, indices, vals, n_features, response_codes, group_codes, chunk_size, show_progress
+        )
+    keep = np.flatnonzero(best >= 0)
+    return _Negatives(
+        keep=keep,
+        rejected={int(i): rows.chosens[int(best[i])] for i in keep},
+        source={int(i): f"nearest:{int(best[i])}" for i in keep},
+        similarity={int(i): float(sim[i]) for i in keep},
+        dropped={"dropped_no_candidate": int(n - len(keep))},
+    )
+
+
+def _model_negatives(
+    rows: _PairRows, model, tokenizer, max_new_tokens: int, batch_size: int, normalize_fn, show_progress: bool
+) -> _Negatives:
+    """For each row, the model's greedy answer where it is neither right nor empty."""
+    n, norm = len(rows.dataset), rows.norm
+    answers = generate_answers(model, tokenizer, rows.prompts, max_new_tokens, batch_size, show_progress)
+    right = [normalize_fn(a) == norm[i] for i, a in enumerate(answers)]
+    empty = [not right[i] and normalize_fn(a) == "" for i, a in enumerate(answers)]
+    keep = [i for i in range(n) if not right[i] and not empty[i]]
+    wrap = (lambda a: [{"role": "assistant", "content": a}]) if rows.fmt != "standard" else (lambda a: a)
+    return _Negatives(
+        keep=keep,
+        rejected={i: wrap(answers[i]) for i in keep},
+        source={i: "model" for i in keep},
+        similarity=None,
+        dropped={"dropped_model_correct": int(sum(right)), "dropped_empty_answer": int(sum(empty))},
+    )
+
+
+def _pairs_dataset(rows: _PairRows, strategy: str, negatives: _Negatives, keep_columns: bool, return_stats: bool):
+    """The pairs as a dataset (with the stats if asked for); the stats are also logged and kept in ``last_stats``."""
+    stats: dict[str, Any] = {"strategy": strategy, "format": rows.fmt, "rows": len(rows.dataset), **negatives.dropped}
+    keep = [int(i) for i in negatives.keep]
     out: dict[str, list] = {
-        "prompt": [prompts[i] for i in keep],
-        "chosen": [chosens[i] for i in keep],
-        "rejected": [rejected[i] for i in keep],
+        "prompt": [rows.prompts[i] for i in keep],
+        "chosen": [rows.chosens[i] for i in keep],
+        "rejected": [negatives.rejected[i] for i in keep],
     }
+    extra_cols = [c for c in rows.dataset.column_names if c not in rows.data_cols] if keep_columns else []
     for col in extra_cols:
-        values = dataset[col]
+        values = rows.dataset[col]
         out[col] = [values[i] for i in keep]
     out["source_row"] = keep
-    out["negative_source"] = [source[i] for i in keep]
-    if similarity is not None:
-        out["similarity"] = [similarity[i] for i in keep]
+    out["negative_source"] = [negatives.source[i] for i in keep]
+    if negatives.similarity is not None:
+        out["similarity"] = [negatives.similarity[i] for i in keep]
     stats["pairs"] = len(keep)
 
     result = datasets.Dataset.from_dict(out)

@@ -6,7 +6,8 @@ from .curriculum import CurriculumCallback, CurriculumConfig
 from .data_map import DataMapCallback, DataMapConfig, plot_data_map
 from .domain_adaptation import DomainAdaptationCallback, DomainAdaptationConfig
 from .hard_examples import HardExampleMiningCallback, HardExampleMiningConfig
-from .validation import ValidationGuidedConfig, ValidationGuidedResamplingCallback
+from .validation import ValidationGuidedResamplingCallback
+from .validation_config import ValidationGuidedConfig
 
 __all__ = [
     "CurriculumCallback",

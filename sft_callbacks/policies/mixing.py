@@ -8,10 +8,14 @@ The candidates compared on the evidence benchmark (method card ``docs/methods/va
   per drawn share since the last evaluation (online data mixing, Albalak et al. 2023, with a validation reward).
 * :func:`scaling_shares`: per-group log-law fits of validation loss against rows drawn; cumulative draws
   allocated where the target loss falls most per drawn row (ADO, Jiang et al. 2025, fitted on validation loss).
-* :func:`doremi_update` (in ``validation.py``): DoReMi's excess-loss update, for users who give reference losses.
+* :func:`doremi_update`: DoReMi's excess-loss update, for users who give reference losses.
+
+The rules as objects, with their state, are in :mod:`.mixing_rules`.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -257,3 +261,86 @@ def transfer_matrix(shares: np.ndarray, decreases: np.ndarray, ridge: float = 1.
         lhs = xh.T @ xh + ridge * np.eye(k)
         out[h] = np.linalg.solve(lhs, xh.T @ yh + ridge * prior[h])
     return out
+
+
+def doremi_update(
+    mixture: np.ndarray,
+    excess: np.ndarray,
+    lr: float,
+    smoothing: float,
+    prior: np.ndarray,
+    min_share: float = 0.0,
+) -> np.ndarray:
+    """One exponentiated-gradient step of the group mixture (DoReMi, Xie et al. 2023, Algorithm 1).
+
+    ``alpha' ∝ alpha * exp(lr * max(excess, 0))`` (groups whose validation loss exceeds their reference gain
+    share; NaN excess counts as 0), then ``(1 - smoothing) * alpha' + smoothing * prior``, then every share is
+    floored at ``min_share`` (exactly, see :func:`~sft_callbacks.policies.groups.floor_shares`).
+
+    Example:
+        >>> doremi_update(np.array([0.5, 0.5]), np.array([np.log(3), -1.0]), 1.0, 0.0, np.array([0.5, 0.5])).tolist()
+        [0.75, 0.25]
+    """
+    a = np.asarray(mixture, dtype=np.float64)
+    e = np.nan_to_num(np.asarray(excess, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    prior = np.asarray(prior, dtype=np.float64)
+    if a.shape != e.shape or a.shape != prior.shape:
+        raise ValueError(f"mixture {a.shape}, excess {e.shape} and prior {prior.shape} must have the same shape")
+    if not (np.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr must be finite and >= 0 (got {lr})")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing must be in [0, 1] (got {smoothing})")
+    if (a < 0).any() or a.sum() <= 0:
+        raise ValueError("mixture must be >= 0 and not all zero")
+    with np.errstate(divide="ignore"):
+        logits = np.log(a / a.sum()) + lr * np.maximum(e, 0.0)
+    logits -= logits[np.isfinite(logits)].max()
+    updated = np.exp(logits)
+    updated /= updated.sum()
+    mixed = (1.0 - smoothing) * updated + smoothing * (prior / prior.sum())
+    return floor_shares(mixed, min_share)
+
+
+def group_eval_losses(
+    loss_by_row: np.ndarray,
+    group_ids_of_eval_rows: np.ndarray,
+    n_tokens: np.ndarray | None = None,
+    num_groups: int | None = None,
+) -> np.ndarray:
+    """Validation loss of every group: token-weighted mean of its rows' losses (plain mean without ``n_tokens``).
+
+    Rows with a NaN/inf loss or a negative group id (a group the mixture does not know) are ignored; a group
+    without any usable row gets NaN. ``loss_by_row`` holds per-row mean NLL over the row's trained tokens, so
+    the token-weighted mean is the group's per-token loss (what the Trainer's ``eval_loss`` is over all rows).
+
+    Example:
+        >>> group_eval_losses(np.array([1.0, 3.0, np.nan, 2.0]), np.array([0, 0, 1, 1]), np.array([1, 3, 5, 2])).tolist()
+        [2.5, 2.0]
+    """
+    loss = np.asarray(loss_by_row, dtype=np.float64)
+    g = np.asarray(group_ids_of_eval_rows, dtype=np.int64)
+    if loss.shape != g.shape:
+        raise ValueError(f"{loss.shape[0]} losses for {g.shape[0]} group ids")
+    w = np.ones_like(loss) if n_tokens is None else np.asarray(n_tokens, dtype=np.float64)
+    k = int(num_groups) if num_groups is not None else (int(g.max()) + 1 if g.size else 0)
+    return group_loss_stats(loss, g, w, k)[0]
+
+
+def plateau_step(loss: float, best: float | None, wait: int, patience: int) -> tuple[float | None, int, bool]:
+    """Early-stopping bookkeeping: ``(best, wait, fire)`` after a new validation ``loss``.
+
+    An evaluation that does not improve on ``best`` adds one to ``wait``; ``fire`` is True when ``wait`` reaches
+    ``patience`` (``wait`` then restarts at 0). A NaN loss changes nothing.
+
+    Example:
+        >>> plateau_step(1.0, 0.9, 0, 1)
+        (0.9, 0, True)
+    """
+    if not math.isfinite(loss):
+        return best, wait, False
+    if best is None or loss < best:
+        return loss, 0, False
+    wait += 1
+    if wait >= patience:
+        return best, 0, True
+    return best, wait, False

@@ -3,21 +3,18 @@ lower the target validation loss most (update rules in ``mixing.py``; DoReMi's h
 preference for training rows that resemble the validation set (DSIR-style hashed n-grams) and an optional
 validation-paced hardness signal.
 
-Pure functions (:func:`group_eval_losses`, :func:`doremi_update`, :func:`plateau_step`; the DSIR preference in
-:mod:`.dsir`) and the thin :class:`ValidationGuidedResamplingCallback`. Method card: ``docs/methods/validation_guided_resampling.md``.
+The thin :class:`ValidationGuidedResamplingCallback`; its options in :mod:`.validation_config`, its update rules in
+:mod:`.mixing_rules` (the arithmetic in :mod:`.mixing`), the DSIR preference in :mod:`.dsir`. Method card: ``docs/methods/validation_guided_resampling.md``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..engine.callbacks import SamplingPolicyCallback
-from ..engine.config import CallbackConfig
 from ..engine.session import PolicyContext
 from .dsir import dataset_texts, dsir_importance
 from .groups import (
@@ -31,106 +28,16 @@ from .groups import (
     shares_to_row_weights,
     uid_groups,
 )
-from .mixing import (
-    exp3_update,
-    fresh_loss_slopes,
-    geometric_step,
-    group_loss_stats,
-    log_law_slopes,
-    scaling_shares,
-    shrink_slopes,
-    softmax_shares,
-    transfer_matrix,
-)
+from .mixing import group_loss_stats, plateau_step
+from .mixing_rules import RULES, MixingState
+from .validation_config import ValidationGuidedConfig
+
 
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Per-group validation loss and the mixture update
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def group_eval_losses(
-    loss_by_row: np.ndarray,
-    group_ids_of_eval_rows: np.ndarray,
-    n_tokens: np.ndarray | None = None,
-    num_groups: int | None = None,
-) -> np.ndarray:
-    """Validation loss of every group: token-weighted mean of its rows' losses (plain mean without ``n_tokens``).
-
-    Rows with a NaN/inf loss or a negative group id (a group the mixture does not know) are ignored; a group
-    without any usable row gets NaN. ``loss_by_row`` holds per-row mean NLL over the row's trained tokens, so
-    the token-weighted mean is the group's per-token loss (what the Trainer's ``eval_loss`` is over all rows).
-
-    Example:
-        >>> group_eval_losses(np.array([1.0, 3.0, np.nan, 2.0]), np.array([0, 0, 1, 1]), np.array([1, 3, 5, 2])).tolist()
-        [2.5, 2.0]
-    """
-    loss = np.asarray(loss_by_row, dtype=np.float64)
-    g = np.asarray(group_ids_of_eval_rows, dtype=np.int64)
-    if loss.shape != g.shape:
-        raise ValueError(f"{loss.shape[0]} losses for {g.shape[0]} group ids")
-    w = np.ones_like(loss) if n_tokens is None else np.asarray(n_tokens, dtype=np.float64)
-    k = int(num_groups) if num_groups is not None else (int(g.max()) + 1 if g.size else 0)
-    return group_loss_stats(loss, g, w, k)[0]
-
-
-def doremi_update(
-    mixture: np.ndarray,
-    excess: np.ndarray,
-    lr: float,
-    smoothing: float,
-    prior: np.ndarray,
-    min_share: float = 0.0,
-) -> np.ndarray:
-    """One exponentiated-gradient step of the group mixture (DoReMi, Xie et al. 2023, Algorithm 1).
-
-    ``alpha' ∝ alpha * exp(lr * max(excess, 0))`` (groups whose validation loss exceeds their reference gain
-    share; NaN excess counts as 0), then ``(1 - smoothing) * alpha' + smoothing * prior``, then every share is
-    floored at ``min_share`` (exactly, see :func:`~sft_callbacks.policies.groups.floor_shares`).
-
-    Example:
-        >>> doremi_update(np.array([0.5, 0.5]), np.array([math.log(3), -1.0]), 1.0, 0.0, np.array([0.5, 0.5])).tolist()
-        [0.75, 0.25]
-    """
-    a = np.asarray(mixture, dtype=np.float64)
-    e = np.nan_to_num(np.asarray(excess, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    prior = np.asarray(prior, dtype=np.float64)
-    if a.shape != e.shape or a.shape != prior.shape:
-        raise ValueError(f"mixture {a.shape}, excess {e.shape} and prior {prior.shape} must have the same shape")
-    if not (np.isfinite(lr) and lr >= 0):
-        raise ValueError(f"lr must be finite and >= 0 (got {lr})")
-    if not 0.0 <= smoothing <= 1.0:
-        raise ValueError(f"smoothing must be in [0, 1] (got {smoothing})")
-    if (a < 0).any() or a.sum() <= 0:
-        raise ValueError("mixture must be >= 0 and not all zero")
-    with np.errstate(divide="ignore"):
-        logits = np.log(a / a.sum()) + lr * np.maximum(e, 0.0)
-    logits -= logits[np.isfinite(logits)].max()
-    updated = np.exp(logits)
-    updated /= updated.sum()
-    mixed = (1.0 - smoothing) * updated + smoothing * (prior / prior.sum())
-    return floor_shares(mixed, min_share)
-
-
-def plateau_step(loss: float, best: float | None, wait: int, patience: int) -> tuple[float | None, int, bool]:
-    """Early-stopping bookkeeping: ``(best, wait, fire)`` after a new validation ``loss``.
-
-    An evaluation that does not improve on ``best`` adds one to ``wait``; ``fire`` is True when ``wait`` reaches
-    ``patience`` (``wait`` then restarts at 0). A NaN loss changes nothing.
-
-    Example:
-        >>> plateau_step(1.0, 0.9, 0, 1)
-        (0.9, 0, True)
-    """
-    if not math.isfinite(loss):
-        return best, wait, False
-    if best is None or loss < best:
-        return loss, 0, False
-    wait += 1
-    if wait >= patience:
-        return best, 0, True
-    return best, wait, False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,99 +53,6 @@ def _none_to_nan(values) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
-# Update rules and their default learning rate (for "scaling": the fraction of the way to the fitted allocation
-# taken at each evaluation).
-METHODS = {"scaling": 0.5, "learnability": 0.5, "aioli": 1.0, "exp3": 1.0, "doremi": 1.0}
-DEFAULT_METHOD = "exp3"
-SCALING_WINDOW = 3  # evaluations in each log-law fit
-LEARN_WINDOW = 4  # sync intervals in each first-visit loss fit (learnability)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ValidationGuidedConfig(CallbackConfig):
-    """Options of :class:`ValidationGuidedResamplingCallback` (see its Args), checked when built; ``method``,
-    ``learning_rate`` and ``prior`` are resolved to their defaults here.
-
-    Example:
-        >>> c = ValidationGuidedConfig(group_column="domain")
-        >>> c.method, c.learning_rate, c.prior
-        ('exp3', 1.0, 'target')
-    """
-
-    group_column: str
-    method: str | None = None
-    target: str | Mapping = "eval"
-    learning_rate: float | None = None
-    smoothing: float = 1e-3
-    min_share: float = 0.01
-    reference: str | Mapping = "first"
-    prior: str | Mapping | None = None
-    eval_name: str = "eval"
-    dsir: bool = False
-    dsir_text_column: str | None = None
-    dsir_strength: float = 1.0
-    paced_difficulty: bool = False
-    patience: int = 1
-    boost_step: float = 0.25
-
-    def __post_init__(self):
-        self.require(isinstance(self.group_column, str) and bool(self.group_column),
-                     "group_column must be the name of a column of the training and eval datasets")
-        method = self.method
-        if method is None:
-            method = "doremi" if isinstance(self.reference, Mapping) else DEFAULT_METHOD
-        self.require(method in METHODS, f"method must be one of {sorted(METHODS)}", method)
-        rate = METHODS[method] if self.learning_rate is None else self.learning_rate
-        self.require(bool(np.isfinite(rate)) and rate >= 0, "learning_rate must be finite and >= 0", rate)
-        self.require(method not in ("scaling", "learnability") or rate <= 1,
-                     f"with method={method!r} learning_rate is a step fraction in [0, 1]", rate)
-        _check_group_weights("target", self.target, "eval", "{group: weight}")
-        prior = self.prior if self.prior is not None else ("natural" if method == "doremi" else "target")
-        self.require(0.0 <= self.smoothing <= 1.0, "smoothing must be in [0, 1]", self.smoothing)
-        self.require(0.0 <= self.min_share < 1.0, "min_share must be in [0, 1)", self.min_share)
-        if isinstance(self.reference, str):
-            self.require(self.reference == "first", "reference must be 'first' or a dict {group: loss}", self.reference)
-        elif isinstance(self.reference, Mapping):
-            bad = {k: v for k, v in self.reference.items() if not np.isfinite(float(v))}
-            self.require(not bad and bool(self.reference), "reference losses must be finite numbers, one per group",
-                         dict(self.reference))
-        else:
-            self.require(False, "reference must be 'first' or a dict {group: loss}", type(self.reference).__name__)
-        _check_group_weights("prior", prior, ("natural", "target"), "{group: share}")
-        self.require(isinstance(self.eval_name, str) and self.eval_name.startswith("eval"),
-                     "eval_name must be 'eval' or 'eval_<key>'", self.eval_name)
-        self.require(bool(np.isfinite(self.dsir_strength)) and self.dsir_strength >= 0,
-                     "dsir_strength must be finite and >= 0", self.dsir_strength)
-        self.require(int(self.patience) == self.patience and self.patience >= 1, "patience must be an integer >= 1",
-                     self.patience)
-        self.require(0.0 < self.boost_step <= 1.0, "boost_step must be in (0, 1]", self.boost_step)
-        as_plain = lambda v: v if isinstance(v, str) else dict(v)  # noqa: E731
-        self._set("method", method)
-        self._set("learning_rate", float(rate))
-        self._set("target", as_plain(self.target))
-        self._set("reference", as_plain(self.reference))
-        self._set("prior", as_plain(prior))
-        self._set("smoothing", float(self.smoothing))
-        self._set("min_share", float(self.min_share))
-        self._set("dsir", bool(self.dsir))
-        self._set("dsir_strength", float(self.dsir_strength))
-        self._set("paced_difficulty", bool(self.paced_difficulty))
-        self._set("patience", int(self.patience))
-        self._set("boost_step", float(self.boost_step))
-
-
-def _check_group_weights(name: str, value, words, shape: str) -> None:
-    """``value`` is one of ``words`` or a non-empty dict of finite, non-negative weights, not all zero."""
-    words = (words,) if isinstance(words, str) else tuple(words)
-    spelled = " or ".join(repr(w) for w in words)
-    if isinstance(value, str):
-        CallbackConfig.require(value in words, f"{name} must be {spelled} or a dict {shape}", value)
-    elif isinstance(value, Mapping):
-        ok = bool(value) and all(np.isfinite(float(v)) and float(v) >= 0 for v in value.values()) \
-            and sum(float(v) for v in value.values()) > 0
-        CallbackConfig.require(ok, f"{name} weights must be finite, >= 0 and not all zero", dict(value))
-    else:
-        CallbackConfig.require(False, f"{name} must be {spelled} or a dict {shape}", type(value).__name__)
 
 
 class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
@@ -333,7 +147,6 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         # state (checkpointed)
         self.group_names: list[str] = []
         self.mixture: np.ndarray | None = None
-        self.reference: np.ndarray | None = None
         self.last_losses: np.ndarray | None = None
         self.last_excess: np.ndarray | None = None
         self.best_loss: float | None = None
@@ -342,8 +155,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         self.updates = 0
         self.target: np.ndarray | None = None  # loss weight of every training group in the target
         self.history: list[dict] = []  # per evaluation: step, rows drawn per group, loss and SE per group
-        self.log_weights: np.ndarray | None = None  # exp3
-        self.train_points: list[dict] = []  # learnability: per sync point, draws and first-visit loss sums
+        self.rule = RULES[self.config.method](self.config.learning_rate, self.config.smoothing, self.config.min_share)
         self.last_gain: np.ndarray | None = None  # estimated target-loss decrease per drawn row, per group
         self.last_slope: np.ndarray | None = None  # scaling: fitted loss slope per e-fold of draws
         # internal
@@ -431,7 +243,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         if isinstance(self.config.target, dict):
             self.target = shares_from_mapping(self.config.target, names, "target")
         self._uid_group = uid_groups(ids, ctx.index.seq_uid, ctx.index.seq_row, len(ctx.index.keys))
-        if isinstance(self.config.reference, dict) and self.reference is None:
+        if isinstance(self.config.reference, dict) and self.rule.reference is None:
             given = {str(k): float(v) for k, v in self.config.reference.items()}
             unknown = sorted(set(given) - set(names) - eval_names)
             missing = [n for n in names if n not in given]
@@ -440,7 +252,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
                     f"reference must give a loss for every training group {names}"
                     + (f"; missing {missing}" if missing else "") + (f"; not groups: {unknown}" if unknown else "")
                 )
-            self.reference = np.array([given[n] for n in names], dtype=np.float64)
+            self.rule.reference = np.array([given[n] for n in names], dtype=np.float64)
         if self.mixture is None:
             self.mixture = floor_shares(self.prior, self.config.min_share)
         if self.config.dsir and self.config.dsir_strength > 0:
@@ -502,18 +314,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
                 self.target = tokens / tokens.sum()
         draws = self._draws_by_group(ctx)
         point = {"step": int(ctx.step), "draws": draws.tolist(), "loss": _nan_to_none(losses), "se": _nan_to_none(se)}
-        previous = self.history[-1] if self.history else None
         self.history.append(point)
-        if self.config.method == "doremi":
-            self._doremi_step(losses)
-        elif self.config.method == "exp3":
-            self._exp3_step(previous, point)
-        elif self.config.method == "aioli":
-            self._aioli_step()
-        elif self.config.method == "learnability":
-            self._learnability_step()
-        else:
-            self._scaling_step()
+        self._apply(self.rule.after_evaluation(self._mixing_state(losses)))
         self.last_losses = losses
         self.updates += 1
         if self.config.paced_difficulty:
@@ -523,103 +325,34 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             if fire:
                 self.hard_boost = min(1.0, self.hard_boost + self.config.boost_step)
 
-    def _doremi_step(self, losses: np.ndarray) -> None:
-        if self.reference is None:
-            self.reference = losses.copy()
-        else:  # a group first measured now takes its first loss as reference ("first")
-            fill = np.isnan(self.reference) & np.isfinite(losses)
-            self.reference[fill] = losses[fill]
-        excess = losses - self.reference
-        self.mixture = doremi_update(self.mixture, excess, self.config.learning_rate, self.config.smoothing, self.prior, self.config.min_share)
-        self.last_excess = excess
+    def _mixing_state(self, losses: np.ndarray | None = None) -> MixingState:
+        return MixingState(mixture=self.mixture, prior=self.prior, target=self.target, history=self.history,
+                           losses=losses, updates=self.updates)
 
-    def _exp3_step(self, previous: dict | None, point: dict) -> None:
-        k = len(self.group_names)
-        if self.log_weights is None:
-            self.log_weights = np.log(np.maximum(self.mixture, 1e-12))
-        if previous is None or self.target is None:
+    def _apply(self, update) -> None:
+        """Take a rule's decision: the new mixture and the numbers it logs (each kept until a rule gives a new one)."""
+        if update is None:
             return
-        new = np.asarray(point["draws"]) - np.asarray(previous["draws"])
-        drawn = new / new.sum() if new.sum() > 0 else self.mixture
-        before, after = _none_to_nan(previous["loss"]), _none_to_nan(point["loss"])
-        self.log_weights = exp3_update(self.log_weights, before, after, drawn, self.target, self.config.learning_rate,
-                                       self.config.min_share)
-        # What one drawn row of the group was worth in the last interval: target-loss decrease per row.
-        self.last_gain = self.target * np.nan_to_num(before - after) / np.maximum(new, 1.0)
-        # Exploration like EXP3's gamma: mix the prior back in, less as evaluations accumulate.
-        explore = max(self.config.smoothing, min(1.0, np.sqrt(np.log(k) / (k * max(self.updates, 1)))) if k > 1 else 0.0)
-        self.mixture = softmax_shares(self.log_weights, self.prior, explore, self.config.min_share)
-
-    def _history_arrays(self, last: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(draws, losses, errors, steps)`` of the last ``last`` evaluations (all by default), one row each."""
-        points = self.history[-last:] if last else self.history
-        return (np.array([h["draws"] for h in points], dtype=np.float64),
-                np.array([_none_to_nan(h["loss"]) for h in points]),
-                np.array([_none_to_nan(h["se"]) for h in points]),
-                np.array([h["step"] for h in points], dtype=np.float64))
-
-    def _scaling_step(self) -> None:
-        # The local slope, over the last few evaluations: returns diminish as a group is learnt.
-        draws, losses, errors, _ = self._history_arrays(SCALING_WINDOW)
-        slope, se = log_law_slopes(draws, losses, errors)
-        self._step_to_allocation(slope, se, self.target, draws[-1])
-
-    def _step_to_allocation(self, slope: np.ndarray, se: np.ndarray, target: np.ndarray, draws: np.ndarray) -> None:
-        """Shrink the slopes, then move the mixture towards draws ``∝ target * (-slope)`` (scaling, learnability)."""
-        if not np.isfinite(slope).any():
-            return
-        slope = shrink_slopes(slope, se, target)
-        self.last_slope = slope
-        # d(target loss)/d(row of g) = target_g * b_g / n_g: what one more drawn row of the group is worth now.
-        self.last_gain = target * np.maximum(-slope, 0.0) / np.maximum(draws, 1.0)
-        proposal = scaling_shares(target, slope)
-        if proposal is None:  # no group's loss falls: keep the mixture, smoothed back towards the prior
-            proposal = self.prior
-        proposal = (1.0 - self.config.smoothing) * proposal + self.config.smoothing * self.prior
-        self.mixture = geometric_step(self.mixture, proposal, self.config.learning_rate, self.config.min_share)
-
-    def _aioli_step(self) -> None:
-        if len(self.history) < 2:
-            return
-        draws, losses, _, steps = self._history_arrays()
-        new = np.diff(draws, axis=0)
-        shares = new / np.maximum(new.sum(axis=1, keepdims=True), 1.0)
-        per_step = -np.diff(losses, axis=0) / np.maximum(np.diff(steps), 1.0)[:, None]
-        a = transfer_matrix(shares, per_step)
-        value = a.T @ self.target  # how much one more unit of share of g lowers the target loss per step
-        self.last_gain = value
-        scale = np.abs(value).max()
-        if not np.isfinite(scale) or scale <= 0:
-            return
-        logits = np.log(np.maximum(self.mixture, 1e-12)) + self.config.learning_rate * value / scale
-        self.mixture = softmax_shares(logits, self.prior, self.config.smoothing, self.config.min_share)
+        if update.mixture is not None:
+            self.mixture = update.mixture
+        self.last_gain = update.gain if update.gain is not None else self.last_gain
+        self.last_slope = update.slope if update.slope is not None else self.last_slope
+        self.last_excess = update.excess if update.excess is not None else self.last_excess
 
     def _record_train_point(self, ctx: PolicyContext) -> bool:
         """Per group: rows drawn so far, and sum / sum of squares / count of first-visit losses (learnability)."""
-        if self.train_points and self.train_points[-1]["step"] >= ctx.step:
+        if not self.rule.wants_point(ctx.step):
             return False
         first = np.asarray(ctx.stats.loss_first, dtype=np.float64)
         seen = np.isfinite(first)
         g, k = self._uid_group[seen], len(self.group_names)
-        self.train_points.append({
+        self.rule.add_point({
             "step": int(ctx.step), "draws": self._draws_by_group(ctx).tolist(),
             "fresh_sum": np.bincount(g, weights=first[seen], minlength=k).tolist(),
             "fresh_sq": np.bincount(g, weights=first[seen] ** 2, minlength=k).tolist(),
             "fresh_count": np.bincount(g, minlength=k).astype(np.float64).tolist(),
         })
-        del self.train_points[:-(LEARN_WINDOW + 1)]  # bounded state: only the fit window is kept
         return True
-
-    def _learnability_step(self) -> None:
-        """Slopes from first-visit training losses (dense, free), the validation slope where a group has no unseen
-        rows left; then the scaling rule."""
-        slope, se = fresh_loss_slopes(self.train_points)
-        if len(self.history) >= 2:
-            v_slope, v_se = log_law_slopes(*self._history_arrays(SCALING_WINDOW)[:3])
-            use_val = ~np.isfinite(slope)
-            slope, se = np.where(use_val, v_slope, slope), np.where(use_val, v_se, se)
-        target = self.target if self.target is not None else self.prior  # before the first evaluation
-        self._step_to_allocation(slope, se, target, np.asarray(self.train_points[-1]["draws"], dtype=np.float64))
 
     # -- policy ---------------------------------------------------------------------------------------------
     publishes_signals = True
@@ -638,7 +371,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             changed = True
         if self.config.method == "learnability" and self._record_train_point(ctx) and not changed:
             before = self.mixture.copy()
-            self._learnability_step()
+            self._apply(self.rule.between_evaluations(self._mixing_state()))
             changed = not np.array_equal(before, self.mixture)
         if self._given and not changed:
             return None
@@ -679,7 +412,6 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         return {
             "groups": list(self.group_names),
             "mixture": self.mixture.tolist(),
-            "reference": _nan_to_none(self.reference) if self.reference is not None else None,
             "last_losses": _nan_to_none(self.last_losses) if self.last_losses is not None else None,
             "last_excess": _nan_to_none(self.last_excess) if self.last_excess is not None else None,
             "best_loss": self.best_loss,
@@ -689,8 +421,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             "method": self.config.method,
             "target": self.target.tolist() if self.target is not None else None,
             "history": self.history,
-            "log_weights": self.log_weights.tolist() if self.log_weights is not None else None,
-            "train_points": self.train_points,
+            **self.rule.state_dict(),
         }
 
     def load_policy_state(self, state: dict) -> None:
@@ -698,7 +429,6 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             return
         self.group_names = list(state["groups"])
         self.mixture = np.asarray(state["mixture"], dtype=np.float64)
-        self.reference = _none_to_nan(state["reference"]) if state.get("reference") is not None else None
         self.last_losses = _none_to_nan(state["last_losses"]) if state.get("last_losses") is not None else None
         self.last_excess = _none_to_nan(state["last_excess"]) if state.get("last_excess") is not None else None
         self.best_loss = state.get("best_loss")
@@ -712,7 +442,5 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             )
         self.target = np.asarray(state["target"], dtype=np.float64) if state.get("target") is not None else None
         self.history = list(state.get("history") or [])
-        lw = state.get("log_weights")
-        self.log_weights = np.asarray(lw, dtype=np.float64) if lw is not None else None
-        self.train_points = list(state.get("train_points") or [])
+        self.rule.load_state_dict(state)
         self._ids = None  # group ids are recomputed from the data at the next policy call

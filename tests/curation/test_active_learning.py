@@ -10,7 +10,7 @@ import pytest
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from sft_callbacks import active_learning as al
+from sft_callbacks.curation import active_learning as al
 from sft_callbacks.curation.active_learning import allocate_quotas, k_center_greedy, select_for_annotation
 from sft_callbacks.demo_data import load_demo_dataset
 from sft_callbacks.models import build_tiny_llama

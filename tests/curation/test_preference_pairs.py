@@ -8,7 +8,7 @@ import pytest
 import torch
 from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_extract_prompt
 
-from sft_callbacks import preference_pairs as pp
+from sft_callbacks.curation import preference_pairs as pp
 from sft_callbacks.demo_data import load_demo_dataset
 from sft_callbacks.curation.preference_pairs import build_preference_pairs, normalize_response
 

@@ -82,7 +82,7 @@ def test_resume_with_all_four_reproduces_weights_and_stream(tmp_path, tokenizer,
     # The validation callback's evidence (per-evaluation draws and losses, EXP3 log-weights) came back with it.
     assert resumed_cbs[1].updates == full_cbs[1].updates == 4
     assert resumed_cbs[1].history == full_cbs[1].history
-    np.testing.assert_allclose(resumed_cbs[1].log_weights, full_cbs[1].log_weights)
+    np.testing.assert_allclose(resumed_cbs[1].rule.log_weights, full_cbs[1].rule.log_weights)
 
 
 def test_tensorboard_shows_mixture_hard_fraction_and_competence(tmp_path, tokenizer, make_model):

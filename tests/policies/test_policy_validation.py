@@ -17,12 +17,8 @@ from sft_callbacks.demo_data import load_demo_dataset
 from sft_callbacks.policies.balance import GroupBalanceCallback
 from sft_callbacks.policies.groups import floor_shares, group_ids, row_group_shares
 from sft_callbacks.policies.dsir import dataset_texts, dsir_importance, dsir_log_ratio, hashed_ngram_features
-from sft_callbacks.policies.validation import (
-    ValidationGuidedResamplingCallback,
-    doremi_update,
-    group_eval_losses,
-    plateau_step,
-)
+from sft_callbacks.policies.mixing import doremi_update, group_eval_losses, plateau_step
+from sft_callbacks.policies.validation import ValidationGuidedResamplingCallback
 
 from ..support.helpers import sft_rows
 from sft_callbacks.engine.compat import checkpointing_off
@@ -251,7 +247,7 @@ def test_group_with_worse_validation_loss_gains_share(tmp_path, tokenizer, make_
     assert restored.config.method == "doremi"  # reference losses given: DoReMi's excess-loss update
     restored.load_policy_state(json.loads(json.dumps(guide.policy_state())))
     assert restored.mixture_dict() == pytest.approx(guide.mixture_dict())
-    np.testing.assert_allclose(restored.reference, guide.reference)
+    np.testing.assert_allclose(restored.rule.reference, guide.rule.reference)
     assert restored.updates == 1
 
 

@@ -24,7 +24,8 @@ from sft_callbacks.policies.mixing import (
     softmax_shares,
     transfer_matrix,
 )
-from sft_callbacks.policies.validation import DEFAULT_METHOD, ValidationGuidedResamplingCallback
+from sft_callbacks.policies.validation import ValidationGuidedResamplingCallback
+from sft_callbacks.policies.validation_config import DEFAULT_METHOD
 from sft_callbacks.engine.compat import checkpointing_off
 
 
@@ -193,7 +194,7 @@ def test_default_moves_draws_to_the_rare_learnable_group_and_away_from_noise(tmp
     # (EXP3's exploration keeps a little of the starting mix: sqrt(ln 3 / (3 t)) of it after t updates).
     assert final["rare"] > 3 * natural["rare"], final
     assert final["noise"] < 0.6 * natural["noise"], final
-    assert guide.config.method == "exp3" and guide.log_weights[names.index("noise")] < guide.log_weights[names.index("rare")]
+    assert guide.config.method == "exp3" and guide.rule.log_weights[names.index("noise")] < guide.rule.log_weights[names.index("rare")]
     drawn = np.array(guide.history[-1]["draws"]) - np.array(guide.history[2]["draws"])
     assert drawn[names.index("noise")] / drawn.sum() < natural["noise"]  # once three evaluations are in
     # The sampler draws the mixture; the logs say why it moved (gain per drawn row, fitted slope, target).
@@ -236,8 +237,8 @@ def test_every_rule_runs_in_a_real_trainer_and_round_trips(tmp_path, tokenizer, 
     assert np.abs(final - start).max() > 0.02, (method, final)
     np.testing.assert_allclose(row_group_shares(guide.session.sampler.current_weights, ids, 3), final, rtol=1e-4)
     if method == "learnability":  # it also updates between evaluations, at the tracker's sync points
-        assert len(guide.train_points) == 5 and guide.train_points[-1]["step"] == 32
+        assert len(guide.rule.train_points) == 5 and guide.rule.train_points[-1]["step"] == 32
     restored = ValidationGuidedResamplingCallback(group_column="group", method=method)
     restored.load_policy_state(json.loads(json.dumps(guide.policy_state())))
     assert restored.mixture_dict() == pytest.approx(guide.mixture_dict()) and restored.history == guide.history
-    assert restored.train_points == guide.train_points
+    assert restored.rule.state_dict() == guide.rule.state_dict()  # the rule's own state round-trips
