@@ -48,6 +48,7 @@ Example recipe::
 from __future__ import annotations
 
 import importlib
+import dataclasses
 import inspect
 import os
 import sys
@@ -153,9 +154,13 @@ def build_callbacks(spec: Any) -> list:
         if not isinstance(kwargs, Mapping):
             raise RecipeError(f"callbacks[{i}] {name}: arguments must be a mapping, got {kwargs!r}")
         cls = _resolve(str(name))
-        params = inspect.signature(cls).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        accepted = [p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)]
+        config_class = getattr(cls, "config_class", None)
+        if config_class is not None:  # our strategies: the config's fields are the options
+            accepted, takes_any = [f.name for f in dataclasses.fields(config_class)], False
+        else:
+            params = inspect.signature(cls).parameters
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            accepted = [p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)]
         unknown = [k for k in kwargs if k not in accepted]
         if unknown and not takes_any:
             raise RecipeError(f"callbacks[{i}] {name}: unknown argument(s) {unknown}; it takes {accepted}")
