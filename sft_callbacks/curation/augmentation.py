@@ -110,7 +110,34 @@ def _check_synonyms(synonyms) -> None:
 
 
 @dataclass(frozen=True)
-class RandomSwap:
+class _RepeatedEdit:
+    """An EDA operation applied ``n`` times: checks ``n`` and names itself ``<name>(n=...)``."""
+
+    n: int = 1
+    batched = False
+
+    def __post_init__(self):
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"{type(self).__name__}(n=...) must be a positive int, got {self.n!r}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}(n={self.n})"
+
+
+@dataclass(frozen=True)
+class _SynonymEdit(_RepeatedEdit):
+    """A repeated edit that draws words from ``synonyms`` (a dict or a callable, checked here)."""
+
+    synonyms: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_synonyms(self.synonyms)
+
+
+@dataclass(frozen=True)
+class RandomSwap(_RepeatedEdit):
     """Swap two randomly chosen words, ``n`` times (EDA "RS"). Whitespace and line breaks stay where they were.
 
     Texts with fewer than two words come back unchanged.
@@ -121,17 +148,7 @@ class RandomSwap:
         'the cat down sat'
     """
 
-    n: int = 1
     name: str = field(init=False, default="random_swap")
-    batched = False
-
-    def __post_init__(self):
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"RandomSwap(n=...) must be a positive int, got {self.n!r}")
-
-    @property
-    def label(self) -> str:
-        return f"random_swap(n={self.n})"
 
     def __call__(self, text: str, rng: np.random.Generator) -> str:
         pieces = _split(text)
@@ -190,7 +207,7 @@ class RandomDeletion:
 
 
 @dataclass(frozen=True)
-class RandomInsertion:
+class RandomInsertion(_SynonymEdit):
     """Insert a synonym of a random non-stop word at a random word boundary, ``n`` times (EDA "RI").
 
     ``synonyms`` is a dict ``word -> list of synonyms`` (looked up as written, then lower-cased) or a callable
@@ -202,19 +219,7 @@ class RandomInsertion:
         'a quick fox fast'
     """
 
-    n: int = 1
-    synonyms: Any = field(default=None, compare=False, repr=False)
     name: str = field(init=False, default="random_insertion")
-    batched = False
-
-    def __post_init__(self):
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"RandomInsertion(n=...) must be a positive int, got {self.n!r}")
-        _check_synonyms(self.synonyms)
-
-    @property
-    def label(self) -> str:
-        return f"random_insertion(n={self.n})"
 
     def __call__(self, text: str, rng: np.random.Generator) -> str:
         pieces = _split(text)
@@ -237,7 +242,7 @@ class RandomInsertion:
 
 
 @dataclass(frozen=True)
-class SynonymReplacement:
+class SynonymReplacement(_SynonymEdit):
     """Replace up to ``n`` distinct non-stop words that have a synonym with a random synonym (EDA "SR").
 
     ``synonyms`` is a dict ``word -> list of synonyms`` or a callable ``word -> list of synonyms``; punctuation
@@ -249,19 +254,7 @@ class SynonymReplacement:
         'a large dog.'
     """
 
-    n: int = 1
-    synonyms: Any = field(default=None, compare=False, repr=False)
     name: str = field(init=False, default="synonym_replacement")
-    batched = False
-
-    def __post_init__(self):
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"SynonymReplacement(n=...) must be a positive int, got {self.n!r}")
-        _check_synonyms(self.synonyms)
-
-    @property
-    def label(self) -> str:
-        return f"synonym_replacement(n={self.n})"
 
     def __call__(self, text: str, rng: np.random.Generator) -> str:
         pieces = _split(text)
