@@ -278,7 +278,7 @@ def doremi_update(
     floored at ``min_share`` (exactly, see :func:`~sft_callbacks.policies.groups.floor_shares`).
 
     Example:
-        >>> doremi_update(np.array([0.5, 0.5]), np.array([np.log(3), -1.0]), 1.0, 0.0, np.array([0.5, 0.5])).tolist()
+        >>> doremi_update(np.array([0.5, 0.5]), np.array([math.log(3), -1.0]), 1.0, 0.0, np.array([0.5, 0.5])).tolist()
         [0.75, 0.25]
     """
     a = np.asarray(mixture, dtype=np.float64)
