@@ -4,8 +4,8 @@ The stream is made of *passes*. In a pass every row is visited as often as the c
 weight, scaled so that the mean weight earns one visit per pass), in the order of a fresh random permutation; see
 :mod:`.quotas` for the rule. With equal weights a pass is one permutation of the rows, seeded exactly as
 accelerate's seedable sampler seeds the plain Trainer's epoch, so the stream *is* the plain Trainer's. Rows can be
-split into groups: each group runs its own passes and groups take turns by stride scheduling at their shares, so a
-change of the groups' shares costs O(groups).
+split into groups: each group runs its own passes and groups take turns by Tijdeman's earliest-deadline rule at
+their shares, so a change of the groups' shares costs O(groups).
 
 Weight changes are *scheduled* at a stream position, never applied "now", so the index stream is the same whatever
 the dataloader prefetches, on every process, and after a resume from a checkpoint.
@@ -28,7 +28,7 @@ from .hashing import counter_uniforms
 
 _WINDOW_EVENTS = 1 << 20  # visits planned at once in a weighted pass (bounds memory and first-draw latency) ...
 _MAX_WINDOWS = 8  # ... but each window rescans the group's rows, so a pass has at most this many
-_GROUP_CHUNK = 1 << 16  # positions assigned to groups per call of the stride rule
+_GROUP_CHUNK = 1 << 16  # positions assigned to groups per call of the deadline rule
 _STATE_FORMAT = "passes-1"
 
 
@@ -177,12 +177,14 @@ class _GroupStream:
         if self.perm is not None:  # a flat pass: the first `cursor` rows of the permutation were visited
             visited = np.zeros(self.n, dtype=np.float64)
             visited[self.perm[: self.cursor]] = 1.0
-            elapsed = (self.cursor - 0.5) / self.n if self.cursor else 0.0
-            self._store_lag(elapsed - visited)
+            # the threshold of the last visit handed out (rank cursor - 1 of the permutation)
+            elapsed = float(quotas.phases(self.n)[self.cursor - 1]) if self.cursor else 0.0
+            self._store_lag(quotas.carried_lag(np.ones(self.n), np.zeros(self.n), visited, elapsed))
         else:
             rate, lag, psi, total = self._pass_arrays()
             lo, _ = self._window_bounds(self.window)
-            before = np.zeros(self.n, dtype=np.int64) if lo == -np.inf else quotas.visits_before(lo, rate, lag, psi, total)
+            before = (np.zeros(self.n, dtype=np.int64) if lo == -np.inf
+                      else quotas.visits_before(lo, rate, lag, psi, total))
             visited = before + np.bincount(self.events[: self.cursor], minlength=self.n)
             if self.cursor:  # the time of the last visit handed out: its row's visit number in the pass
                 j = int(self.events[self.cursor - 1])
@@ -206,9 +208,18 @@ class _GroupStream:
         if not equal and self.source is not None and total > 0:
             old = self._local(self.source).astype(np.float64) * self.scale
             if np.allclose(local.astype(np.float64) * (self.n / total), old, rtol=1e-6, atol=0):
-                self.source, self.scale = weights, self.n / total
+                self._adopt(weights, equal, total)
                 return
         self.interrupt()
+        self._adopt(weights, equal, total)
+
+    def adopt_weights(self, weights: np.ndarray | None) -> None:
+        """Take the stream's row weights as this group's without touching a pass (a restored checkpoint's)."""
+        local = None if weights is None else self._local(weights)
+        equal = local is None or bool((local == local[0]).all() and local[0] > 0)
+        self._adopt(weights, equal, float(self.n) if local is None else float(local.sum(dtype=np.float64)))
+
+    def _adopt(self, weights: np.ndarray | None, equal: bool, total: float) -> None:
         self.source = None if equal else weights
         self.scale = self.n / total if total > 0 else 1.0
 
@@ -329,11 +340,7 @@ class _Stream:
         self.position = int(d["position"])
         self.weights = None if d["weights"] is None else decode_array(d["weights"]).astype(np.float32)
         for g in self.groups:
-            if self.weights is not None:
-                local = g._local(self.weights)
-                if not bool((local == local[0]).all() and local[0] > 0):
-                    total = float(local.sum(dtype=np.float64))
-                    g.source, g.scale = self.weights, (g.n / total if total > 0 else 1.0)
+            g.adopt_weights(self.weights)
         self.sums = self.group_sums(self.weights)
         self.shares = np.asarray(d["shares"], dtype=np.float64)
         self.deficit = np.asarray(d["deficit"], dtype=np.float64)
@@ -384,8 +391,8 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
       random walk over passes) and Efraimidis-Spirakis keys (a weighted order without replacement, with no control
       of visit counts once a weight exceeds one visit per pass).
     - **Two levels, group then row.** With ``groups`` (a group label per row), each group runs its own passes and
-      the groups take turns by stride scheduling at their shares (each group's count stays within one of its share
-      of any prefix); :meth:`schedule_groups` changes the shares in O(groups).
+      the groups take turns by Tijdeman's earliest-deadline rule at their shares (each group's count stays within
+      one of its share of any prefix); :meth:`schedule_groups` changes the shares in O(groups).
 
     Properties the rest of the package relies on:
 
