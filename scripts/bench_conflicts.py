@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--no-near", action="store_true")
     ap.add_argument("--out", default="bench_results/conflicts.json", help="where to write the JSON report")
     args = ap.parse_args()
-    from bench_env import cpu_name, git_state
+    from benchmarks.env import cpu_name, git_state
 
     commit = git_state()  # the code measured, taken before the run
 

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))  # benchmarks/ is not installed
 
 TOKEN = "hf_test_user_token"  # the test server's default user token (tests/hub_server.py)
 USER = "test-user"
@@ -259,7 +259,7 @@ def main() -> None:
         print(json.dumps(push_worker(*args.push_worker)))
         return
 
-    from bench_env import cpu_name, git_state
+    from benchmarks.env import cpu_name, git_state
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-publish-") if args.workdir is None else None
     work = Path(args.workdir or tmp.name)

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_env import cpu_name, git_state
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's root: benchmarks/ is not installed
+from benchmarks.env import cpu_name, git_state  # noqa: E402
 
 TWO_24 = 2**24
 

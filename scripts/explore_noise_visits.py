@@ -15,9 +15,13 @@ import os
 import pickle
 import sys
 import time
+from pathlib import Path
+
 import numpy as np
 import torch
-from bench_evidence import EvidenceConfig, load_data, build_model, sft_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's root: benchmarks/ is not installed
+from benchmarks.evidence import EvidenceConfig, load_data, build_model, sft_config
 from trl import SFTTrainer
 from sft_callbacks import TrainingDynamicsCallback
 from sft_callbacks.engine import row_keys
@@ -87,7 +91,7 @@ def record(epochs: int, seed: int, lr=None):
 
 
 # analysis
-from bench_scores import auroc
+from benchmarks.scores import auroc
 
 def analyse(path, epochs_list):
     d = pickle.load(open(path, "rb"))

@@ -35,7 +35,7 @@ import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
@@ -395,32 +395,37 @@ def build_preference_pairs(
             trainer = trl.DPOTrainer(model=model, args=DPOConfig(...), train_dataset=pairs,
                                      processing_class=tok)
     """
-    dataset = _check_pair_args(dataset, strategy, group_column, embed_fn, embed_roles, n_features, ngram_range, max_df,
-                               chunk_size, model, tokenizer, max_new_tokens, batch_size, normalize_fn, keep_columns)
+    opts = _PairOptions(strategy, group_column, embed_fn, embed_roles, n_features, ngram_range, max_df, chunk_size,
+                        model, tokenizer, max_new_tokens, batch_size, normalize_fn, keep_columns, show_progress)
+    dataset = _check_pair_args(dataset, opts)
     rows = _split_rows(dataset, embed_roles, normalize_fn)
-    negatives = _negatives(rows, strategy, group_column, embed_fn, n_features, ngram_range, max_df, chunk_size, model,
-                           tokenizer, max_new_tokens, batch_size, normalize_fn, show_progress)
-    return _pairs_dataset(rows, strategy, negatives, keep_columns, return_stats)
+    return _pairs_dataset(rows, strategy, _negatives(rows, opts), keep_columns, return_stats)
 
 
-def _check_pair_args(
-    dataset: datasets.Dataset | Sequence[dict],
-    strategy: str,
-    group_column: str | None,
-    embed_fn: Callable[[list[str]], Any] | None,
-    embed_roles: Sequence[str] | None,
-    n_features: int,
-    ngram_range: tuple[int, int],
-    max_df: float,
-    chunk_size: int,
-    model,
-    tokenizer,
-    max_new_tokens: int,
-    batch_size: int,
-    normalize_fn: Callable[[str], str],
-    keep_columns: bool,
-) -> datasets.Dataset:
+class _PairOptions(NamedTuple):
+    """:func:`build_preference_pairs`' options, as the steps after the split read them."""
+
+    strategy: str
+    group_column: str | None
+    embed_fn: Callable[[list[str]], Any] | None
+    embed_roles: Sequence[str] | None
+    n_features: int
+    ngram_range: tuple[int, int]
+    max_df: float
+    chunk_size: int
+    model: Any
+    tokenizer: Any
+    max_new_tokens: int
+    batch_size: int
+    normalize_fn: Callable[[str], str]
+    keep_columns: bool
+    show_progress: bool
+
+
+def _check_pair_args(dataset: datasets.Dataset | Sequence[dict], opts: _PairOptions) -> datasets.Dataset:
     """Check :func:`build_preference_pairs`' arguments; return the input as a non-empty ``datasets.Dataset``."""
+    (strategy, group_column, embed_fn, embed_roles, n_features, ngram_range, max_df, chunk_size, model, tokenizer,
+     max_new_tokens, batch_size, normalize_fn, keep_columns, _) = opts
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
     if not isinstance(dataset, datasets.Dataset):
@@ -499,40 +504,15 @@ def _split_rows(dataset: datasets.Dataset, embed_roles: Sequence[str] | None, no
     return _PairRows(dataset, fmt, data_cols, prompts, chosens, prompt_texts, norm)
 
 
-def _negatives(
-    rows: _PairRows,
-    strategy: str,
-    group_column: str | None,
-    embed_fn: Callable[[list[str]], Any] | None,
-    n_features: int,
-    ngram_range: tuple[int, int],
-    max_df: float,
-    chunk_size: int,
-    model,
-    tokenizer,
-    max_new_tokens: int,
-    batch_size: int,
-    normalize_fn: Callable[[str], str],
-    show_progress: bool,
-) -> _Negatives:
-    """The hard negatives of ``strategy``: a nearest other row's response, or the model's own wrong answer."""
-    if strategy == "nearest":
-        return _nearest_negatives(rows, group_column, embed_fn, n_features, ngram_range, max_df, chunk_size,
-                                  show_progress)
-    return _model_negatives(rows, model, tokenizer, max_new_tokens, batch_size, normalize_fn, show_progress)
+def _negatives(rows: _PairRows, opts: _PairOptions) -> _Negatives:
+    """The hard negatives of ``opts.strategy``: a nearest other row's response, or the model's own wrong answer."""
+    return (_nearest_negatives if opts.strategy == "nearest" else _model_negatives)(rows, opts)
 
 
-def _nearest_negatives(
-    rows: _PairRows,
-    group_column: str | None,
-    embed_fn: Callable[[list[str]], Any] | None,
-    n_features: int,
-    ngram_range: tuple[int, int],
-    max_df: float,
-    chunk_size: int,
-    show_progress: bool,
-) -> _Negatives:
+def _nearest_negatives(rows: _PairRows, opts: _PairOptions) -> _Negatives:
     """For each row, the response of the most similar other prompt whose normalised response differs."""
+    group_column, embed_fn = opts.group_column, opts.embed_fn
+    chunk_size, show_progress = opts.chunk_size, opts.show_progress
     dataset, n = rows.dataset, len(rows.dataset)
     _, response_codes = np.unique(np.array(rows.norm, dtype=object).astype(str), return_inverse=True)
     response_codes = response_codes.astype(np.int64).ravel()
@@ -547,9 +527,9 @@ def _nearest_negatives(
             raise ValueError(f"embed_fn must return an array of shape ({n}, d), got {emb.shape}")
         best, sim = _nearest_dense(emb, response_codes, group_codes, chunk_size, show_progress)
     else:
-        indptr, indices, vals = hashed_tfidf(rows.prompt_texts, n_features, tuple(ngram_range), max_df)
+        indptr, indices, vals = hashed_tfidf(rows.prompt_texts, opts.n_features, tuple(opts.ngram_range), opts.max_df)
         best, sim = _nearest_sparse(
-            indptr, indices, vals, n_features, response_codes, group_codes, chunk_size, show_progress
+            indptr, indices, vals, opts.n_features, response_codes, group_codes, chunk_size, show_progress
         )
     keep = np.flatnonzero(best >= 0)
     return _Negatives(
@@ -561,12 +541,11 @@ def _nearest_negatives(
     )
 
 
-def _model_negatives(
-    rows: _PairRows, model, tokenizer, max_new_tokens: int, batch_size: int, normalize_fn, show_progress: bool
-) -> _Negatives:
+def _model_negatives(rows: _PairRows, opts: _PairOptions) -> _Negatives:
     """For each row, the model's greedy answer where it is neither right nor empty."""
-    n, norm = len(rows.dataset), rows.norm
-    answers = generate_answers(model, tokenizer, rows.prompts, max_new_tokens, batch_size, show_progress)
+    n, norm, normalize_fn = len(rows.dataset), rows.norm, opts.normalize_fn
+    answers = generate_answers(opts.model, opts.tokenizer, rows.prompts, opts.max_new_tokens, opts.batch_size,
+                               opts.show_progress)
     right = [normalize_fn(a) == norm[i] for i, a in enumerate(answers)]
     empty = [not right[i] and normalize_fn(a) == "" for i, a in enumerate(answers)]
     keep = [i for i in range(n) if not right[i] and not empty[i]]

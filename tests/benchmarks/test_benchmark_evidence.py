@@ -7,17 +7,12 @@ a random 2-layer Llama and a twentieth of the benchmark data, and checks the sta
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-
-import bench_evidence  # noqa: E402
-import benchmark  # noqa: E402
+from benchmarks import commands as benchmark
+from benchmarks import evidence as bench_evidence
 
 
 def test_best_constant_is_the_strongest_constant_on_the_rows():

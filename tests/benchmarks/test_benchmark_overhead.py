@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import bench_overhead  # noqa: E402
+from benchmarks import overhead as bench_overhead
 
 
 def test_domain_adaptation_arm_runs_the_regulariser_in_the_timed_steps(tmp_path):

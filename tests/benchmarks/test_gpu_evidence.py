@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
+from benchmarks import gpu_evidence as ge
 
-import gpu_evidence as ge  # noqa: E402
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def _blob(tmp_path, size=10_001):

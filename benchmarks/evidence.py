@@ -472,7 +472,7 @@ def paired_summary(runs: list[dict], arms: list[str], seeds: list[int]) -> dict:
 def noise_section(cfg: EvidenceConfig, data: dict, uniform_runs: list[dict], log=print) -> dict:
     """Each package score from the uniform runs, per domain, against the planted corruption; cleanlab on
     out-of-sample candidate probabilities (``cv_folds`` models, first seed) beside them."""
-    from bench_scores import auroc, precision_at_k
+    from benchmarks.scores import auroc, precision_at_k
 
     train = data["train"]
     corrupted = np.asarray(train["corrupted"], dtype=bool)
@@ -510,7 +510,7 @@ def noise_section(cfg: EvidenceConfig, data: dict, uniform_runs: list[dict], log
     if cfg.cv_folds >= 2:
         t0 = time.perf_counter()
         probs = out_of_sample_probs(cfg, data, cfg.seeds[0], log)
-        from bench_scores import cleanlab_scores
+        from benchmarks.scores import cleanlab_scores
 
         score, flag = cleanlab_scores(probs, len(train))
         result["cleanlab"] = {
@@ -529,7 +529,7 @@ def noise_section(cfg: EvidenceConfig, data: dict, uniform_runs: list[dict], log
 def out_of_sample_probs(cfg: EvidenceConfig, data: dict, seed: int, log=print) -> dict:
     """Each training row's probability of every candidate answer of its domain from a model that never trained
     on it: ``cv_folds`` models, each trained (uniform, same budget) on the other folds."""
-    from bench_scores import candidate_probs, fold_ids
+    from benchmarks.scores import candidate_probs, fold_ids
     from trl import SFTTrainer
 
     train = data["train"]
@@ -607,7 +607,7 @@ def run_benchmark(cfg: EvidenceConfig, log=print) -> dict:
     import transformers
     import trl
 
-    from bench_env import cpu_name, git_state
+    from benchmarks.env import cpu_name, git_state
 
     commit = git_state()  # the code measured: taken before the runs
     t_all = time.perf_counter()

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-from bench_evidence import EvidenceConfig, build_model, load_data, out_of_sample_probs, sft_config
+from benchmarks.evidence import EvidenceConfig, build_model, load_data, out_of_sample_probs, sft_config
 
 from sft_callbacks.evaluation import greedy_answers, mean_ci, score_answers
 
@@ -94,7 +94,7 @@ def mapping_run(cfg: NoiseConfig, data: dict, seed: int, log=print) -> dict:
 def cleanlab_run(cfg: NoiseConfig, data: dict, seed: int, log=print) -> dict:
     """cleanlab on out-of-sample candidate probabilities: ``cv_folds`` models, each ``epochs`` epochs on the
     other folds."""
-    from bench_scores import cleanlab_scores
+    from benchmarks.scores import cleanlab_scores
 
     fold_rows = len(data["train"]) * (cfg.cv_folds - 1) / cfg.cv_folds
     ecfg = cfg.evidence(_steps(cfg, int(round(fold_rows))))
@@ -105,7 +105,7 @@ def cleanlab_run(cfg: NoiseConfig, data: dict, seed: int, log=print) -> dict:
 
 
 def _auroc(score, positive) -> float:
-    from bench_scores import auroc
+    from benchmarks.scores import auroc
 
     ok = np.isfinite(score)
     return auroc(score[ok], positive[ok]) if ok.any() and positive[ok].any() and (~positive[ok]).any() else float("nan")
@@ -114,7 +114,7 @@ def _auroc(score, positive) -> float:
 def summarise(cfg: NoiseConfig, data: dict, maps: list[dict], cleanlabs: list[dict]) -> dict:
     """Per domain and seed: AUROC and precision at the noise rate of every score and of cleanlab; the flags'
     precision, recall and expected precision; the clean test EM; and the targets, checked."""
-    from bench_scores import precision_at_k
+    from benchmarks.scores import precision_at_k
 
     train = data["train"]
     corrupted = np.asarray(train["corrupted"], dtype=bool)
@@ -230,7 +230,7 @@ def run(cfg: NoiseConfig, log=print, report_path: str | None = None) -> dict:
     import transformers
     import trl
 
-    from bench_env import cpu_name, git_state
+    from benchmarks.env import cpu_name, git_state
 
     commit = git_state()
     data = load_data(cfg.evidence(1))
