@@ -19,9 +19,15 @@ def fold_assignment(n: int, folds: int, seed: int = 0, groups=None) -> np.ndarra
     """Fold of each of ``n`` rows: a seeded shuffle dealt round-robin, within each group when ``groups`` is given
     (so every fold keeps the group mix; groups are visited in sorted order).
 
+    The deal goes on from group to group where the last one stopped, so the groups' odd rows go to different folds:
+    every fold holds ``n // folds`` or ``n // folds + 1`` rows (each fold model trains on about ``(folds - 1) /
+    folds`` of them), and within each group the folds' counts differ by at most one.
+
     Example:
         >>> fold_assignment(6, 2, groups=["a", "a", "a", "a", "b", "b"]).tolist()
         [1, 0, 0, 1, 1, 0]
+        >>> np.bincount(fold_assignment(30, 2, groups=[g for g in range(10) for _ in range(3)])).tolist()
+        [15, 15]
     """
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
@@ -33,9 +39,11 @@ def fold_assignment(n: int, folds: int, seed: int = 0, groups=None) -> np.ndarra
     if len(labels) != n:
         raise ValueError(f"groups has {len(labels)} values for {n} rows")
     out = np.zeros(n, dtype=np.int64)
+    start = 0
     for g in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == g))
-        out[idx] = np.arange(idx.size) % folds
+        out[idx] = (start + np.arange(idx.size)) % folds
+        start = (start + idx.size) % folds
     return out
 
 
@@ -76,7 +84,7 @@ def out_of_sample_losses(make_trainer: Callable, dataset, *, folds: int = 2, see
     accuracy = np.full(n, np.nan)
     for k in range(folds):
         held = np.flatnonzero(fold == k)
-        trainer = make_trainer(dataset.select(np.flatnonzero(fold != k)), dataset.select(held))
+        trainer = _fold_trainer(make_trainer, dataset, fold, k)
         recorder = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingDynamicsCallback)),
                         None)  # fmt: skip
         if recorder is None:
@@ -94,3 +102,18 @@ def out_of_sample_losses(make_trainer: Callable, dataset, *, folds: int = 2, see
     out = pd.DataFrame({"loss": loss, "token_accuracy": accuracy, "fold": fold, "noise_score": 1.0 - np.exp(-loss)})
     out.index.name = "row"
     return out
+
+
+def _fold_trainer(make_trainer: Callable, dataset, fold: np.ndarray, k: int):
+    """Fold ``k``'s trainer, refused before it trains when it has no rows to train on."""
+    train = np.flatnonzero(fold != k)
+    empty = (f"fold {k}: the trainer has no training rows left of the {train.size} it was given (rows dropped by "
+             "make_trainer or the trainer's preprocessing: filtered, empty or too long); check the dataset and "
+             "make_trainer before scoring out of sample")
+    try:
+        trainer = make_trainer(dataset.select(train), dataset.select(np.flatnonzero(fold == k)))
+    except StopIteration as e:  # TRL reads the first training row when it is built; an empty set ends its iterator
+        raise ValueError(empty) from e
+    if trainer.train_dataset is None or len(trainer.train_dataset) == 0:
+        raise ValueError(empty)
+    return trainer

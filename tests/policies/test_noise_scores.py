@@ -217,6 +217,40 @@ def test_out_of_sample_losses_read_each_row_with_a_model_that_never_trained_on_i
         fold_assignment(10, 1)
 
 
+def test_folds_balance_the_groups_odd_rows():
+    groups = [g for g in range(10) for _ in range(3)]  # ten groups of three: each has an odd row over two folds
+    fold = fold_assignment(30, 2, groups=groups)
+    assert np.bincount(fold).tolist() == [15, 15]  # not 20 and 10: the odd rows go to alternate folds
+    for folds, n_groups, size in ((3, 7, 5), (4, 5, 1), (2, 3, 7)):
+        fold = fold_assignment(n_groups * size, folds, seed=1, groups=[g for g in range(n_groups) for _ in range(size)])
+        counts = np.bincount(fold, minlength=folds)
+        assert counts.max() - counts.min() <= 1  # every fold model trains on about (K - 1) / K of the rows
+        for g in range(n_groups):
+            per_group = np.bincount(fold[g * size:(g + 1) * size], minlength=folds)
+            assert per_group.max() - per_group.min() <= 1  # and each fold keeps the group mix
+
+
+def test_out_of_sample_losses_with_single_row_groups_trains_every_fold(tmp_path, tokenizer, make_model):
+    data = corrupted_labels(24).map(lambda r, i: {"domain": f"d{i}"}, with_indices=True)  # every group one row
+    built = []
+
+    def make_trainer(train, held_out):
+        built.append((len(train), len(held_out)))
+        return SFTTrainer(model=make_model(), args=_args(tmp_path / str(len(built)), 1), train_dataset=train,
+                          eval_dataset=held_out, processing_class=tokenizer)
+
+    scores = out_of_sample_losses(make_trainer, data, folds=2, group_column="domain")
+    assert built == [(12, 12), (12, 12)] and scores["loss"].notna().all()
+
+    def drops_every_row(train, held_out):  # the trainer's own preprocessing leaves nothing to train on
+        return SFTTrainer(model=make_model(), args=_args(tmp_path / "empty", 1),
+                          train_dataset=train.filter(lambda r: False), eval_dataset=held_out,
+                          processing_class=tokenizer)
+
+    with pytest.raises(ValueError, match="fold 0: the trainer has no training rows left of the 12"):
+        out_of_sample_losses(drops_every_row, data, folds=2)
+
+
 def test_history_score_holds_up_when_the_model_memorises_the_wrong_answers(tmp_path, tokenizer, make_model):
     # Each word 12 times: the model learns word -> label within a few epochs; over 100 epochs it then fits the
     # flipped rows one by one.
