@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,8 @@ from transformers.trainer_callback import ExportableState
 from .config import CallbackConfig, is_json
 from .frames import annotate_dataset, dynamics_frame, eval_frame, run_annotations
 from .session import PolicyContext, Session
+
+logger = logging.getLogger(__name__)
 
 
 def check_liger(args, at_init: bool = False) -> None:
@@ -138,6 +141,9 @@ class SFTCallback(TrainerCallback, ExportableState):
         self._session = Session.for_model(model)
         if self._sft_restore is None and state.global_step > 0:
             self._sft_restore = self._saved_payload(state)
+            if self._sft_restore is None:
+                logger.warning("sft-callbacks: %s has no saved state in the checkpoint (the run that saved it did not "
+                               "have it): it starts fresh at step %d", type(self).__name__, state.global_step)
         self._session.join(self, args, state, model, train_dataloader)
         self._last_state = state
         if self._is_driver():
@@ -145,6 +151,7 @@ class SFTCallback(TrainerCallback, ExportableState):
             self._session.tracker.epoch = int(state.epoch + 1e-9) if state.epoch else 0
 
     def on_step_begin(self, args, state, control, **kwargs):
+        self._make_room_in_saved_state(state)
         if self._is_driver():
             self._session.begin_policies(state)  # loss weighting without a sampler: before the first forward
 
@@ -196,6 +203,23 @@ class SFTCallback(TrainerCallback, ExportableState):
             self._session.tracker.flush()
 
     # -- checkpoints ------------------------------------------------------------------------------------
+    def _make_room_in_saved_state(self, state) -> None:
+        """Give this class an empty entry in ``state.stateful_callbacks`` for the next checkpoint to fill.
+
+        transformers' ``_save_checkpoint`` indexes the entry by class name without a default, so a callback added on
+        resume (absent from the loaded ``trainer_state.json``) raises ``KeyError`` there and no checkpoint is written;
+        and it appends to a list entry (several instances of a class) at every save, so the list would grow and a
+        resume would read the first save's states. No upstream issue reports the first; huggingface/transformers#33875
+        (open) fixes the second. An empty entry before every save avoids both: ``{}`` is replaced, ``[]`` gets one
+        state per instance, in handler order (what :meth:`_saved_payload` reads).
+        """
+        if state is None or self._session is None:
+            return
+        if state.stateful_callbacks is None:
+            state.stateful_callbacks = {}
+        count = sum(type(m) is type(self) for m in self._session.members)
+        state.stateful_callbacks[type(self).__name__] = [] if count > 1 else {}
+
     def _saved_payload(self, state) -> dict | None:
         """Our payload in a resumed ``TrainerState`` (loaded from the checkpoint's trainer_state.json).
 

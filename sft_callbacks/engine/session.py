@@ -126,6 +126,7 @@ class Session:
         self._begun = False
         self._train_key = None
         self._restore: dict | None = None
+        self._saved_policies: list[str] | None = None  # the weighting policies of the run that saved the checkpoint
         self._trainer_ref = None
         self._in_log = False
         self._last_logged_step = -1
@@ -149,6 +150,7 @@ class Session:
             self.driver = callback
             self._begun = False
             self._state = state
+            self._saved_policies = None
             self._setup(args, state, model, train_dataloader)
         missing = [c for c in callback.required_columns() if c not in self.columns.column_names]
         if missing:
@@ -335,15 +337,18 @@ class Session:
         self.sampler.prune(self.consumed_position(state))
         self.weight_updates += 1
 
-    def _collect(self, flag: str, ask, validate, last: dict) -> tuple[list, bool]:
-        """``(name, weights)`` of every member with ``flag`` set; a member returning ``None`` keeps its last."""
+    def _collect(self, flag: str, ask, validate, last: dict, only: list | None = None) -> tuple[list, bool]:
+        """``(name, weights)`` of every member with ``flag`` set; a member returning ``None`` keeps its last.
+
+        ``only``: ask just these members; the others give their last weights."""
         vectors, changed = [], False
         # Producers of signals first, so consumers see this sync point's values.
         for cb in sorted(self.members, key=lambda m: not m.publishes_signals):
             if not getattr(cb, flag):
                 continue
-            w = ask(cb)
-            self.signals.update(cb.policy_signals())
+            w = ask(cb) if only is None or cb in only else None
+            if only is None or cb in only:
+                self.signals.update(cb.policy_signals())
             if w is None:
                 w = last.get(cb.policy_name)
             else:
@@ -373,9 +378,51 @@ class Session:
         if self.sampler is not None and self.sampler.produced == 0:
             self._set_sampler_groups()
         if state.global_step > 0:
-            return  # resumed: the checkpoint holds the schedule and loss weights in force
+            # Resumed: the checkpoint holds the schedule and loss weights in force, unless the policies changed.
+            self._reconcile_policies(state)
+            return
         at = self.sampler.produced if self.sampler is not None else None
         self.update_policies(state, "train_begin", at_position=at)
+
+    def _weighting_members(self) -> list:
+        return [cb for cb in self.members if cb.needs_sampler or cb.needs_loss_weighting]
+
+    def _reconcile_policies(self, state) -> None:
+        """On resume, rebuild the weights in force from the policies present: a policy removed since the checkpoint
+        stops weighting at once, a policy added gives its first weights now; each change is logged."""
+        present = {cb.policy_name for cb in self._weighting_members()}
+        saved = (set(self._saved_policies) if self._saved_policies is not None
+                 else set(self.last_policy_weights) | set(self.last_loss_weights))  # fmt: skip
+        dropped = sorted(saved - present)
+        added = [cb for cb in self._weighting_members() if cb.policy_name not in saved]
+        if not dropped and not added:
+            return
+        for name in dropped:
+            self.last_policy_weights.pop(name, None)
+            self.last_loss_weights.pop(name, None)
+        if dropped:
+            logger.warning("sft-callbacks: resumed without %s (in the checkpoint's run): %s weights no longer apply "
+                           "from step %d", ", ".join(dropped), "their" if len(dropped) > 1 else "its",
+                           state.global_step)
+        if added:
+            logger.warning("sft-callbacks: resumed with %s added since the checkpoint: %s weights apply from step "
+                           "%d", ", ".join(cb.policy_name for cb in added), "their" if len(added) > 1 else "its",
+                           state.global_step)
+        ctx = self.context(state)
+        self._collect("needs_loss_weighting", lambda cb: cb.policy_loss_weights(ctx, "resume"),
+                      lambda cb, w: check_weights(w, len(ctx.index.keys), f"{type(cb).__name__}.policy_loss_weights"),
+                      self.last_loss_weights, only=added)
+        self.tracker.set_loss_weights(np.prod(list(self.last_loss_weights.values()), axis=0)
+                                      if self.last_loss_weights else None)  # fmt: skip
+        if self.sampler is None:
+            return
+        vectors, _ = self._collect("needs_sampler", lambda cb: cb.policy_weights(ctx, "resume"),
+                                   lambda cb, w: check_weights(w, ctx.num_rows, f"{type(cb).__name__}.policy_weights"),
+                                   self.last_policy_weights, only=added)
+        combined = (combine_weights(vectors, ctx.num_rows, floor=self.weight_floor, max_ratio=self.max_weight_ratio)
+                    if vectors else np.ones(ctx.num_rows))  # fmt: skip
+        self.sampler.schedule(combined, self.sampler.produced)
+        self.weight_updates += 1
 
     def _set_sampler_groups(self) -> None:
         """Two-level sampling over the group column the sampling policies share (none if they name different ones)."""
@@ -477,6 +524,7 @@ class Session:
             "weight_updates": self.weight_updates,
             "last_policy_weights": {k: _enc(v) for k, v in self.last_policy_weights.items()},
             "last_loss_weights": {k: _enc(v) for k, v in self.last_loss_weights.items()},
+            "policies": [cb.policy_name for cb in self._weighting_members()],
         }
 
     def load_state_dict(self, d: dict) -> None:
@@ -484,6 +532,7 @@ class Session:
         self.weight_updates = int(d.get("weight_updates", 0))
         self.last_policy_weights = {k: _dec(v) for k, v in d.get("last_policy_weights", {}).items()}
         self.last_loss_weights = {k: _dec(v) for k, v in d.get("last_loss_weights", {}).items()}
+        self._saved_policies = d.get("policies")
         if self.last_loss_weights:
             self.tracker.set_loss_weights(np.prod(list(self.last_loss_weights.values()), axis=0))
         self._restore = {"sampler": d.get("sampler")} if d.get("sampler") is not None else None

@@ -70,6 +70,14 @@ class RowIndex:
             num_user_rows=None if packed else num_user_rows,
         )
 
+    def layout(self) -> str:
+        """Fingerprint of which key sits in which row: the same rows in another order give another fingerprint."""
+        import hashlib
+
+        digest = hashlib.sha256(np.asarray(self.seq_row, dtype=np.int64).tobytes())
+        digest.update(np.asarray(self.keys[self.seq_uid], dtype=np.uint64).tobytes())
+        return digest.hexdigest()[:32]
+
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Key index of each key, -1 where the key is not in the dataset."""
         if len(self.keys) == 0:
@@ -651,6 +659,7 @@ class SampleTracker:
         return {
             "stats": self.stats.state_dict() if self.stats is not None else None,
             "keys": encode_array(self.index.keys) if self.index is not None else None,
+            "layout": self.index.layout() if self.index is not None else None,
             "counters": {"nonfinite": self.nonfinite, "unmatched": self.unmatched, "observed": self.observed},
             "visits": self.visits.state_dict(),
         }
@@ -663,6 +672,15 @@ class SampleTracker:
             raise ValueError(
                 "the checkpoint's statistics were recorded on a different training dataset (row keys differ); "
                 "resume with the same dataset and tokenizer settings"
+            )
+        # The sampler's weights and stream follow row positions: the same rows reordered would silently move
+        # every row's weight to another row.
+        if self.index is not None and d.get("layout") is not None and d["layout"] != self.index.layout():
+            raise ValueError(
+                "the training rows are the checkpoint's, but in a different order (a shuffle, sort or select "
+                "before training?): sampling weights and the index stream follow row positions, so resuming would "
+                "give rows other rows' weights; resume with the rows in the checkpoint's order (the same "
+                "`.shuffle(seed=...)`), or start a new run"
             )
         self.stats = SampleStats.from_state_dict(d["stats"])
         self.visits = VisitLog.from_state_dict(d["visits"]) if d.get("visits") is not None else VisitLog()
