@@ -54,6 +54,41 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
+# What each annotation column says about a row, in the order the card names them.
+_KINDS = (
+    ("per-sample training dynamics", ("times_seen", "loss_mean", "loss_last", "loss_first", "loss_per_epoch",
+                                      "token_accuracy", "token_accuracy_mean", "entropy_mean", "last_step")),
+    ("data-map coordinates", ("confidence", "variability", "correctness", "forgetting_events", "region",
+                              "noise_score", "flag_noisy")),
+    ("sampling weights", ("weight",)),
+    ("curriculum difficulty", ("difficulty",)),
+)
+
+
+def _opening(p: Mapping[str, Any]) -> str:
+    """The card's first paragraph: only what the record holds (a plain folder's export claims no annotations)."""
+    counts, columns = p["counts"], set(p.get("annotation_columns") or [])
+    tally = f"**{counts['rows_in']} rows in, {counts['rows_out']} kept.**"
+    record = "The machine-readable record is [`provenance.json`](provenance.json)."
+    learnt = [kind for kind, names in _KINDS if columns.intersection(names)]
+    conflicts = bool(columns & {"conflict", "conflict_kind", "conflict_group", "duplicate_group"})
+    if not learnt and not conflicts:
+        return ("Exported with [sft-callbacks](https://pypi.org/project/sft-callbacks/). The rows carry no "
+                "annotations from a fine-tuning run (the input had none), so this card records where they came "
+                f"from, not what a model learnt about them; `source_row` is each row's place in the input. {tally} "
+                f"{record}")
+    said = []
+    if learnt:
+        said.append("what a fine-tuning run learnt about it (" + ", ".join(learnt) + ")")
+    if conflicts:
+        said.append("whether its prompt has conflicting answers in the data")
+    dropped = sum(counts["dropped"].values())
+    how = (f"{dropped} rows were dropped on those annotations" if dropped
+           else "no row was dropped")
+    return (f"Curated with [sft-callbacks](https://pypi.org/project/sft-callbacks/): every row carries "
+            f"{' and '.join(said)}; {how}. {tally} {record}")
+
+
 def card_text(provenance: Mapping[str, Any]) -> str:
     """The card's Markdown body: source, model, training, callbacks, curation counts, plots, versions.
 
@@ -65,12 +100,7 @@ def card_text(provenance: Mapping[str, Any]) -> str:
     src, model, training = p.get("source") or {}, p.get("model"), p.get("training")
     counts = p["counts"]
     title = p.get("pretty_name") or (f"Curated {src['id']}" if src.get("id") else "Curated SFT dataset")
-    parts = [f"# {title}", "",
-             "Curated with [sft-callbacks](https://pypi.org/project/sft-callbacks/): every row carries what a "
-             "fine-tuning run learnt about it (per-sample training dynamics, data-map coordinates, sampling "
-             f"weights), and rows were filtered on those annotations. **{counts['rows_in']} rows in, "
-             f"{counts['rows_out']} kept.** The machine-readable record is [`provenance.json`](provenance.json).",
-             ""]  # fmt: skip
+    parts = [f"# {title}", "", _opening(p), ""]
     parts += ["## Source", "", _table(["dataset", "revision", "fingerprint", "license", "language"], [[
         f"`{src.get('id')}`" if src.get("id") else "(in-memory dataset)", src.get("revision"), src.get("fingerprint"),
         src.get("license"), ", ".join(src.get("language") or []) or None]]), ""]  # fmt: skip

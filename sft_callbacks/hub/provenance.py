@@ -35,6 +35,51 @@ SCHEMA = "sft-callbacks/provenance/1"
 #: The run record written beside an annotated dataset (``save_annotated_dataset``) and read by the export.
 RUN_FILE = "sft_run.json"
 
+# The run record's fields and what each must hold (None allowed for every one: a run without a trainer has none).
+_RUN_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "source": ((dict,), "an object"),
+    "model": ((dict,), "an object"),
+    "training": ((dict,), "an object"),
+    "seed": ((int,), "an integer"),
+    "callbacks": ((list,), "a list of objects"),
+    "mixture_over_training": ((list,), "a list of objects"),
+}
+
+
+def check_run_record(run: Any, where: str = "run") -> dict[str, Any]:
+    """``run`` if it has the shape :func:`describe_run` writes, else ``ValueError`` naming ``where`` and the field.
+
+    Example:
+        >>> check_run_record({"model": "gpt2"}, where="out/sft_run.json")
+        Traceback (most recent call last):
+        ...
+        ValueError: out/sft_run.json: field 'model' must be an object or null, got a str ('gpt2'); write it again with save_annotated_dataset, or fix that field
+    """
+    fix = "write it again with save_annotated_dataset, or fix that field"
+    if not isinstance(run, Mapping):
+        raise ValueError(f"{where} must hold a JSON object (the run record), got a {type(run).__name__}; write it "
+                         "again with save_annotated_dataset")
+    for name, (types, what) in _RUN_FIELDS.items():
+        value = run.get(name)
+        bad = value is not None and (not isinstance(value, types) or isinstance(value, bool)
+                                     or isinstance(value, list) and not all(isinstance(v, Mapping) for v in value))
+        if bad:
+            raise ValueError(f"{where}: field {name!r} must be {what} or null, got a {type(value).__name__} "
+                             f"({_short(value)}); {fix}")
+    training = run.get("training") or {}
+    for name, types, what in (("arguments", (dict,), "an object"), ("global_step", (int,), "an integer"),
+                              ("epochs", (int, float), "a number")):
+        value = training.get(name)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise ValueError(f"{where}: field 'training.{name}' must be {what} or null, got a "
+                             f"{type(value).__name__} ({_short(value)}); {fix}")
+    return dict(run)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
 
 def describe_run(
     *,
@@ -125,7 +170,7 @@ def build_provenance(
     fresh = describe_run(trainer=trainer, source=source, source_revision=source_revision, model=model,
                          model_revision=model_revision, dataset=curated.dataset, fetch_source_card=fetch_source_card,
                          token=token)  # fmt: skip
-    run = dict(run or {})
+    run = check_run_record(run) if run is not None else {}
     src = _merged_run(fresh, run, source=source, model=model, trainer=trainer, license=license, language=language)
     callbacks = list(curated.callbacks) or list(run.get("callbacks") or [])
     # the group column is input data that curate() copies into its report, not an annotation
@@ -222,4 +267,4 @@ def _group_counts(curated) -> dict[str, dict[str, int]] | None:
     return None
 
 
-__all__ = ["RUN_FILE", "SCHEMA", "build_provenance", "describe_run"]
+__all__ = ["RUN_FILE", "SCHEMA", "build_provenance", "check_run_record", "describe_run"]

@@ -149,15 +149,16 @@ def load_run_record(annotated_dir: str | os.PathLike) -> dict[str, Any] | None:
     Example:
         >>> load_run_record("sft_callbacks_output/annotated")["model"]["id"]  # doctest: +SKIP
     """
-    from .provenance import RUN_FILE
+    from .provenance import RUN_FILE, check_run_record
 
     path = Path(annotated_dir) / RUN_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): delete it or save the annotated dataset again") from e
+    return check_run_record(record, where=str(path))
 
 
 # ================================================================================================== saving

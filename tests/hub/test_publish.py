@@ -297,3 +297,38 @@ def test_annotated_folder_keeps_its_run_record_and_a_broken_record_is_a_clear_er
     (out / "sft_run.json").write_text("{not json")
     with pytest.raises(ValueError, match="sft_run.json is not valid JSON"):
         load_run_record(out)
+
+
+def test_export_of_a_plain_folder_claims_no_annotations_and_an_annotated_one_names_what_it_holds(tmp_path, capsys):
+    rows = {"prompt": ["2+2?", "3+3?", "4+4?"], "completion": ["4", "6", "8"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "plain"))
+    assert main(["export", str(tmp_path / "plain"), "--output-dir", str(tmp_path / "out_plain")]) == 0
+    card = (tmp_path / "out_plain" / "README.md").read_text()
+    assert "learnt about it" not in card and "carry no annotations from a fine-tuning run" in card
+    assert "**3 rows in, 3 kept.**" in card
+
+    annotated = {**rows, "loss_mean": [0.1, 0.2, 0.3], "weight": [1.0, 2.0, 0.5]}
+    datasets.Dataset.from_dict(annotated).save_to_disk(str(tmp_path / "annotated"))
+    assert main(["export", str(tmp_path / "annotated"), "--output-dir", str(tmp_path / "out_annotated")]) == 0
+    card = (tmp_path / "out_annotated" / "README.md").read_text()
+    assert "learnt about it (per-sample training dynamics, sampling weights); no row was dropped" in card
+    assert "data-map" not in card.split("\n\n")[1]  # the opening claims no data map: the rows have none
+
+
+def test_a_run_record_of_the_wrong_shape_names_the_file_and_the_field(tmp_path, capsys):
+    from sft_callbacks import load_run_record
+
+    folder = tmp_path / "annotated"
+    datasets.Dataset.from_dict({"prompt": ["a?"], "completion": ["b"]}).save_to_disk(str(folder))
+    record = folder / "sft_run.json"
+    for content, message in (([1, 2], "sft_run.json must hold a JSON object"),
+                             ({"model": "gpt2"}, "sft_run.json: field 'model' must be an object or null, got a str"),
+                             ({"training": {"arguments": "lr=1"}}, "field 'training.arguments' must be an object"),
+                             ({"callbacks": ["GroupBalanceCallback"]}, "field 'callbacks' must be a list of objects"),
+                             ({"seed": "0"}, "field 'seed' must be an integer")):
+        record.write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_run_record(folder)
+    assert main(["export", str(folder), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "field 'seed' must be an integer or null" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
