@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .recipe_checks import coerce_options, missing_columns, missing_data_files
+
 OUR_KEYS = ("callbacks", "mixture_column", "curate")
 # The recipe's ``curate`` section: these options go to curate(), the rest to save_curated_dataset().
 CURATE_OPTIONS = ("drop", "group_column", "quotas", "top_k", "score", "ascending", "seed")
@@ -165,7 +167,7 @@ def build_callbacks(spec: Any) -> list:
         if unknown and not takes_any:
             raise RecipeError(f"callbacks[{i}] {name}: unknown argument(s) {unknown}; it takes {accepted}")
         try:
-            out.append(cls(**dict(kwargs)))
+            out.append(cls(**coerce_options(cls, kwargs)))
         except (TypeError, ValueError) as e:
             raise RecipeError(f"callbacks[{i}] {name}: {e}") from e
     return out
@@ -427,13 +429,14 @@ def run_recipe(argv: Sequence[str] | None = None):
         **(training_args.model_init_kwargs or {}),
     }
     if dataset_args.datasets:
-        dataset = load_mixture(dataset_args, extras.mixture_column)
+        dataset = load_recipe_mixture(recipe)
     elif script_args.dataset_name:
         dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config,
                                streaming=script_args.dataset_streaming)
     else:
         raise RecipeError("Either `datasets` or `dataset_name` must be provided.")
     train = dataset[script_args.dataset_train_split]
+    check_columns(extras.callbacks, train)
     trainer = SFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -451,6 +454,51 @@ def run_recipe(argv: Sequence[str] | None = None):
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     return trainer
+
+
+def load_recipe_mixture(recipe: ParsedRecipe):
+    """The recipe's ``datasets:`` mixture (:func:`load_mixture`), refused first if a local data file is missing.
+
+    Example::
+
+        dataset = load_recipe_mixture(parse_recipe(["--config", "recipe.yaml"]))
+    """
+    missing = missing_data_files(recipe.dataset_args)
+    if missing:
+        raise RecipeError(f"data file(s) not found: {'; '.join(missing)} (paths are relative to "
+                          f"{os.getcwd()})")
+    return load_mixture(recipe.dataset_args, recipe.extras.mixture_column)
+
+
+def check_columns(callbacks, train) -> None:
+    """Refuse training data that lacks a column the callbacks read (with the columns it has).
+
+    Example::
+
+        check_columns(recipe.extras.callbacks, dataset["train"])
+    """
+    missing = missing_columns(callbacks, getattr(train, "column_names", None) or [])
+    if missing:
+        raise RecipeError(f"the training data has no column for {'; '.join(missing)}; its columns are "
+                          f"{sorted(train.column_names)} (with a datasets: mixture, each row's dataset name is in "
+                          "mixture_column)")
+
+
+def check_data(recipe: ParsedRecipe) -> None:
+    """Before launching: the mixture's files exist, it loads, and it has every column the callbacks read (a
+    ``dataset_name`` from the Hub is left to the launched processes).
+
+    Example::
+
+        check_data(parse_recipe(["--config", "recipe.yaml"]))
+    """
+    if not recipe.dataset_args.datasets:
+        return
+    dataset = load_recipe_mixture(recipe)
+    split = recipe.script_args.dataset_train_split
+    if split not in dataset:
+        raise RecipeError(f"the mixture has no {split!r} split (it has {list(dataset)}): set dataset_train_split")
+    check_columns(recipe.extras.callbacks, dataset[split])
 
 
 def curate_after_training(trainer, train, callbacks, options: Mapping) -> Path:
@@ -479,6 +527,7 @@ def launch(argv: Sequence[str] | None = None) -> int:
 
     try:
         recipe = parse_recipe(argv)
+        check_data(recipe)
     except RecipeError as e:
         print(f"sft-callbacks sft: {e}", file=sys.stderr)
         return 2

@@ -87,6 +87,50 @@ def test_bad_recipes_exit_2_with_the_reason(workspace, tmp_path, capsys):
     assert "unknown option(s) ['qutoas']" in capsys.readouterr().err
 
 
+def test_yaml_numbers_reach_the_callbacks_as_the_types_they_declare(workspace, tmp_path, capsys):
+    import yaml
+
+    # PyYAML reads 5e-2 and 1e3 as strings (YAML 1.1); the options' declared types decide.
+    spec = yaml.safe_load("- DataMapCallback: {noise_rate: 5e-2, min_epochs: 2}\n"
+                          "- GroupBalanceCallback: {group_column: dataset, strategy: target, "
+                          "target_shares: {food: 5e-1, logic: 5e-1}}\n"
+                          "- HardExampleMiningCallback: {warmup: 1e1}")
+    assert spec[0]["DataMapCallback"]["noise_rate"] == "5e-2"
+    data_map, balance, hard = build_callbacks(spec)
+    assert data_map.config.noise_rate == 0.05 and data_map.config.min_epochs == 2
+    assert dict(balance.config.target_shares) == {"food": 0.5, "logic": 0.5}
+    assert hard.config.warmup == 10 and isinstance(hard.config.warmup, int)  # steps, not a fraction
+    with pytest.raises(RecipeError, match=r"callbacks\[0\] DataMapCallback: argument 'noise_rate' must be a number "
+                                          r"or null, got 'five' \(a string\)"):
+        build_callbacks([{"DataMapCallback": {"noise_rate": "five"}}])
+    with pytest.raises(RecipeError, match=r"argument 'min_epochs' must be an integer, got \[2\] \(a list\)"):
+        build_callbacks([{"DataMapCallback": {"min_epochs": [2]}}])
+    recipe = write_recipe(workspace, tmp_path, callbacks=[{"DataMapCallback": {"noise_rate": "5%"}}])
+    assert cli_main(["sft", "--config", str(recipe)]) == 2
+    assert "argument 'noise_rate' must be a number or null" in capsys.readouterr().err
+
+
+def test_data_errors_are_found_before_anything_is_launched(workspace, tmp_path, capsys):
+    def refused(**extra):
+        recipe = write_recipe(workspace, tmp_path, num_processes=2, **extra)  # would launch two processes
+        assert cli_main(["sft", "--config", str(recipe)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("sft-callbacks sft:") == 1 and "Traceback" not in err  # one message, not one per process
+        assert not (tmp_path / "run").exists()  # nothing was launched
+        return err
+
+    err = refused(callbacks=["TrainingDynamicsCallback", {"GroupBalanceCallback": {"group_column": "domain"}}])
+    assert "no column for GroupBalanceCallback: domain" in err and "'dataset'" in err
+    err = refused(datasets=[{"path": "json", "data_files": str(workspace / "food.jsonl")},
+                            {"path": "json", "data_files": str(workspace / "nope.jsonl")}])
+    assert f"data file(s) not found: datasets[1]: {workspace / 'nope.jsonl'}" in err
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text('{"prompt": "a", "completion": "b", "dataset": "x"}\n' * 8)
+    err = refused(datasets=[{"path": "json", "data_files": str(workspace / "food.jsonl")},
+                            {"path": "json", "data_files": str(clash)}])
+    assert "already has a column 'dataset': set mixture_column to another name" in err
+
+
 @pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                     reason="needs torch.distributed with the gloo backend")
 @pytest.mark.timeout(300)
