@@ -32,6 +32,7 @@ from .curation.conflicts import find_conflicts
 from .curation.out_of_sample import out_of_sample_losses
 from .curation.preference_pairs import build_preference_pairs
 from .engine.callbacks import SamplingPolicyCallback, SFTCallback
+from .engine.checkpoints import last_complete_checkpoint
 from .engine.config import CallbackConfig
 from .engine.dynamics import TrainingDynamicsCallback, TrainingDynamicsConfig
 from .engine.sampling import AdaptiveSampler
@@ -126,6 +127,7 @@ __all__ = [
     "TrainingDynamicsCallback",
     "TrainingDynamicsConfig",
     "combine_weights",
+    "last_complete_checkpoint",
     "plot_data_map",
     "estimate_noise_rate",
     "out_of_sample_losses",

@@ -9,11 +9,29 @@ import numpy as np
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from .checkpoints import incomplete_latest
 from .config import CallbackConfig, is_json
 from .frames import annotate_dataset, dynamics_frame, eval_frame, run_annotations
 from .session import PolicyContext, Session
 
 logger = logging.getLogger(__name__)
+
+
+_WARNED: set[str] = set()
+
+
+def warn_incomplete_checkpoint(output_dir) -> None:
+    """Warn (once per folder) when the checkpoint ``resume_from_checkpoint=True`` would pick is incomplete, naming
+    the one to resume from instead: the Trainer would fail on its missing ``trainer_state.json``."""
+    found = incomplete_latest(output_dir) if output_dir else None
+    if found is None or found[0] in _WARNED:
+        return
+    _WARNED.add(found[0])
+    latest, complete = found
+    instead = (f"resume from {complete} (sft_callbacks.last_complete_checkpoint finds it)" if complete
+               else "no complete checkpoint is left: start again")
+    logger.warning("sft-callbacks: %s is incomplete (the run stopped while saving it: no readable trainer_state.json); "
+                   "resume_from_checkpoint=True would pick it and fail. Delete it or %s", latest, instead)
 
 
 def check_liger(args, at_init: bool = False) -> None:
@@ -135,6 +153,7 @@ class SFTCallback(TrainerCallback, ExportableState):
         check_liger(args, at_init=True)
         if model is not None:
             self._session = Session.for_model(model)
+        warn_incomplete_checkpoint(getattr(args, "output_dir", None))
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         check_liger(args)

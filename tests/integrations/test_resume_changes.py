@@ -114,3 +114,23 @@ def test_two_instances_of_a_class_keep_one_saved_state_each(tmp_path, tokenizer,
     entry = saved["GroupBalanceCallback"]
     assert isinstance(entry, list) and len(entry) == 2  # not 2 more at each of the three saves
     assert [e["args"]["beta"] for e in entry] == [0.5, 1.0]
+
+
+def test_a_checkpoint_cut_short_while_saving_is_named_with_the_one_to_resume_from(tmp_path, tokenizer, make_model,
+                                                                                  caplog):
+    import shutil
+
+    from sft_callbacks import last_complete_checkpoint
+
+    _trainer(tmp_path / "a", tokenizer, make_model, _three()[:2], max_steps=8).train()
+    # As a process stopped while saving leaves it: the weights written, trainer_state.json not (or cut short).
+    (tmp_path / "a" / "checkpoint-8" / "trainer_state.json").unlink()
+    shutil.copytree(tmp_path / "a" / "checkpoint-8", tmp_path / "a" / "checkpoint-12")
+    (tmp_path / "a" / "checkpoint-12" / "trainer_state.json").write_text('{"global_step": 12, "log_hi')
+    assert last_complete_checkpoint(tmp_path / "a") == str(tmp_path / "a" / "checkpoint-4")
+    with caplog.at_level(logging.WARNING):
+        trainer = _trainer(tmp_path / "a", tokenizer, make_model, _three()[:2], max_steps=12)
+    assert (f"{tmp_path / 'a' / 'checkpoint-12'} is incomplete" in caplog.text
+            and f"resume from {tmp_path / 'a' / 'checkpoint-4'}" in caplog.text)
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(tmp_path / "a"))
+    assert trainer.state.global_step == 12
