@@ -175,11 +175,13 @@ class _GroupStream:
         if not self.in_pass:
             return
         if self.perm is not None:  # a flat pass: the first `cursor` rows of the permutation were visited
-            visited = np.zeros(self.n, dtype=np.float64)
-            visited[self.perm[: self.cursor]] = 1.0
             # the threshold of the last visit handed out (rank cursor - 1 of the permutation)
             elapsed = float(quotas.phases(self.n)[self.cursor - 1]) if self.cursor else 0.0
-            self._store_lag(quotas.carried_lag(np.ones(self.n), np.zeros(self.n), visited, elapsed))
+            # carried_lag with rate 1 and no lag has two values: elapsed, and elapsed - 1 where visited
+            unvisited, visited = quotas.carried_lag(np.ones(2), np.zeros(2), np.array([0.0, 1.0]), elapsed)
+            lag = np.full(self.n, unvisited, dtype=np.float32)
+            lag[self.perm[: self.cursor]] = visited
+            self._store_lag(lag)
         else:
             rate, lag, psi, total = self._pass_arrays()
             lo, _ = self._window_bounds(self.window)
@@ -272,16 +274,20 @@ class _Stream:
         lag = whole.lag
         order, offsets = partition
         self.groups = []
+        owed = []
         for k in range(len(offsets) - 1):
             rows = order[offsets[k] : offsets[k + 1]]
             g = _GroupStream(rows, len(rows), self.seed + ((k + 1) << 32))
-            if lag is not None and lag[rows].any():
-                g.lag = lag[rows]
+            if lag is not None:
+                local = lag[rows]  # one gather per group: its rows' lag, and what the group is owed
+                owed.append(float(local.sum(dtype=np.float64)))
+                if local.any():
+                    g.lag = local
             self.groups.append(g)
         self._reset_turns()
         self.sums = self.group_sums(self.weights)
         if lag is not None:
-            self.deficit = np.array([float(lag[g.rows].sum(dtype=np.float64)) for g in self.groups])
+            self.deficit = np.array(owed)
 
     def group_sums(self, weights: np.ndarray | None) -> np.ndarray:
         if weights is None:
@@ -507,8 +513,11 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
 
     def _group_sums(self, weights: np.ndarray | None) -> np.ndarray:
         order, offsets = self._partition
-        w = np.ones(self.num_rows, dtype=np.float32) if weights is None else weights
-        return np.add.reduceat(w[order].astype(np.float64), offsets[:-1])
+        if weights is None:
+            return np.diff(offsets).astype(np.float64)
+        # Group by group (what reduceat over the sorted copy adds, bit for bit) without a sorted copy of every row.
+        return np.array([np.add.reduce(weights[order[a:b]].astype(np.float64)) if b > a else 0.0
+                         for a, b in zip(offsets[:-1], offsets[1:])])
 
     def __len__(self) -> int:
         return self.num_samples
