@@ -103,20 +103,17 @@ def visits_before(x: float, rate: np.ndarray, lag: np.ndarray, psi: np.ndarray, 
     return np.clip(k, 0, total).astype(np.int64)
 
 
-def plan_window(
+def window_events(
     lo: float, hi: float, rate: np.ndarray, lag: np.ndarray, psi: np.ndarray, total: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The visits of one time window ``[lo, hi)`` of a pass, in time order; ties keep the permutation's order.
-
-    Arrays are in the pass's permutation order (position ``j`` holds the row ranked ``j``). Returns
-    ``(ranks, times)``: the permutation rank of each visit's row and the visit's time in the pass (a visit owed
-    from before the pass has a negative time and comes first). ``lo = -inf`` opens the first window.
+    """The visits of one time window ``[lo, hi)`` of a pass in row order (a row's visits in turn): ``(ranks,
+    times)``, the rank of each visit's row and the visit's time in the pass. :func:`plan_window` sorts them.
 
     Example:
-        >>> ranks, times = plan_window(-np.inf, 1.0, np.array([1.0, 2.0]), np.zeros(2), np.array([0.25, 0.75]),
-        ...                            np.array([1, 2]))
-        >>> ranks.tolist()
-        [0, 1, 1]
+        >>> ranks, times = window_events(-np.inf, 1.0, np.array([1.0, 2.0]), np.zeros(2), np.array([0.25, 0.75]),
+        ...                              np.array([1, 2]))
+        >>> ranks.tolist(), times.tolist()
+        ([0, 1, 1], [0.25, 0.375, 0.875])
     """
     first = np.zeros(len(rate), dtype=np.int64) if lo == -np.inf else visits_before(lo, rate, lag, psi, total)
     last = total if hi >= 1.0 else visits_before(hi, rate, lag, psi, total)
@@ -127,7 +124,26 @@ def plan_window(
     # The visit number of each event: first[row] + 0, 1, ... within the row's run.
     starts = np.cumsum(count) - count
     m = np.arange(ranks.size, dtype=np.int64) - np.repeat(starts, count) + np.repeat(first, count)
-    times = (m + psi[ranks] - lag[ranks]) / rate[ranks]
+    return ranks, (m + psi[ranks] - lag[ranks]) / rate[ranks]
+
+
+def plan_window(
+    lo: float, hi: float, rate: np.ndarray, lag: np.ndarray, psi: np.ndarray, total: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The visits of one time window ``[lo, hi)`` of a pass, in time order; ties keep the permutation's order.
+
+    Arrays are in the pass's permutation order (position ``j`` holds the row ranked ``j``). Returns
+    ``(ranks, times)``: the permutation rank of each visit's row and the visit's time in the pass (a visit owed
+    from before the pass has a negative time and comes first). ``lo = -inf`` opens the first window. The rows can
+    be cut into consecutive chunks: :func:`window_events` of each, concatenated, sort to the same plan.
+
+    Example:
+        >>> ranks, times = plan_window(-np.inf, 1.0, np.array([1.0, 2.0]), np.zeros(2), np.array([0.25, 0.75]),
+        ...                            np.array([1, 2]))
+        >>> ranks.tolist()
+        [0, 1, 1]
+    """
+    ranks, times = window_events(lo, hi, rate, lag, psi, total)
     order = np.argsort(times, kind="stable")  # stable: equal times keep the permutation's order
     return ranks[order], times[order]
 

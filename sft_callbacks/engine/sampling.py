@@ -29,6 +29,7 @@ from .hashing import counter_uniforms
 _WINDOW_EVENTS = 1 << 20  # visits planned at once in a weighted pass (bounds memory and first-draw latency) ...
 _MAX_WINDOWS = 8  # ... but each window rescans the group's rows, so a pass has at most this many
 _GROUP_CHUNK = 1 << 16  # positions assigned to groups per call of the deadline rule
+_PLAN_CHUNK = 1 << 20  # rows whose pass arithmetic is done at once (elementwise: chunks give the same values)
 _STATE_FORMAT = "passes-1"
 
 
@@ -47,6 +48,21 @@ def _validated(weights: np.ndarray, num_rows: int, what: str = "weights", noun: 
     if not high > 0:
         raise ValueError(f"all {what} are zero; at least one must be positive")
     return w
+
+
+def _pairwise_sum(values: np.ndarray, index: np.ndarray) -> float:
+    """``np.add.reduce(values[index].astype(np.float64))`` bit for bit, a chunk of rows at a time.
+
+    numpy sums a contiguous float64 array pairwise, splitting ``n`` rows at ``n // 2`` rounded down to a multiple
+    of 8; recursing the same way until a part fits a chunk adds the same numbers in the same order, without
+    float64 copies of every row.
+    """
+    n = len(index)
+    if n <= max(_PLAN_CHUNK, 128):  # numpy adds up to 128 numbers in one unrolled block
+        return float(np.add.reduce(values[index].astype(np.float64))) if n else 0.0
+    half = n // 2
+    half -= half % 8
+    return _pairwise_sum(values, index[:half]) + _pairwise_sum(values, index[half:])
 
 
 @dataclass
@@ -115,12 +131,22 @@ class _GroupStream:
         self.windows = min(_MAX_WINDOWS, max(1, math.ceil(self.n / _WINDOW_EVENTS)))
         self._plan_window()
 
-    def _pass_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        rate = np.ones(self.n) if self.source is None else self._local(self.source).astype(np.float64) * self.scale
-        lag = self.lag.astype(np.float64)
-        draws = counter_uniforms((self.seed + self.pass_id - 1) ^ 0x7A3D, 0, self.n)
+    def _row_arrays(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(rate, lag, psi, visits)`` of the pass for the group's rows ``a..b-1`` (elementwise in the row)."""
+        if self.source is None:
+            rate = np.ones(b - a)
+        else:
+            local = self.source[a:b] if self.rows is None else self.source[self.rows[a:b]]
+            rate = local.astype(np.float64) * self.scale
+        lag = self.lag[a:b].astype(np.float64)
+        draws = counter_uniforms((self.seed + self.pass_id - 1) ^ 0x7A3D, a, b)
         psi = quotas.thresholds(lag, draws)
         return rate, lag, psi, quotas.visits_per_row(rate, lag, psi)
+
+    def _pass_chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """``(a, rate, lag, psi, visits)`` for the pass's rows, a chunk at a time (bounded temporaries)."""
+        for a in range(0, self.n, _PLAN_CHUNK):
+            yield a, *self._row_arrays(a, min(self.n, a + _PLAN_CHUNK))
 
     def _window_bounds(self, w: int) -> tuple[float, float]:
         lo = -np.inf if w == 0 else w / self.windows
@@ -128,16 +154,23 @@ class _GroupStream:
         return lo, hi
 
     def _plan_window(self) -> None:
-        rate, lag, psi, total = self._pass_arrays()
         lo, hi = self._window_bounds(self.window)
-        rows, _ = quotas.plan_window(lo, hi, rate, lag, psi, total)
-        self.events = rows.astype(quotas.index_dtype(self.n))
+        ranks, times = [], []
+        for a, rate, lag, psi, total in self._pass_chunks():
+            r, t = quotas.window_events(lo, hi, rate, lag, psi, total)
+            ranks.append(r + a)
+            times.append(t)
+        ranks, times = np.concatenate(ranks), np.concatenate(times)
+        order = np.argsort(times, kind="stable")  # events are in row order: ties keep the permutation's order
+        self.events = ranks[order].astype(quotas.index_dtype(self.n))
         self.cursor = 0
 
     def _end_pass(self) -> None:
         if self.perm is None:
-            rate, lag, psi, total = self._pass_arrays()
-            self._store_lag(lag + rate - total)
+            lag = np.empty(self.n, dtype=np.float32)
+            for a, rate, old, _, total in self._pass_chunks():
+                lag[a : a + len(rate)] = old + rate - total
+            self._store_lag(lag)
         self.in_pass = False
         self.perm = self.events = None
 
@@ -183,17 +216,25 @@ class _GroupStream:
             lag[self.perm[: self.cursor]] = visited
             self._store_lag(lag)
         else:
-            rate, lag, psi, total = self._pass_arrays()
             lo, _ = self._window_bounds(self.window)
-            before = (np.zeros(self.n, dtype=np.int64) if lo == -np.inf
-                      else quotas.visits_before(lo, rate, lag, psi, total))
-            visited = before + np.bincount(self.events[: self.cursor], minlength=self.n)
+            hits = np.bincount(self.events[: self.cursor], minlength=self.n)
+
+            def visited(a, rate, lag, psi, total):
+                before = (np.zeros(len(rate), dtype=np.int64) if lo == -np.inf
+                          else quotas.visits_before(lo, rate, lag, psi, total))
+                return before + hits[a : a + len(rate)]
+
             if self.cursor:  # the time of the last visit handed out: its row's visit number in the pass
                 j = int(self.events[self.cursor - 1])
-                elapsed = (visited[j] - 1 + psi[j] - lag[j]) / rate[j]
+                rate, lag, psi, total = self._row_arrays(j, j + 1)
+                elapsed = (visited(j, rate, lag, psi, total)[0] - 1 + psi[0] - lag[0]) / rate[0]
             else:
                 elapsed = 0.0 if lo == -np.inf else lo
-            self._store_lag(quotas.carried_lag(rate, lag, visited, float(elapsed)))
+            carried = np.empty(self.n, dtype=np.float32)
+            for a, rate, lag, psi, total in self._pass_chunks():
+                carried[a : a + len(rate)] = quotas.carried_lag(rate, lag, visited(a, rate, lag, psi, total),
+                                                                float(elapsed))
+            self._store_lag(carried)
         self.in_pass = False
         self.perm = self.events = None
 
@@ -515,9 +556,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         order, offsets = self._partition
         if weights is None:
             return np.diff(offsets).astype(np.float64)
-        # Group by group (what reduceat over the sorted copy adds, bit for bit) without a sorted copy of every row.
-        return np.array([np.add.reduce(weights[order[a:b]].astype(np.float64)) if b > a else 0.0
-                         for a, b in zip(offsets[:-1], offsets[1:])])
+        return np.array([_pairwise_sum(weights, order[a:b]) for a, b in zip(offsets[:-1], offsets[1:])])
 
     def __len__(self) -> int:
         return self.num_samples

@@ -211,3 +211,31 @@ def test_weights_change_mid_epoch_rows_waiting_come_first():
     first_repeat_light = next(k for k in range(30, 120) if d[k] >= 20 and d[k] in set(d[:k].tolist()))
     assert light_wait <= set(d[30:first_repeat_light].tolist())
     assert heavy_wait <= set(d[30:60].tolist())
+
+
+def test_group_totals_are_numpys_pairwise_sums_bit_for_bit_when_summed_in_chunks(monkeypatch):
+    import sft_callbacks.engine.sampling as sampling
+
+    rng = np.random.default_rng(3)
+    values = (rng.gamma(1.0, size=50_003) * 0.37).astype(np.float32)  # sums that are not exact in float64
+    index = rng.permutation(50_003)
+    expected = np.add.reduce(values[index].astype(np.float64))
+    for chunk in (1 << 20, 4096, 1000, 9):
+        monkeypatch.setattr(sampling, "_PLAN_CHUNK", chunk)
+        assert sampling._pairwise_sum(values, index) == expected  # the same float, not merely close
+
+
+def test_a_pass_planned_in_row_chunks_is_the_same_stream(monkeypatch):
+    import sft_callbacks.engine.sampling as sampling
+
+    def stream(chunk):
+        monkeypatch.setattr(sampling, "_PLAN_CHUNK", chunk)
+        monkeypatch.setattr(sampling, "_WINDOW_EVENTS", 500)  # several windows per pass
+        rng = np.random.default_rng(11)
+        n = 4_001
+        s = AdaptiveSampler(n, seed=2, lazy_chunk=61, groups=rng.choice(3, size=n))
+        s.schedule(np.where(np.arange(n) < 800, 3.0, 1.0), 1_333)  # interrupts a flat pass mid-way
+        s.schedule(rng.gamma(1.0, size=n) + 0.1, 5_000)  # interrupts a weighted pass mid-window
+        return s.draw(0, 3 * n)
+
+    np.testing.assert_array_equal(stream(97), stream(1 << 20))
