@@ -228,9 +228,10 @@ class SFTCallback(TrainerCallback, ExportableState):
         transformers' ``_save_checkpoint`` indexes the entry by class name without a default, so a callback added on
         resume (absent from the loaded ``trainer_state.json``) raises ``KeyError`` there and no checkpoint is written;
         and it appends to a list entry (several instances of a class) at every save, so the list would grow and a
-        resume would read the first save's states. No upstream issue reports the first; huggingface/transformers#33875
-        (open) fixes the second. An empty entry before every save avoids both: ``{}`` is replaced, ``[]`` gets one
-        state per instance, in handler order (what :meth:`_saved_payload` reads).
+        resume would read the first save's states. The indexing came with huggingface/transformers#32115; no upstream
+        issue reports the first failure, and huggingface/transformers#33875 (open) fixes the second. An empty entry
+        before every save avoids both: ``{}`` is replaced, ``[]`` gets one state per instance, in handler order (what
+        :meth:`_saved_payload` reads).
         """
         if state is None or self._session is None:
             return
