@@ -286,13 +286,15 @@ def _arm(text: str) -> str:
     return text
 
 
-def main(argv=None) -> int:
-    import sys
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``scripts/benchmark.py``: one subcommand per benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
     ev = sub.add_parser("evidence", help="arms x seeds on SmolLM2: paired differences, plots, noise section")
     ev.add_argument("--quick", action="store_true", help="1 seed; uniform, static_target, all; no cleanlab folds")
+    ev.add_argument("--budget", choices=["short", "converged"], default="short",
+                    help="short: 80 steps over all 1,200 training rows (half an epoch); converged: half of each "
+                         "domain's training rows, 3 epochs (225 steps), evaluated every 25 (CPU)")
     ev.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     ev.add_argument("--tuning", choices=["full", "lora"], default=None, help="default: lora")
     ev.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -374,6 +376,13 @@ def main(argv=None) -> int:
     noi.add_argument("--workdir", default="bench_results/noise_runs")
     noi.add_argument("--out", default="bench_results/noise.json")
     noi.add_argument("--plot", default="docs/benchmarks/noise_data_map.png")
+    return parser
+
+
+def main(argv=None) -> int:
+    import sys
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.raw_argv = (argv if argv is not None else sys.argv[1:])[1:]
     if args.benchmark == "noise":
@@ -444,12 +453,15 @@ def evidence_config(args) -> "bench_evidence.EvidenceConfig":
     else:
         base = dict(steps=bench_evidence.CPU_STEPS, batch_size=bench_evidence.CPU_BATCH,
                     eval_steps=bench_evidence.CPU_EVAL_STEPS, seeds=[0, 1, 2], cv_folds=2)
+    if getattr(args, "budget", "short") == "converged" and args.device == "cpu":
+        base.update(bench_evidence.CONVERGED_BUDGET)
     if args.quick:
         base.update(seeds=[0], arms=list(bench_evidence.QUICK_ARMS), cv_folds=0)
     if args.model == "tiny":  # the smoke test: a twentieth of the data, same mixes
         base.update(data_fraction=0.05)
     given = {k: getattr(args, k) for k in ("steps", "batch_size", "eval_steps", "lr", "seeds", "arms", "cv_folds",
-                                           "data_fraction", "threads", "tuning", "noise", "target_domain",
+                                           "data_fraction", "train_fraction", "threads", "tuning", "noise",
+                                           "target_domain",
                                            "target_train_rows", "data")
              if getattr(args, k, None) is not None}
     return bench_evidence.EvidenceConfig(model=args.model, device=args.device, workdir=args.workdir,

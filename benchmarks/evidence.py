@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 from transformers import TrainerCallback
@@ -44,6 +44,9 @@ VALIDATION_CANDIDATES = ("validation:scaling", "validation:learnability", "valid
                          "validation:doremi")
 # The CPU budget (2 cores): chosen so that all arms x 3 seeds fit in 100 minutes (see BENCHMARKS.md).
 CPU_STEPS, CPU_BATCH, CPU_EVAL_STEPS = 80, 8, 20
+# Where uniform has converged on the CPU: half of each domain's training rows (topic keeps 60, still the scarce
+# one), 3 epochs at batch 8, the full validation and test sets.
+CONVERGED_BUDGET = dict(train_fraction=0.5, steps=225, eval_steps=25)
 NOISE_SEED = 1234  # which training answers are corrupted: fixed, so every arm and seed sees the same noise
 
 
@@ -64,6 +67,7 @@ class EvidenceConfig:
     noise_by_domain: dict[str, float] | None = None  # or a rate per domain (sources that differ in quality)
     cv_folds: int = 2  # cleanlab's out-of-sample probabilities (0: skip); on the first seed only
     data_fraction: float = 1.0  # keep this fraction of every split, per domain (the smoke test)
+    train_fraction: float = 1.0  # then this fraction of the training rows only, per domain (the converged budget)
     workdir: str = "bench_results/evidence_runs"
     threads: int | None = None  # torch threads (None: torch's default)
     # The domain shift: only this domain in validation and test, and only the first
@@ -114,7 +118,7 @@ def load_data(cfg: EvidenceConfig) -> dict:
     from sft_callbacks.demo_data import corrupt_answers, load_benchmark_dataset
 
     datasets.disable_progress_bars()
-    clean = _subsample(load_benchmark_dataset("train", cfg.data), cfg.data_fraction)
+    clean = _subsample(_subsample(load_benchmark_dataset("train", cfg.data), cfg.data_fraction), cfg.train_fraction)
     validation = _subsample(load_benchmark_dataset("validation", cfg.data), cfg.data_fraction)
     test = _subsample(load_benchmark_dataset("test", cfg.data), cfg.data_fraction)
     if cfg.target_domain is not None:
@@ -323,8 +327,11 @@ class EvalRecorder(TrainerCallback):
         drawn = {str(d): float(new[self.train_domains == d].sum() / max(new.sum(), 1.0))
                  for d in sorted(set(self.train_domains.tolist()))}
         # The Trainer's eval_loss averages per-batch means; the target is the token-weighted mean over all rows.
-        self.curve.append({"step": int(state.global_step),
-                           "target_loss": float((loss[ok] * ntok[ok]).sum() / ntok[ok].sum()),
+        target = float((loss[ok] * ntok[ok]).sum() / ntok[ok].sum())
+        # Standard error of that token-weighted mean over rows (the ratio estimator's, rows as the sample).
+        w = ntok[ok] / ntok[ok].sum()
+        se = float(np.sqrt(np.sum(w**2 * (loss[ok] - target) ** 2) * ok.sum() / max(ok.sum() - 1, 1)))
+        self.curve.append({"step": int(state.global_step), "target_loss": target, "target_loss_se": se,
                            "trainer_eval_loss": float(metrics["eval_loss"]), "domain_loss": per,
                            "drawn_since_last_eval": drawn})
 
@@ -414,6 +421,24 @@ def row_scores(dyn, data_map) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 # statistics
 # ------------------------------------------------------------------------------------------------------------
+
+
+def convergence(curve: list[dict]) -> dict:
+    """Whether a run has converged: its last target loss is within one standard error (the last evaluation's) of
+    the lowest over the last third of the run.
+
+    Example:
+        >>> convergence([{"step": 10, "target_loss": 0.5, "target_loss_se": 0.01},
+        ...              {"step": 20, "target_loss": 0.30, "target_loss_se": 0.01},
+        ...              {"step": 30, "target_loss": 0.305, "target_loss_se": 0.01}])["converged"]
+        True
+    """
+    last = curve[-1]
+    tail = [p for p in curve if p["step"] >= last["step"] * 2 / 3]
+    lowest = min(p["target_loss"] for p in tail)
+    se = last.get("target_loss_se")
+    return {"last": last["target_loss"], "lowest_last_third": lowest, "se": se,
+            "converged": bool(se is not None and last["target_loss"] <= lowest + se)}
 
 
 def steps_to_reach(curve: list[dict], target: float) -> int | None:
@@ -558,6 +583,14 @@ def out_of_sample_probs(cfg: EvidenceConfig, data: dict, seed: int, log=print) -
 # ------------------------------------------------------------------------------------------------------------
 
 
+def config_value(config: dict, key: str):
+    """A recorded configuration's value, or the field's default where the report predates the field."""
+    if key in config:
+        return config[key]
+    defaults = {f.name: f.default for f in fields(EvidenceConfig) if f.default is not MISSING}
+    return defaults.get(key)
+
+
 def _partial_path(cfg: EvidenceConfig) -> str:
     return os.path.join(cfg.workdir, "partial_runs.json")
 
@@ -589,7 +622,7 @@ def _load_partial(cfg: EvidenceConfig) -> dict:
         return {}
     mine = asdict(cfg)
     keys = [k for k in mine if k not in ("seeds", "arms", "threads", "workdir")]  # what changes a run's result
-    if any(payload["config"].get(k) != mine[k] for k in keys):
+    if any(config_value(payload["config"], k) != mine[k] for k in keys):
         return {}
     out = {}
     for r in payload["runs"]:
@@ -662,7 +695,7 @@ def merge_reports(reports: list[dict]) -> dict:
     fixed = [k for k in reports[0]["config"] if k not in ("seeds", "arms", "workdir", "threads", "cv_folds")]
     runs, seen = [], {}
     for rep in reports:
-        diff = [k for k in fixed if rep["config"].get(k) != reports[0]["config"].get(k)]
+        diff = [k for k in fixed if config_value(rep["config"], k) != config_value(reports[0]["config"], k)]
         if diff:
             raise ValueError(f"reports differ in {diff}: only arms and seeds may differ")
         for r in rep["runs"]:
@@ -854,6 +887,14 @@ def markdown_report(report: dict) -> str:
             [[d, _ci(uniform["mean"][f"em/{d}"], ".2f"), _f(data["majority"][d]["test_accuracy"] + 0.10, ".2f"),
               "yes" if uniform["mean"][f"em/{d}"]["mean"] >= data["majority"][d]["test_accuracy"] + 0.10 else "**no**",
               _f(fmt[d]["mean"], ".2f")] for d in judged]))
+    conv = {r["seed"]: convergence(r["curve"]) for r in rows_by.get("uniform", [])
+            if r.get("curve") and "target_loss_se" in r["curve"][-1]}
+    if conv:
+        parts.append("\n**Has uniform converged?** Its last target loss against the lowest over the last third of the "
+                     "run, and the last evaluation's standard error (converged: within one).\n")
+        parts.append(_table(["seed", "last", "lowest, last third", "standard error", "converged"],
+                            [[str(s), _f(c["last"], ".4f"), _f(c["lowest_last_third"], ".4f"), _f(c["se"], ".4f"),
+                              "yes" if c["converged"] else "**no**"] for s, c in sorted(conv.items())]))
     parts.append(f"\n**Arms.** Final target validation loss (token-weighted over the validation mix) and test exact "
                  f"match, mean [95% CI] over seeds {cfg['seeds']}; paired differences (arm minus reference, same "
                  f"seed). Steps: first evaluation (every {cfg['eval_steps']} steps) at or below the same seed's "

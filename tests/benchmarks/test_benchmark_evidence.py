@@ -281,3 +281,28 @@ def test_flat_arm_is_the_uniform_run_and_compare_pairs_before_with_after(tmp_pat
     assert cmp["flat"]["after_minus_before"]["target_loss"]["mean"] == 0.0
     assert cmp["flat"]["after_vs_uniform"]["exact_match"]["mean"] == 0.0
     assert "Δ after - before" in (tmp_path / "cmp.md").read_text()
+
+
+def test_convergence_reads_the_last_third_against_the_standard_error():
+    def curve(losses, se=0.01):
+        return [{"step": 10 * (i + 1), "target_loss": v, "target_loss_se": se} for i, v in enumerate(losses)]
+
+    assert bench_evidence.convergence(curve([0.9, 0.6, 0.4, 0.30, 0.31, 0.305]))["converged"]
+    falling = bench_evidence.convergence(curve([0.9, 0.6, 0.4, 0.35, 0.32, 0.28]))
+    assert falling["converged"]  # the last is the lowest
+    rising = bench_evidence.convergence(curve([0.9, 0.6, 0.4, 0.25, 0.30, 0.33]))
+    assert not rising["converged"] and rising["lowest_last_third"] == 0.25
+    assert not bench_evidence.convergence([{"step": 5, "target_loss": 0.3}])["converged"]  # no standard error recorded
+
+
+def test_the_converged_budget_trains_on_half_of_each_domain_and_old_reports_still_merge():
+    cfg = benchmark.evidence_config(benchmark.build_parser().parse_args(["evidence", "--budget", "converged"]))
+    assert (cfg.train_fraction, cfg.steps, cfg.eval_steps, cfg.batch_size) == (0.5, 225, 25, 8)
+    short = benchmark.evidence_config(benchmark.build_parser().parse_args(["evidence"]))
+    assert (short.train_fraction, short.steps) == (1.0, bench_evidence.CPU_STEPS)
+    data = bench_evidence.load_data(cfg)
+    rows = np.asarray(data["train"]["domain"])
+    assert {d: int((rows == d).sum()) for d in data["domains"]} == {"chat_kind": 260, "language": 280, "topic": 60}
+    assert len(data["validation"]) == 160 and len(data["test"]) == 300  # the evaluation sets stay whole
+    assert bench_evidence.config_value({}, "train_fraction") == 1.0  # a report written before the field
+    assert bench_evidence.config_value({"train_fraction": 0.5}, "train_fraction") == 0.5
