@@ -77,6 +77,9 @@ class EvidenceConfig:
     data: str = "benchmark"  # or "sentiment_shift": one task in two sources (load_benchmark_dataset's ``name``)
 
 
+_CONFIG_DEFAULTS = {f.name: f.default for f in fields(EvidenceConfig) if f.default is not MISSING}
+
+
 def default_lr(cfg: EvidenceConfig) -> float:
     if cfg.lr is not None:
         return cfg.lr
@@ -585,10 +588,7 @@ def out_of_sample_probs(cfg: EvidenceConfig, data: dict, seed: int, log=print) -
 
 def config_value(config: dict, key: str):
     """A recorded configuration's value, or the field's default where the report predates the field."""
-    if key in config:
-        return config[key]
-    defaults = {f.name: f.default for f in fields(EvidenceConfig) if f.default is not MISSING}
-    return defaults.get(key)
+    return config[key] if key in config else _CONFIG_DEFAULTS.get(key)
 
 
 def _partial_path(cfg: EvidenceConfig) -> str:

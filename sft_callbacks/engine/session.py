@@ -309,18 +309,15 @@ class Session:
         if self.dataset is None:
             return
         ctx = self.context(state)
-        self._update_loss_weights(ctx, reason)
+        vectors, changed = self._collect_loss_weights(ctx, reason)
+        if changed and vectors:
+            self.tracker.set_loss_weights(np.prod([w for _, w in vectors], axis=0))
         if self.sampler is None:
             return
-        vectors, changed = self._collect(
-            "needs_sampler",
-            lambda cb: cb.policy_weights(ctx, reason),
-            lambda cb, w: check_weights(w, ctx.num_rows, f"{type(cb).__name__}.policy_weights"),
-            self.last_policy_weights,
-        )
+        vectors, changed = self._collect_sampling_weights(ctx, reason)
         if not changed or not vectors:
             return
-        combined = combine_weights(vectors, ctx.num_rows, floor=self.weight_floor, max_ratio=self.max_weight_ratio)
+        combined = self._combine(vectors, ctx.num_rows)
         if np.array_equal(combined.astype(np.float32), self.sampler.current_weights):
             return  # nothing changed: keep the schedule as it is
         at = self.effective_position(state) if at_position is None else at_position
@@ -346,8 +343,9 @@ class Session:
         for cb in sorted(self.members, key=lambda m: not m.publishes_signals):
             if not getattr(cb, flag):
                 continue
-            w = ask(cb) if only is None or cb in only else None
-            if only is None or cb in only:
+            asked = only is None or cb in only
+            w = ask(cb) if asked else None
+            if asked:
                 self.signals.update(cb.policy_signals())
             if w is None:
                 w = last.get(cb.policy_name)
@@ -360,15 +358,26 @@ class Session:
         vectors.sort(key=lambda item: [m.policy_name for m in self.members].index(item[0]))
         return vectors, changed
 
-    def _update_loss_weights(self, ctx: PolicyContext, reason: str) -> None:
-        vectors, changed = self._collect(
+    def _collect_loss_weights(self, ctx: PolicyContext, reason: str, only: list | None = None):
+        return self._collect(
             "needs_loss_weighting",
             lambda cb: cb.policy_loss_weights(ctx, reason),
             lambda cb, w: check_weights(w, len(ctx.index.keys), f"{type(cb).__name__}.policy_loss_weights"),
             self.last_loss_weights,
+            only,
         )
-        if changed and vectors:
-            self.tracker.set_loss_weights(np.prod([w for _, w in vectors], axis=0))
+
+    def _collect_sampling_weights(self, ctx: PolicyContext, reason: str, only: list | None = None):
+        return self._collect(
+            "needs_sampler",
+            lambda cb: cb.policy_weights(ctx, reason),
+            lambda cb, w: check_weights(w, ctx.num_rows, f"{type(cb).__name__}.policy_weights"),
+            self.last_policy_weights,
+            only,
+        )
+
+    def _combine(self, vectors: list, num_rows: int) -> np.ndarray:
+        return combine_weights(vectors, num_rows, floor=self.weight_floor, max_ratio=self.max_weight_ratio)
 
     def begin_policies(self, state) -> None:
         """First policy call of a ``train()``: before the first draw (sampler) or the first forward."""
@@ -409,18 +418,12 @@ class Session:
                            "%d", ", ".join(cb.policy_name for cb in added), "their" if len(added) > 1 else "its",
                            state.global_step)
         ctx = self.context(state)
-        self._collect("needs_loss_weighting", lambda cb: cb.policy_loss_weights(ctx, "resume"),
-                      lambda cb, w: check_weights(w, len(ctx.index.keys), f"{type(cb).__name__}.policy_loss_weights"),
-                      self.last_loss_weights, only=added)
-        self.tracker.set_loss_weights(np.prod(list(self.last_loss_weights.values()), axis=0)
-                                      if self.last_loss_weights else None)  # fmt: skip
+        vectors, _ = self._collect_loss_weights(ctx, "resume", only=added)
+        self.tracker.set_loss_weights(np.prod([w for _, w in vectors], axis=0) if vectors else None)
         if self.sampler is None:
             return
-        vectors, _ = self._collect("needs_sampler", lambda cb: cb.policy_weights(ctx, "resume"),
-                                   lambda cb, w: check_weights(w, ctx.num_rows, f"{type(cb).__name__}.policy_weights"),
-                                   self.last_policy_weights, only=added)
-        combined = (combine_weights(vectors, ctx.num_rows, floor=self.weight_floor, max_ratio=self.max_weight_ratio)
-                    if vectors else np.ones(ctx.num_rows))  # fmt: skip
+        vectors, _ = self._collect_sampling_weights(ctx, "resume", only=added)
+        combined = self._combine(vectors, ctx.num_rows) if vectors else np.ones(ctx.num_rows)
         self.sampler.schedule(combined, self.sampler.produced)
         self.weight_updates += 1
 
