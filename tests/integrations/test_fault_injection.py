@@ -20,10 +20,12 @@ from ..support.fault_worker import MAX_STEPS, SAVE_STEPS
 from ..support.recipes import REPO, launch_env
 
 
-def _start(workspace, out, attempt, resume=None):
+def _start(workspace, out, attempt, resume=None, paced=False):
     cmd = [sys.executable, "-m", "tests.support.fault_worker", str(workspace), str(out), str(attempt)]
-    return subprocess.Popen([*cmd, *([resume] if resume else [])], cwd=str(REPO), env=launch_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env = {**launch_env(), "SFT_FAULT_PACED": "1" if paced else "0"}
+    return subprocess.Popen([*cmd, *([resume] if resume else [])], cwd=str(REPO), env=env, text=True,
+                            stdin=subprocess.PIPE if paced else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
 
 
 def _stream(out) -> dict[int, list]:
@@ -52,11 +54,14 @@ def test_killed_three_times_and_resumed_equals_the_uninterrupted_run(workspace, 
         done = int(resume.rsplit("-", 1)[1]) if resume else 0
         # A step past the next save (so each attempt gets further), before the end.
         target = int(rng.integers(done + SAVE_STEPS + 1, min(done + SAVE_STEPS + 5, MAX_STEPS - 1)))
-        proc = _start(workspace, killed, attempt, resume)
-        for line in proc.stdout:
-            if line.strip() == f"step {target}":
-                break
-        time.sleep(float(rng.uniform(0.0, 0.4)))  # anywhere after that step: mid-step, mid-save, mid-eval
+        proc = _start(workspace, killed, attempt, resume, paced=True)
+        for line in proc.stdout:  # the worker waits after each step until told to go on
+            if line.startswith("step "):
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                if line.strip() == f"step {target}":
+                    break
+        time.sleep(float(rng.uniform(0.0, 0.4)))  # within the next step: mid-step, mid-save, mid-eval, or waiting
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL, "the process finished before it was killed"

@@ -2,13 +2,16 @@
 
 ``python -m tests.support.fault_worker WORKSPACE OUT ATTEMPT [RESUME]`` trains the workspace's tiny model on demo
 rows, appends each step's micro-batches (rows of the training set) to ``OUT/batches.jsonl`` with the attempt number,
-prints ``step N`` after each step (the test kills the process at one of them), and at the end writes
+prints ``step N`` after each step (the test kills the process at one of them; with ``SFT_FAULT_PACED=1`` it then
+waits for a line on stdin before the next step, so it runs at most one step past the one the test chose), and at
+the end writes
 ``OUT/final.json``: the per-sample statistics, the policies' last weights and a checksum of the parameters.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,6 +58,8 @@ class _StepLog(TrainerCallback):
         with self.path.open("a") as fh:
             fh.write(json.dumps({"attempt": self.attempt, "step": state.global_step, "batches": new}) + "\n")
         print(f"step {state.global_step}", flush=True)
+        if os.environ.get("SFT_FAULT_PACED") == "1":
+            sys.stdin.readline()
 
 
 def main(workspace: str, out: str, attempt: int, resume: str | None) -> None:
