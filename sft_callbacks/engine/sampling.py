@@ -30,6 +30,7 @@ _WINDOW_EVENTS = 1 << 20  # visits planned at once in a weighted pass (bounds me
 _MAX_WINDOWS = 8  # ... but each window rescans the group's rows, so a pass has at most this many
 _GROUP_CHUNK = 1 << 16  # positions assigned to groups per call of the deadline rule
 _PLAN_CHUNK = 1 << 20  # rows whose pass arithmetic is done at once (elementwise: chunks give the same values)
+_SORT_BLOCK = 1 << 16  # a window's visits put in order at first; each later block is 3x all those before it
 _STATE_FORMAT = "passes-1"
 
 
@@ -110,7 +111,9 @@ class _GroupStream:
         self.perm: np.ndarray | None = None  # a flat pass's permutation
         self.window = 0
         self.windows = 1
-        self.events: np.ndarray | None = None  # a weighted pass: the window's visits, as the group's row numbers
+        self.events: np.ndarray | None = None  # a weighted pass: the window's visits so far in order (row numbers)
+        self.later: tuple[np.ndarray, np.ndarray] | None = None  # ... and its other visits, (ranks, times) unsorted
+        self.planned = 0  # visits in the window
         self.cursor = 0
 
     def _local(self, weights: np.ndarray) -> np.ndarray:
@@ -160,10 +163,20 @@ class _GroupStream:
             r, t = quotas.window_events(lo, hi, rate, lag, psi, total)
             ranks.append(r + a)
             times.append(t)
-        ranks, times = np.concatenate(ranks), np.concatenate(times)
-        order = np.argsort(times, kind="stable")  # events are in row order: ties keep the permutation's order
-        self.events = ranks[order].astype(quotas.index_dtype(self.n))
+        # Events are in row order, so a stable order by time keeps the permutation's order at ties; the window is
+        # put in order a block at a time, as the draws reach it.
+        self.later = (np.concatenate(ranks).astype(quotas.index_dtype(self.n)), np.concatenate(times))
+        self.planned = len(self.later[1])
+        self.events = np.empty(0, dtype=quotas.index_dtype(self.n))
         self.cursor = 0
+
+    def _order_until(self, stop: int) -> None:
+        """Put the window's visits in order up to ``stop`` (the earliest of the rest, a growing block at a time)."""
+        while len(self.events) < stop:
+            block = max(stop - len(self.events), 3 * len(self.events), _SORT_BLOCK)
+            head, ranks, times = quotas.earliest(*self.later, block)
+            self.events = np.concatenate([self.events, head])
+            self.later = (ranks, times)
 
     def _end_pass(self) -> None:
         if self.perm is None:
@@ -172,14 +185,14 @@ class _GroupStream:
                 lag[a : a + len(rate)] = old + rate - total
             self._store_lag(lag)
         self.in_pass = False
-        self.perm = self.events = None
+        self.perm = self.events = self.later = None
 
     def _store_lag(self, lag: np.ndarray) -> None:
         lag = lag.astype(np.float32)
         self.lag = lag if lag.any() else None
 
     def _available(self) -> int:
-        return (self.n if self.perm is not None else len(self.events)) - self.cursor
+        return (self.n if self.perm is not None else self.planned) - self.cursor
 
     def take(self, count: int) -> np.ndarray:
         """The next ``count`` rows (global ids) of this group's stream."""
@@ -196,6 +209,8 @@ class _GroupStream:
                     self._plan_window()
                 continue
             k = min(count, avail)
+            if self.perm is None:
+                self._order_until(self.cursor + k)
             source = self.perm if self.perm is not None else self.events
             local = source[self.cursor : self.cursor + k]
             out.append(local if self.rows is None else self.rows[local])
@@ -203,15 +218,19 @@ class _GroupStream:
             count -= k
         return np.concatenate(out).astype(np.int64, copy=False) if out else np.empty(0, dtype=np.int64)
 
+    def flat_lag(self) -> tuple[np.float32, np.float32]:
+        """A flat pass interrupted here leaves two lags: of the rows not yet visited, and of those visited."""
+        # the threshold of the last visit handed out (rank cursor - 1 of the permutation): quotas.phases, one entry
+        elapsed = (float(self.cursor - 1) + 0.5) / self.n if self.cursor else 0.0
+        unvisited, visited = quotas.carried_lag(np.ones(2), np.zeros(2), np.array([0.0, 1.0]), elapsed)
+        return unvisited, visited
+
     def interrupt(self) -> None:
         """End the pass in progress here, keeping each row's credit and visits (before its weights change)."""
         if not self.in_pass:
             return
         if self.perm is not None:  # a flat pass: the first `cursor` rows of the permutation were visited
-            # the threshold of the last visit handed out (rank cursor - 1 of the permutation)
-            elapsed = float(quotas.phases(self.n)[self.cursor - 1]) if self.cursor else 0.0
-            # carried_lag with rate 1 and no lag has two values: elapsed, and elapsed - 1 where visited
-            unvisited, visited = quotas.carried_lag(np.ones(2), np.zeros(2), np.array([0.0, 1.0]), elapsed)
+            unvisited, visited = self.flat_lag()
             lag = np.full(self.n, unvisited, dtype=np.float32)
             lag[self.perm[: self.cursor]] = visited
             self._store_lag(lag)
@@ -236,7 +255,7 @@ class _GroupStream:
                                                                 float(elapsed))
             self._store_lag(carried)
         self.in_pass = False
-        self.perm = self.events = None
+        self.perm = self.events = self.later = None
 
     def set_weights(self, weights: np.ndarray | None) -> None:
         """The stream's new row weights (None: all equal); the pass in progress ends first if this group's changed.
@@ -275,7 +294,7 @@ class _GroupStream:
         self.lag = None if d["lag"] is None else decode_array(d["lag"]).astype(np.float32)
         self.pass_id = int(d["pass_id"])
         self.in_pass = False
-        self.perm = self.events = None
+        self.perm = self.events = self.later = None
         self.window, self.windows, self.cursor = 0, 1, 0
         if d["in_pass"]:
             self.pass_id -= 1
@@ -284,6 +303,8 @@ class _GroupStream:
                 self.window = int(d["window"])
                 self._plan_window()
             self.cursor = int(d["cursor"])
+            if self.perm is None:
+                self._order_until(self.cursor)  # what the pass handed out is read back when it is interrupted
 
 
 class _Stream:
@@ -311,23 +332,31 @@ class _Stream:
     def split(self, partition: tuple[np.ndarray, np.ndarray]) -> None:
         """From one group to the sampler's groups; each row keeps its lag, each group the sum of its rows'."""
         whole = self.groups[0]
-        whole.interrupt()
-        lag = whole.lag
+        seen = None
+        if whole.in_pass and whole.perm is not None:
+            # A flat pass leaves two lags; reading them through a mask of the visited rows gathers one byte a row.
+            unvisited, visited = whole.flat_lag()
+            seen = np.zeros(self.num_rows, dtype=bool)
+            seen[whole.perm[: whole.cursor]] = True
+            lag = None
+        else:
+            whole.interrupt()
+            lag = whole.lag
         order, offsets = partition
         self.groups = []
         owed = []
         for k in range(len(offsets) - 1):
             rows = order[offsets[k] : offsets[k + 1]]
             g = _GroupStream(rows, len(rows), self.seed + ((k + 1) << 32))
-            if lag is not None:
-                local = lag[rows]  # one gather per group: its rows' lag, and what the group is owed
+            if lag is not None or seen is not None:  # one gather per group: its rows' lag, what the group is owed
+                local = lag[rows] if seen is None else np.where(seen[rows], visited, unvisited)
                 owed.append(float(local.sum(dtype=np.float64)))
                 if local.any():
                     g.lag = local
             self.groups.append(g)
         self._reset_turns()
         self.sums = self.group_sums(self.weights)
-        if lag is not None:
+        if owed:
             self.deficit = np.array(owed)
 
     def group_sums(self, weights: np.ndarray | None) -> np.ndarray:
@@ -450,7 +479,8 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
     - :meth:`state_dict` / :meth:`load_state_dict` resume the stream exactly;
     - it works far past 2^24 rows (where ``torch.multinomial`` stops): int32 permutations up to 2^31 rows, int64
       beyond; resident memory is at most 16 bytes per row (the weights in force, the rows sorted by group, and a
-      flat pass's permutation or each row's credit) plus a planning window of max(1M, rows / 8) visits.
+      flat pass's permutation or each row's credit) plus a planning window of max(1M, rows / 8) visits (4 bytes
+      each once in order, 12 before).
 
     Args:
         num_rows (`int`): number of rows of the dataset the dataloader indexes.
@@ -576,7 +606,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         if self._stream.weights is not None:
             total += self._stream.weights.nbytes
         for g in self._stream.groups:
-            total += sum(a.nbytes for a in (g.perm, g.lag, g.events) if a is not None)
+            total += sum(a.nbytes for a in (g.perm, g.lag, g.events, *(g.later or ())) if a is not None)
         return total
 
     def set_epoch(self, epoch: int) -> None:

@@ -61,6 +61,21 @@ def test_windows_split_a_pass_without_changing_it():
     assert np.array_equal(np.bincount(whole, minlength=n), total)
 
 
+def test_a_window_put_in_order_block_by_block_is_its_stable_sort():
+    rng = np.random.default_rng(2)
+    times = rng.integers(0, 40, size=500) / 8.0  # many ties: the blocks must keep the row order among equals
+    ranks = np.arange(500)
+    whole = ranks[np.argsort(times, kind="stable")]
+    for blocks in ([1, 3, 1000], [0, 17, 17, 17, 1000], [499, 1], [500]):
+        rest, t, parts = ranks, times, []
+        for k in blocks:
+            head, rest, t = quotas.earliest(rest, t, k)
+            assert len(head) >= min(k, len(head) + len(rest))
+            parts.append(head)
+        assert len(rest) == 0
+        assert np.array_equal(np.concatenate(parts), whole)
+
+
 def test_a_row_is_not_visited_again_while_a_peer_waits():
     # Two weight classes; within each the order of first visits comes before any second visit.
     n = 40

@@ -225,11 +225,12 @@ def test_group_totals_are_numpys_pairwise_sums_bit_for_bit_when_summed_in_chunks
         assert sampling._pairwise_sum(values, index) == expected  # the same float, not merely close
 
 
-def test_a_pass_planned_in_row_chunks_is_the_same_stream(monkeypatch):
+def test_a_pass_planned_in_row_chunks_and_sorted_in_blocks_is_the_same_stream(monkeypatch):
     import sft_callbacks.engine.sampling as sampling
 
-    def stream(chunk):
+    def stream(chunk, block=1 << 16):
         monkeypatch.setattr(sampling, "_PLAN_CHUNK", chunk)
+        monkeypatch.setattr(sampling, "_SORT_BLOCK", block)
         monkeypatch.setattr(sampling, "_WINDOW_EVENTS", 500)  # several windows per pass
         rng = np.random.default_rng(11)
         n = 4_001
@@ -238,4 +239,6 @@ def test_a_pass_planned_in_row_chunks_is_the_same_stream(monkeypatch):
         s.schedule(rng.gamma(1.0, size=n) + 0.1, 5_000)  # interrupts a weighted pass mid-window
         return s.draw(0, 3 * n)
 
-    np.testing.assert_array_equal(stream(97), stream(1 << 20))
+    whole = stream(1 << 20)
+    np.testing.assert_array_equal(stream(97), whole)
+    np.testing.assert_array_equal(stream(1 << 20, block=5), whole)  # each window put in order in small blocks
