@@ -228,12 +228,41 @@ def domain_candidate(arm: str) -> dict:
             **({"layer": int(layer)} if layer else {})}
 
 
+def arm_options(arm: str) -> tuple[str, dict]:
+    """``(arm, options)`` of ``arm,key=value,...``: options passed to the arm's callback, e.g.
+    ``static_target,max_passes=4`` or ``validation,stall_patience=none`` (``none`` is None; numbers are parsed)."""
+    base, *pairs = arm.split(",")
+    options = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or not key:
+            raise ValueError(f"arm option {pair!r} of {arm!r} is not key=value")
+        if text.lower() == "none":
+            value = None
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        options[key] = value
+    return base, options
+
+
 def is_arm(arm: str) -> bool:
     """A known arm, a validation candidate whose method the callback knows, a domain-adaptation arm, or several of
     these joined by ``+`` (their callbacks together, e.g. ``balance+domain:mmd``)."""
     if "+" in arm:
         parts = arm.split("+")
         return "uniform" not in parts and all(is_arm(p) for p in parts)
+    if "," in arm:
+        try:
+            base, options = arm_options(arm)
+        except ValueError:
+            return False
+        return base not in ("uniform", "flat", "all") and is_arm(base) and bool(options)
     if arm in ARMS:
         return True
     if arm.startswith("domain:"):
@@ -264,14 +293,15 @@ def make_policies(arm: str, target_shares: dict) -> list:
         ValidationGuidedResamplingCallback,
     )
 
+    arm, options = arm_options(arm)
     parts = {
         "flat": FlatWeights,
         "static_target": lambda: GroupBalanceCallback(group_column="domain", strategy="target",
-                                                      target_shares=target_shares),
-        "validation": lambda: ValidationGuidedResamplingCallback(group_column="domain"),
-        "hard": lambda: HardExampleMiningCallback(group_column="domain"),
-        "curriculum": lambda: CurriculumCallback(difficulty="length", pacing="root"),
-        "balance": lambda: GroupBalanceCallback(group_column="domain"),
+                                                      target_shares=target_shares, **options),
+        "validation": lambda: ValidationGuidedResamplingCallback(group_column="domain", **options),
+        "hard": lambda: HardExampleMiningCallback(group_column="domain", **options),
+        "curriculum": lambda: CurriculumCallback(**{"difficulty": "length", "pacing": "root", **options}),
+        "balance": lambda: GroupBalanceCallback(group_column="domain", **options),
     }
     if arm == "uniform":
         return []
@@ -279,9 +309,10 @@ def make_policies(arm: str, target_shares: dict) -> list:
         from sft_callbacks import DomainAdaptationCallback
 
         target = max(target_shares, key=target_shares.get)
-        return [DomainAdaptationCallback(group_column="domain", target_group=target, **domain_candidate(arm))]
+        return [DomainAdaptationCallback(group_column="domain", target_group=target, **domain_candidate(arm),
+                                         **options)]
     if arm.startswith("validation:"):  # a candidate update rule of the validation-guided callback
-        return [ValidationGuidedResamplingCallback(group_column="domain", **validation_candidate(arm))]
+        return [ValidationGuidedResamplingCallback(group_column="domain", **validation_candidate(arm), **options)]
     if arm == "all":
         return [parts[p]() for p in ("validation", "hard", "curriculum", "balance")]
     if arm not in parts:

@@ -26,6 +26,7 @@ from .groups import (
     shares_to_row_weights,
     uid_groups,
 )
+from .repetition import capped_shares, run_budget
 
 STRATEGIES = ("inverse_frequency", "temperature", "target")
 
@@ -135,6 +136,7 @@ class GroupBalanceConfig(CallbackConfig):
     target_shares: Mapping | None = None
     min_share: float = 0.0
     loss_weighting: bool = False
+    max_passes: float | None = None
 
     def __post_init__(self):
         self.require(isinstance(self.group_column, str) and bool(self.group_column),
@@ -154,6 +156,13 @@ class GroupBalanceConfig(CallbackConfig):
             self.require(self.target_shares is None,
                          f"target_shares is only used with strategy='target' (strategy is {self.strategy!r})")
         self.require(0.0 <= self.min_share < 1.0, "min_share must be in [0, 1)", self.min_share)
+        if self.max_passes is not None:
+            self.require(bool(np.isfinite(self.max_passes)) and self.max_passes > 0,
+                         "max_passes must be a number > 0 (passes over a group's rows), or None for no budget",
+                         self.max_passes)
+            self.require(not self.loss_weighting, "max_passes limits resampling; with loss_weighting=True every row "
+                         "is drawn at its natural rate: drop one of the two")
+            self._set("max_passes", float(self.max_passes))
         self._set("beta", float(self.beta))
         self._set("temperature", float(self.temperature))
         self._set("target_shares", dict(self.target_shares) if self.target_shares is not None else None)
@@ -177,6 +186,12 @@ class GroupBalanceCallback(SamplingPolicyCallback):
 
     then every share is raised to at least ``min_share`` (exactly, taking the mass from the larger groups).
 
+    With ``max_passes`` the shares get a repetition budget (UniMax, Chung et al. 2023): no group is drawn more than
+    ``max_passes`` times its rows over the run, computed from the planned steps when training begins; what a
+    capped group cannot take goes to the others in proportion to their shares. A static target mixture with
+    ``max_passes=4`` is what a careful user tries first: it keeps a scarce group from being memorised in a long run
+    (repeated rows keep most of their value up to about 4 passes, Muennighoff et al. 2023).
+
     With ``loss_weighting=True`` the callback does not touch sampling: it scales each sample's loss by
     ``p_g / natural_g`` (mean 1 over samples) instead, so every group gets the same expected share of the
     gradient as resampling would give, while every row is still seen at the natural rate. Use it when rare
@@ -191,8 +206,9 @@ class GroupBalanceCallback(SamplingPolicyCallback):
     O(rows)); afterwards the callback returns ``None`` (keep the weights) at every sync point.
 
     Metrics: ``sft/mixture/<group>`` (the group's share of the sampler's current draw distribution, i.e. of all
-    active policies together; natural shares when nothing replaces the sampler) and ``sft/balance/target/<group>``
-    (this callback's share ``p_g``).
+    active policies together; natural shares when nothing replaces the sampler), ``sft/balance/target/<group>``
+    (this callback's share ``p_g``) and, with ``max_passes``, ``sft/balance/capped/<group>`` (1 where the budget
+    holds the group below ``p_g``).
 
     Args:
         group_column (`str`): column of the training dataset naming each row's group (any values; grouped by
@@ -203,6 +219,7 @@ class GroupBalanceCallback(SamplingPolicyCallback):
         target_shares (`dict`, *optional*): `{group: share}` for `strategy="target"`; must name every group.
         min_share (`float`, defaults to 0.0): floor on every group's share, in [0, 1/groups].
         loss_weighting (`bool`, defaults to `False`): reweight the loss per group instead of resampling.
+        max_passes (`float`, *optional*): repetition budget, passes over each group's rows by the end of the run.
 
     Example:
         >>> from sft_callbacks.policies.balance import GroupBalanceCallback  # doctest: +SKIP
@@ -222,6 +239,7 @@ class GroupBalanceCallback(SamplingPolicyCallback):
         self.group_names: list[str] = []
         self.shares: np.ndarray | None = None
         self.natural: np.ndarray | None = None
+        self.capped: np.ndarray | None = None  # groups the repetition budget holds below their share
         self._ids: np.ndarray | None = None
         self._ids_key = None
         self._given = False
@@ -251,7 +269,12 @@ class GroupBalanceCallback(SamplingPolicyCallback):
         if self._given:
             return None
         self._given = True
-        return shares_to_row_weights(self._ids, self.shares)
+        shares = self.shares
+        if self.config.max_passes is not None:
+            k = len(self.group_names)
+            groups = uid_groups(self._ids, ctx.index.seq_uid, ctx.index.seq_row, len(ctx.index.keys))
+            shares, self.capped = capped_shares(shares, *run_budget(ctx, groups, k), self.config.max_passes)
+        return shares_to_row_weights(self._ids, shares)
 
     def policy_loss_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
         self._prepare(ctx)
@@ -271,6 +294,8 @@ class GroupBalanceCallback(SamplingPolicyCallback):
             drawn = self.natural
         out = {f"sft/mixture/{n}": v for n, v in named(drawn, self.group_names).items()}
         out.update({f"sft/balance/target/{n}": v for n, v in named(self.shares, self.group_names).items()})
+        if self.capped is not None:
+            out.update({f"sft/balance/capped/{n}": v for n, v in named(self.capped, self.group_names).items()})
         return out
 
     def policy_state(self) -> dict:

@@ -202,8 +202,9 @@ class Exp3Rule(MixingRule):
 
     name = "exp3"
 
-    def __init__(self, learning_rate: float, smoothing: float, min_share: float):
+    def __init__(self, learning_rate: float, smoothing: float, min_share: float, reward: str = "loss"):
         super().__init__(learning_rate, smoothing, min_share)
+        self.reward = reward  # "loss": the decrease in nats; "evidence": the decrease in standard errors (|z| <= 3)
         self.log_weights: np.ndarray | None = None
 
     def after_evaluation(self, state: MixingState) -> MixtureUpdate:
@@ -217,8 +218,16 @@ class Exp3Rule(MixingRule):
         drawn = new / new.sum() if new.sum() > 0 else state.mixture
         before, after = (np.array([np.nan if x is None else float(x) for x in h["loss"]], dtype=np.float64)
                          for h in (previous, point))
-        self.log_weights = exp3_update(self.log_weights, before, after, drawn, state.target, self.learning_rate,
-                                       self.min_share)
+        if self.reward == "evidence":  # a fall counts by how sure it is, not by its size
+            se_before, se_after = (np.array([np.nan if x is None else float(x) for x in h["se"]], dtype=np.float64)
+                                   for h in (previous, point))
+            se = np.sqrt(se_before**2 + se_after**2)
+            z = np.clip(np.divide(before - after, se, out=np.full_like(se, np.nan), where=se > 0), -3.0, 3.0)
+            self.log_weights = exp3_update(self.log_weights, z, np.zeros_like(z), drawn, state.target,
+                                           self.learning_rate, self.min_share)
+        else:
+            self.log_weights = exp3_update(self.log_weights, before, after, drawn, state.target, self.learning_rate,
+                                           self.min_share)
         # What one drawn row of the group was worth in the last interval: target-loss decrease per row.
         gain = state.target * np.nan_to_num(before - after) / np.maximum(new, 1.0)
         # Exploration like EXP3's gamma: mix the prior back in, less as evaluations accumulate.

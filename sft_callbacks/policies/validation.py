@@ -29,7 +29,8 @@ from .groups import (
     uid_groups,
 )
 from .mixing import group_loss_stats, plateau_step
-from .mixing_rules import RULES, MixingState
+from .mixing_rules import RULES, MixingState, history_arrays
+from .repetition import capped_shares, run_budget, stalled_groups, withdrawn_shares
 from .validation_config import ValidationGuidedConfig
 
 
@@ -73,7 +74,18 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         every share floored at ``min_share``.
 
     A group whose loss does not respond to its draws (noise, nothing left to learn, overfitting) loses share; a
-    rare group that keeps improving on few draws gains it. Other rules, measured side by side on the evidence
+    rare group that keeps improving on few draws gains it. Two limits know what repetition costs, whatever the
+    rule proposes:
+
+    * **withdrawal** (``stall_patience=2``): a group whose validation loss has not fallen below its best earlier
+      value by more than its standard error for that many evaluations gets at most its natural share (the plain
+      run's) until it falls again; the share it gives up goes to the others. A group of random answers learns
+      their format, then nothing: it is withdrawn whatever its first evaluations rewarded (after mSFT, which drops
+      the sub-dataset that overfits first).
+    * **a repetition budget** (``max_passes=4``): no group is drawn more than ``max_passes`` times its rows over
+      the run (the steps left times the rows per step are known); what a capped group cannot take goes to the
+      others (UniMax, Chung et al. 2023; repeated data keeps most of its value up to about 4 passes, Muennighoff
+      et al. 2023). Where the whole run is longer than ``max_passes`` epochs the budget rises to the plain run's. Other rules, measured side by side on the evidence
     benchmark (method card): ``"scaling"`` (per-group log-law fits of validation loss against rows drawn, draws
     where the target falls most per row; ADO-style), ``"learnability"`` (the same with slopes of first-visit
     training losses), ``"aioli"`` (an online linear mixing law), and ``"doremi"`` (DoReMi's excess-loss step over
@@ -103,8 +115,10 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
     policies together; equals ``alpha_g`` when this callback is alone), ``sft/validation/mixture/<group>``
     (``alpha_g``), ``sft/validation/loss/<group>``, ``sft/validation/target/<group>`` (``w_g``),
     ``sft/validation/gain/<group>`` (why it moved: the estimated target-loss decrease per drawn row),
-    ``sft/validation/slope/<group>`` (scaling, learnability), ``sft/validation/excess/<group>`` (doremi), and with
-    ``paced_difficulty`` ``sft/validation/hard_boost``.
+    ``sft/validation/slope/<group>`` (scaling, learnability), ``sft/validation/excess/<group>`` (doremi),
+    ``sft/validation/passes/<group>`` (draws so far over the group's rows), ``sft/validation/capped/<group>`` and
+    ``sft/validation/withdrawn/<group>`` (1 while the budget or the withdrawal holds the group; each change is also
+    logged once, with its reason, at INFO), and with ``paced_difficulty`` ``sft/validation/hard_boost``.
 
     Args:
         group_column (`str`): column naming each row's group, in the training *and* the eval dataset.
@@ -130,6 +144,12 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         paced_difficulty (`bool`, defaults to `False`): raise :attr:`hard_boost` when the eval loss plateaus.
         patience (`int`, defaults to 1): evaluations without improvement before each raise.
         boost_step (`float`, defaults to 0.25): how much :attr:`hard_boost` rises each time (capped at 1).
+        max_passes (`float`, defaults to 4.0): repetition budget, passes over each group's rows by the end of the
+            run (`None`: no budget).
+        stall_patience (`int`, defaults to 2): evaluations without a fall beyond the standard error before a group
+            is withdrawn to its natural share (`None`: never).
+        reward (`str`, defaults to `"loss"`): exp3's reward, the loss decrease (`"loss"`) or the decrease in
+            standard errors, clipped to 3 (`"evidence"`).
 
     Example:
         >>> from sft_callbacks.policies.validation import ValidationGuidedResamplingCallback  # doctest: +SKIP
@@ -155,7 +175,12 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         self.updates = 0
         self.target: np.ndarray | None = None  # loss weight of every training group in the target
         self.history: list[dict] = []  # per evaluation: step, rows drawn per group, loss and SE per group
-        self.rule = RULES[self.config.method](self.config.learning_rate, self.config.smoothing, self.config.min_share)
+        extra = {"reward": self.config.reward} if self.config.method == "exp3" else {}
+        self.rule = RULES[self.config.method](self.config.learning_rate, self.config.smoothing, self.config.min_share,
+                                              **extra)
+        self.capped: np.ndarray | None = None  # groups the repetition budget holds below the rule's share
+        self.withdrawn: np.ndarray | None = None  # groups whose validation loss stopped responding
+        self.passes: np.ndarray | None = None  # draws so far over each group's rows
         self.last_gain: np.ndarray | None = None  # estimated target-loss decrease per drawn row, per group
         self.last_slope: np.ndarray | None = None  # scaling: fitted loss slope per e-fold of draws
         # internal
@@ -376,7 +401,44 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         if self._given and not changed:
             return None
         self._given = True
+        self._limit(ctx)
         return self.row_weights()
+
+    def _limit(self, ctx: PolicyContext) -> None:
+        """What repetition costs: withdraw groups whose validation loss stalled, then hold every group within its
+        repetition budget over the rest of the run (both logged under ``sft/validation/``)."""
+        k = len(self.group_names)
+        shares = self.mixture
+        sizes, drawn, remaining = run_budget(ctx, self._uid_group, k)
+        self.passes = np.divide(drawn, sizes, out=np.zeros(k), where=sizes > 0)
+        withdrawn = np.zeros(k, dtype=bool)
+        if self.config.stall_patience is not None and self.history:
+            _, losses, errors, _ = history_arrays(self.history)
+            withdrawn = stalled_groups(losses, errors, self.config.stall_patience)
+            shares = withdrawn_shares(shares, self.natural, withdrawn)
+        capped = np.zeros(k, dtype=bool)
+        if self.config.max_passes is not None:
+            shares, capped = capped_shares(shares, sizes, drawn, remaining, self.config.max_passes)
+        self._report_limits(ctx.step, withdrawn, capped)
+        self.withdrawn, self.capped = withdrawn, capped
+        self.mixture = floor_shares(shares, self.config.min_share)
+
+    def _report_limits(self, step: int, withdrawn: np.ndarray, capped: np.ndarray) -> None:
+        """Say when a group is withdrawn or capped, and why (once, when it happens)."""
+        before_w = self.withdrawn if self.withdrawn is not None else np.zeros_like(withdrawn)
+        before_c = self.capped if self.capped is not None else np.zeros_like(capped)
+        name = type(self).__name__
+        for g in np.flatnonzero(withdrawn & ~before_w):
+            logger.info("%s: step %d: group %r withdrawn to at most its natural share: its validation loss has "
+                        "not fallen below its best by more than its standard error for %d evaluations", name, step,
+                        self.group_names[g], self.config.stall_patience)
+        for g in np.flatnonzero(~withdrawn & before_w):
+            logger.info("%s: step %d: group %r readmitted: its validation loss fell again", name, step,
+                        self.group_names[g])
+        for g in np.flatnonzero(capped & ~before_c):
+            logger.info("%s: step %d: group %r capped by the repetition budget: %.1f passes over its rows so far, "
+                        "at most %g by the end of the run", name, step, self.group_names[g], self.passes[g],
+                        self.config.max_passes)
 
     def row_weights(self) -> np.ndarray:
         """Per-row sampling weights of the current mixture (and DSIR preference), summing to 1."""
@@ -397,6 +459,11 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             drawn = row_group_shares(sampler.current_weights, self._ids, len(self.group_names))
             out.update({f"sft/mixture/{n}": v for n, v in named(drawn, self.group_names).items()})
         out.update({f"sft/validation/mixture/{n}": v for n, v in self.mixture_dict().items()})
+        for key, values in (("capped", self.capped), ("withdrawn", self.withdrawn)):
+            if values is not None:
+                out.update({f"sft/validation/{key}/{n}": float(v) for n, v in zip(self.group_names, values)})
+        if self.passes is not None:
+            out.update({f"sft/validation/passes/{n}": float(v) for n, v in zip(self.group_names, self.passes)})
         for key, values in (("loss", self.last_losses), ("excess", self.last_excess), ("gain", self.last_gain),
                             ("slope", self.last_slope), ("target", self.target)):
             if values is not None:
@@ -421,6 +488,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             "method": self.config.method,
             "target": self.target.tolist() if self.target is not None else None,
             "history": self.history,
+            "capped": None if self.capped is None else self.capped.tolist(),
+            "withdrawn": None if self.withdrawn is None else self.withdrawn.tolist(),
             **self.rule.state_dict(),
         }
 
@@ -442,5 +511,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             )
         self.target = np.asarray(state["target"], dtype=np.float64) if state.get("target") is not None else None
         self.history = list(state.get("history") or [])
+        for key in ("capped", "withdrawn"):
+            setattr(self, key, None if state.get(key) is None else np.asarray(state[key], dtype=bool))
         self.rule.load_state_dict(state)
         self._ids = None  # group ids are recomputed from the data at the next policy call

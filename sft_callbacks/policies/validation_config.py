@@ -17,6 +17,9 @@ from ..engine.config import CallbackConfig
 from .mixing_rules import METHODS
 
 DEFAULT_METHOD = "exp3"  # the update rule the ablation chose (method card)
+DEFAULT_MAX_PASSES = 4.0  # repeated rows keep most of their value up to about 4 passes (Muennighoff et al. 2023)
+DEFAULT_STALL_PATIENCE = 2  # evaluations without a fall beyond the standard error before a group is withdrawn
+REWARDS = ("loss", "evidence")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +48,9 @@ class ValidationGuidedConfig(CallbackConfig):
     paced_difficulty: bool = False
     patience: int = 1
     boost_step: float = 0.25
+    max_passes: float | None = DEFAULT_MAX_PASSES
+    stall_patience: int | None = DEFAULT_STALL_PATIENCE
+    reward: str = "loss"
 
     def __post_init__(self):
         self.require(isinstance(self.group_column, str) and bool(self.group_column),
@@ -77,6 +83,17 @@ class ValidationGuidedConfig(CallbackConfig):
         self.require(int(self.patience) == self.patience and self.patience >= 1, "patience must be an integer >= 1",
                      self.patience)
         self.require(0.0 < self.boost_step <= 1.0, "boost_step must be in (0, 1]", self.boost_step)
+        if self.max_passes is not None:
+            self.require(bool(np.isfinite(self.max_passes)) and self.max_passes > 0,
+                         "max_passes must be a number > 0 (passes over a group's rows), or None for no budget",
+                         self.max_passes)
+        if self.stall_patience is not None:
+            self.require(int(self.stall_patience) == self.stall_patience and self.stall_patience >= 1,
+                         "stall_patience must be an integer >= 1, or None to never withdraw a group",
+                         self.stall_patience)
+        self.require(self.reward in REWARDS, f"reward must be one of {list(REWARDS)}", self.reward)
+        self.require(self.reward == "loss" or method == "exp3", "reward='evidence' is an option of method='exp3'",
+                     method)
         as_plain = lambda v: v if isinstance(v, str) else dict(v)  # noqa: E731
         self._set("method", method)
         self._set("learning_rate", float(rate))
@@ -90,6 +107,8 @@ class ValidationGuidedConfig(CallbackConfig):
         self._set("paced_difficulty", bool(self.paced_difficulty))
         self._set("patience", int(self.patience))
         self._set("boost_step", float(self.boost_step))
+        self._set("max_passes", None if self.max_passes is None else float(self.max_passes))
+        self._set("stall_patience", None if self.stall_patience is None else int(self.stall_patience))
 
 
 def _check_group_weights(name: str, value, words, shape: str) -> None:
