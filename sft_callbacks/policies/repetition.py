@@ -8,9 +8,10 @@ Pure functions from statistics to shares, used by
 * :func:`capped_shares`: UniMax's budget (Chung et al., ICLR 2023): no group is drawn more than ``max_passes``
   times its rows over the run; what a capped group cannot take goes to the others in proportion to their shares.
   Repeated data keeps most of its value up to about 4 passes and loses it after (Muennighoff et al., 2023).
-* :func:`stalled_groups` and :func:`withdrawn_shares`: a group whose validation loss has not fallen below its
-  best earlier value by more than its standard error for ``patience`` evaluations gets no more than its natural
-  share, whatever made it fall at first (a group with random answers learns their format, then nothing).
+* :func:`stalled_groups` and :func:`withdrawn_shares`: a group whose validation loss no longer falls with its
+  draws (the slope of loss against log(draws) over the last few evaluations is not one standard error below zero)
+  gets no more than its natural share, whatever made it fall at first (a group with random answers learns their
+  format, then nothing).
 
 Example:
     >>> shares, capped = capped_shares(np.array([0.5, 0.5]), np.array([10, 90]), np.zeros(2), 100, 2.0)
@@ -36,7 +37,12 @@ def draws_per_step(args) -> int:
 
 
 def capped_shares(
-    shares: np.ndarray, sizes: np.ndarray, drawn: np.ndarray, remaining: float, max_passes: float
+    shares: np.ndarray,
+    sizes: np.ndarray,
+    drawn: np.ndarray,
+    remaining: float,
+    max_passes: float | None,
+    ceiling: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shares for the ``remaining`` draws of a run so that no group ends above ``max_passes`` passes over its rows.
 
@@ -45,8 +51,10 @@ def capped_shares(
     their allowances where none of them has a share), repeatedly, until no group is over (UniMax's water-filling).
     Where even every allowance together is less than ``remaining``, the budget rises to the smallest number of
     passes that fits, so the passes are as equal as the draws so far allow (the plain run's, when the run is
-    longer than ``max_passes`` epochs). Returns ``(shares, capped)``: the shares (summing to 1) and which groups
-    the budget holds below their proposed share.
+    longer than ``max_passes`` epochs). ``ceiling`` (optional) is a largest share per group on top of the budget
+    (a withdrawn group's natural share): an excess never flows into a group above its ceiling; ``max_passes=None``
+    applies the ceilings alone. Returns ``(shares, capped)``: the shares (summing to 1) and which groups the
+    budget or their ceiling holds below their proposed share.
 
     Example:
         >>> s, c = capped_shares(np.array([0.9, 0.1]), np.array([10, 100]), np.array([0.0, 0.0]), 1000, 1.0)
@@ -58,17 +66,25 @@ def capped_shares(
     drawn = np.asarray(drawn, dtype=np.float64)
     if shares.shape != sizes.shape or shares.shape != drawn.shape:
         raise ValueError("shares, sizes and drawn need one entry per group")
-    if not (np.isfinite(max_passes) and max_passes > 0):
+    if max_passes is not None and not (np.isfinite(max_passes) and max_passes > 0):
         raise ValueError(f"max_passes must be a finite number > 0 (got {max_passes})")
     total = shares.sum()
     if remaining <= 0 or total <= 0:
         return shares / total if total > 0 else shares, np.zeros(len(shares), dtype=bool)
     shares = shares / total
     live = sizes > 0
-    allowance = np.where(live, np.maximum(max_passes * sizes - drawn, 0.0), 0.0)
-    if allowance.sum() < remaining:
-        # Raise the budget to the level c where sum(max(0, c * size - drawn)) = remaining.
-        allowance = np.where(live, np.maximum(_level(sizes[live], drawn[live], remaining) * sizes - drawn, 0.0), 0.0)
+    if max_passes is None:
+        allowance = np.where(live, np.inf, 0.0)
+    else:
+        allowance = np.where(live, np.maximum(max_passes * sizes - drawn, 0.0), 0.0)
+        if allowance.sum() < remaining:
+            # Raise the budget to the level c where sum(max(0, c * size - drawn)) = remaining.
+            level = _level(sizes[live], drawn[live], remaining)
+            allowance = np.where(live, np.maximum(level * sizes - drawn, 0.0), 0.0)
+    if ceiling is not None:
+        held = np.minimum(allowance, np.asarray(ceiling, dtype=np.float64) * remaining)
+        if held.sum() >= remaining * (1 - 1e-12):  # ceilings that cannot all hold give way to the budget alone
+            allowance = held
     want = shares * remaining
     got = np.zeros_like(want)
     capped = np.zeros(len(shares), dtype=bool)
@@ -106,33 +122,38 @@ def _level(sizes: np.ndarray, drawn: np.ndarray, remaining: float) -> float:
     return float(start[-1])
 
 
-def stalled_groups(losses: np.ndarray, errors: np.ndarray, patience: int) -> np.ndarray:
-    """Which groups' validation loss has stopped responding: none of the last ``patience`` evaluations fell below
-    the best earlier one by more than the latest standard error.
+def stalled_groups(draws: np.ndarray, losses: np.ndarray, errors: np.ndarray, patience: int) -> np.ndarray:
+    """Which groups' validation loss has stopped responding to their draws: over the last ``patience + 1``
+    evaluations, the slope of loss against log(draws) is not at least one standard error below zero.
 
-    ``losses`` and ``errors`` have one row per evaluation and one column per group (NaN: not measured). A group
+    ``draws``, ``losses`` and ``errors`` have one row per evaluation and one column per group (rows of the group
+    drawn before the evaluation, its validation loss and that loss's standard error; NaN: not measured). The fit
+    is :func:`~sft_callbacks.policies.mixing.log_law_slopes` (its error is the larger of the losses' own and the
+    fit's residual error), so a single noisy evaluation neither withdraws a group nor keeps one in. A group
     needs ``patience + 1`` measured evaluations before it can stall.
 
     Example:
+        >>> draws = np.array([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [40.0, 40.0]])
         >>> losses = np.array([[1.0, 1.0], [0.5, 0.6], [0.49, 0.3], [0.51, 0.2]])
-        >>> stalled_groups(losses, np.full((4, 2), 0.05), patience=2).tolist()
+        >>> stalled_groups(draws, losses, np.full((4, 2), 0.05), patience=2).tolist()
         [True, False]
     """
-    losses = np.asarray(losses, dtype=np.float64)
-    errors = np.asarray(errors, dtype=np.float64)
+    from .mixing import log_law_slopes
+
     if patience < 1:
         raise ValueError(f"patience must be >= 1 (got {patience})")
-    out = np.zeros(losses.shape[1] if losses.ndim == 2 else 0, dtype=bool)
-    if losses.ndim != 2 or losses.shape[0] <= patience:
-        return out
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.ndim != 2:
+        return np.zeros(0, dtype=bool)
+    draws, errors = np.asarray(draws, dtype=np.float64), np.asarray(errors, dtype=np.float64)
+    out = np.zeros(losses.shape[1], dtype=bool)
     for g in range(losses.shape[1]):
-        seen = np.isfinite(losses[:, g])
-        values, se = losses[seen, g], errors[seen, g]
-        if len(values) <= patience:
+        seen = np.flatnonzero(np.isfinite(losses[:, g]) & (draws[:, g] > 0))[-(patience + 1):]
+        if len(seen) < patience + 1:
             continue
-        best_before = values[:-patience].min()
-        margin = se[-1] if np.isfinite(se[-1]) else 0.0
-        out[g] = bool(values[-patience:].min() > best_before - margin)
+        slope, se = log_law_slopes(draws[seen, g : g + 1], losses[seen, g : g + 1], errors[seen, g : g + 1])
+        if np.isfinite(slope[0]):
+            out[g] = bool(slope[0] > -(se[0] if np.isfinite(se[0]) else 0.0))
     return out
 
 
@@ -166,5 +187,6 @@ def run_budget(ctx, uid_group: np.ndarray, num_groups: int) -> tuple[np.ndarray,
     seen = np.nan_to_num(np.asarray(ctx.stats.times_seen, dtype=np.float64))
     drawn = np.bincount(uid_group, weights=seen, minlength=num_groups)
     samples_per_row = len(uid_group) / max(ctx.num_rows, 1)  # packed rows hold several samples
-    remaining = max(0, int(ctx.max_steps) - int(ctx.step)) * draws_per_step(ctx.args) * samples_per_row
+    # At least one step, so the shares stay meaningful (and logged) when the run has ended.
+    remaining = max(1, int(ctx.max_steps) - int(ctx.step)) * draws_per_step(ctx.args) * samples_per_row
     return sizes, drawn, float(remaining)

@@ -77,9 +77,10 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
     rare group that keeps improving on few draws gains it. Two limits know what repetition costs, whatever the
     rule proposes:
 
-    * **withdrawal** (``stall_patience=2``): a group whose validation loss has not fallen below its best earlier
-      value by more than its standard error for that many evaluations gets at most its natural share (the plain
-      run's) until it falls again; the share it gives up goes to the others. A group of random answers learns
+    * **withdrawal** (``stall_patience=2``): a group whose validation loss no longer falls with its draws (over
+      the last ``stall_patience + 1`` evaluations, the slope of its loss against log(draws) is not one standard
+      error below zero) gets at most its natural share (the plain run's) until it falls again; the share it gives
+      up goes to the others. A group of random answers learns
       their format, then nothing: it is withdrawn whatever its first evaluations rewarded (after mSFT, which drops
       the sub-dataset that overfits first).
     * **a repetition budget** (``max_passes=4``): no group is drawn more than ``max_passes`` times its rows over
@@ -146,8 +147,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         boost_step (`float`, defaults to 0.25): how much :attr:`hard_boost` rises each time (capped at 1).
         max_passes (`float`, defaults to 4.0): repetition budget, passes over each group's rows by the end of the
             run (`None`: no budget).
-        stall_patience (`int`, defaults to 2): evaluations without a fall beyond the standard error before a group
-            is withdrawn to its natural share (`None`: never).
+        stall_patience (`int`, defaults to 2): a group is withdrawn to its natural share when its loss has not
+            fallen with its draws over the last `stall_patience + 1` evaluations (`None`: never).
         reward (`str`, defaults to `"loss"`): exp3's reward, the loss decrease (`"loss"`) or the decrease in
             standard errors, clipped to 3 (`"evidence"`).
 
@@ -413,12 +414,13 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         self.passes = np.divide(drawn, sizes, out=np.zeros(k), where=sizes > 0)
         withdrawn = np.zeros(k, dtype=bool)
         if self.config.stall_patience is not None and self.history:
-            _, losses, errors, _ = history_arrays(self.history)
-            withdrawn = stalled_groups(losses, errors, self.config.stall_patience)
+            draws, losses, errors, _ = history_arrays(self.history)
+            withdrawn = stalled_groups(draws, losses, errors, self.config.stall_patience)
             shares = withdrawn_shares(shares, self.natural, withdrawn)
-        capped = np.zeros(k, dtype=bool)
-        if self.config.max_passes is not None:
-            shares, capped = capped_shares(shares, sizes, drawn, remaining, self.config.max_passes)
+        # A withdrawn group's natural share is a ceiling: a capped group's excess does not flow back into it.
+        ceiling = np.where(withdrawn, self.natural, np.inf) if withdrawn.any() else None
+        shares, held = capped_shares(shares, sizes, drawn, remaining, self.config.max_passes, ceiling)
+        capped = held & ~withdrawn
         self._report_limits(ctx.step, withdrawn, capped)
         self.withdrawn, self.capped = withdrawn, capped
         self.mixture = floor_shares(shares, self.config.min_share)
@@ -429,9 +431,9 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         before_c = self.capped if self.capped is not None else np.zeros_like(capped)
         name = type(self).__name__
         for g in np.flatnonzero(withdrawn & ~before_w):
-            logger.info("%s: step %d: group %r withdrawn to at most its natural share: its validation loss has "
-                        "not fallen below its best by more than its standard error for %d evaluations", name, step,
-                        self.group_names[g], self.config.stall_patience)
+            logger.info("%s: step %d: group %r withdrawn to at most its natural share: over the last %d evaluations "
+                        "its validation loss did not fall with its draws by more than its standard error", name, step,
+                        self.group_names[g], self.config.stall_patience + 1)
         for g in np.flatnonzero(~withdrawn & before_w):
             logger.info("%s: step %d: group %r readmitted: its validation loss fell again", name, step,
                         self.group_names[g])

@@ -18,7 +18,7 @@ from .mixing_rules import METHODS
 
 DEFAULT_METHOD = "exp3"  # the update rule the ablation chose (method card)
 DEFAULT_MAX_PASSES = 4.0  # repeated rows keep most of their value up to about 4 passes (Muennighoff et al. 2023)
-DEFAULT_STALL_PATIENCE = 2  # evaluations without a fall beyond the standard error before a group is withdrawn
+DEFAULT_STALL_PATIENCE = 2  # a group is withdrawn when its loss has not fallen with its draws over 3 evaluations
 REWARDS = ("loss", "evidence")
 
 

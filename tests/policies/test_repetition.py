@@ -82,21 +82,26 @@ def test_capped_shares_refuse_bad_input():
         capped_shares(np.ones(2), np.ones(3), np.zeros(2), 10, 1.0)
 
 
-def test_a_group_stalls_when_no_recent_loss_beats_its_best_by_its_standard_error():
+def test_a_group_stalls_when_its_loss_no_longer_falls_with_its_draws():
+    draws = np.array([[10.0] * 3, [20.0] * 3, [40.0] * 3, [80.0] * 3])
     losses = np.array([[2.0, 2.0, 2.0], [1.0, 1.5, 1.0], [0.98, 1.2, 1.1], [0.97, 1.0, 1.05]])
     se = np.full((4, 3), 0.05)
-    # group 0 creeps down within its SE, group 1 keeps falling, group 2 rose (overfitting)
-    assert stalled_groups(losses, se, 2).tolist() == [True, False, True]
-    assert stalled_groups(losses, se, 3).tolist() == [False, False, False]  # needs patience + 1 evaluations
-    assert stalled_groups(losses[:2], se[:2], 2).tolist() == [False, False, False]
-    # A larger SE makes a real fall count as noise.
-    assert stalled_groups(losses, np.full((4, 3), 0.6), 2).tolist() == [True, True, True]
-    # Unmeasured evaluations (NaN) are skipped, not read as a stall.
+    # group 0 creeps down within its error, group 1 keeps falling, group 2 rose (overfitting)
+    assert stalled_groups(draws, losses, se, 2).tolist() == [True, False, True]
+    # The whole history shows every group falling; too short a history cannot stall.
+    assert stalled_groups(draws, losses, se, 3).tolist() == [False, False, False]
+    assert stalled_groups(draws[:2], losses[:2], se[:2], 2).tolist() == [False, False, False]
+    # Larger errors make a real fall count as noise.
+    assert stalled_groups(draws, losses, np.full((4, 3), 0.5), 2).tolist() == [True, True, True]
+    # One noisy evaluation does not withdraw a group that keeps falling.
+    noisy = np.array([[2.0], [1.6], [1.65], [1.0]])
+    assert not stalled_groups(draws[:, :1], noisy, np.full((4, 1), 0.05), 2)[0]
+    # Unmeasured evaluations (NaN) are skipped: the fit uses the last measured ones.
     gappy = losses.copy()
-    gappy[1:3, 1] = np.nan
-    assert stalled_groups(gappy, se, 2)[1] == np.False_
+    gappy[2, 1] = np.nan
+    assert not stalled_groups(draws, gappy, se, 2)[1]
     with pytest.raises(ValueError, match="patience"):
-        stalled_groups(losses, se, 0)
+        stalled_groups(draws, losses, se, 0)
 
 
 def test_withdrawn_groups_fall_to_their_natural_share_and_the_rest_take_it():
