@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-fraction", type=float, default=None, help="keep this fraction of every split")
     ev.add_argument("--threads", type=int, default=None, help="torch threads")
     ev.add_argument("--noise", type=float, default=None, help="share of training answers corrupted (default 0.2)")
+    ev.add_argument("--noise-kind", choices=["uniform", "plausible"], default=None,
+                    help="wrong answers drawn uniformly from the domain's others (default), or each the label its "
+                         "true one is most easily confused with")
     ev.add_argument("--target-domain", default=None,
                     help="domain shift: validation and test on this domain only; arms domain:<method>")
     ev.add_argument("--target-train-rows", type=int, default=None,
@@ -461,7 +464,7 @@ def evidence_config(args) -> "bench_evidence.EvidenceConfig":
         base.update(data_fraction=0.05)
     given = {k: getattr(args, k) for k in ("steps", "batch_size", "eval_steps", "lr", "seeds", "arms", "cv_folds",
                                            "data_fraction", "train_fraction", "threads", "tuning", "noise",
-                                           "target_domain",
+                                           "noise_kind", "target_domain",
                                            "target_train_rows", "data")
              if getattr(args, k, None) is not None}
     return bench_evidence.EvidenceConfig(model=args.model, device=args.device, workdir=args.workdir,

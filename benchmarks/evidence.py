@@ -10,7 +10,12 @@ training mix. Every arm trains the same model with the same seeds and step budge
 * ``static_target``: ``GroupBalanceCallback(strategy="target")`` with the validation mix as target shares, the
   first thing a user would try;
 * ``validation``, ``hard``, ``curriculum``, ``balance``: each strategy alone, with defaults a user would pick;
-* ``all``: the four strategies together.
+* ``all``: the four strategies together;
+* ``clean``: the plain run on the same rows with every answer right (the oracle a denoising strategy aims at).
+
+The wrong answers are drawn uniformly from the domain's other answers (``noise_kind="uniform"``), or are each
+answer's most confusable label (``"plausible"``, :data:`CONFUSIONS`), the kind a model and a cleaning pipeline
+find hardest to tell from a right answer.
 
 Every arm also carries ``TrainingDynamicsCallback`` (records only; it does not change what is drawn) and a recorder
 that reads each evaluation's per-row losses from it: the target validation loss (token-weighted over all
@@ -37,7 +42,7 @@ from sft_callbacks import SamplingPolicyCallback
 from sft_callbacks.engine.compat import checkpointing_off
 from sft_callbacks.evaluation import greedy_answers, mean_ci, score_answers
 
-ARMS = ("uniform", "flat", "static_target", "validation", "hard", "curriculum", "balance", "all")
+ARMS = ("uniform", "flat", "static_target", "validation", "hard", "curriculum", "balance", "all", "clean")
 QUICK_ARMS = ("uniform", "static_target", "all")
 # The candidate update rules of ValidationGuidedResamplingCallback (their ablation): "validation:<method>".
 VALIDATION_CANDIDATES = ("validation:scaling", "validation:learnability", "validation:aioli", "validation:exp3",
@@ -48,6 +53,18 @@ CPU_STEPS, CPU_BATCH, CPU_EVAL_STEPS = 80, 8, 20
 # one), 3 epochs at batch 8, the full validation and test sets.
 CONVERGED_BUDGET = dict(train_fraction=0.5, steps=225, eval_steps=25)
 NOISE_SEED = 1234  # which training answers are corrupted: fixed, so every arm and seed sees the same noise
+# Plausible noise: each wrong answer is the label its true one is most easily mistaken for, by meaning or by
+# script and family (``noise_kind="plausible"``); a fixed map instead of a clean run's confusion matrix.
+CONFUSIONS = {
+    "chat_kind": {"ai": "coding", "coding": "ai", "emotion": "ai", "trivia": "coding"},
+    "language": {"Spanish": "Portuguese", "Portuguese": "Spanish", "Italian": "Spanish", "Dutch": "German",
+                 "German": "Dutch", "English": "Dutch", "Chinese": "Japanese", "Japanese": "Chinese",
+                 "Korean": "Japanese", "Persian": "Turkish", "Turkish": "Persian", "Indonesian": "Dutch",
+                 "Ukrainian": "Persian"},
+    "topic": {"computers": "science", "science": "health", "health": "food", "food": "health",
+              "history": "politics", "politics": "history", "money": "politics", "literature": "movies",
+              "movies": "literature", "sports": "health"},
+}
 
 
 @dataclass
@@ -65,6 +82,7 @@ class EvidenceConfig:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     noise: float = 0.2  # share of training answers corrupted (rows drawn uniformly)
     noise_by_domain: dict[str, float] | None = None  # or a rate per domain (sources that differ in quality)
+    noise_kind: str = "uniform"  # or "plausible": each wrong answer is its true one's confusable label (CONFUSIONS)
     cv_folds: int = 2  # cleanlab's out-of-sample probabilities (0: skip); on the first seed only
     data_fraction: float = 1.0  # keep this fraction of every split, per domain (the smoke test)
     train_fraction: float = 1.0  # then this fraction of the training rows only, per domain (the converged budget)
@@ -126,7 +144,10 @@ def load_data(cfg: EvidenceConfig) -> dict:
     test = _subsample(load_benchmark_dataset("test", cfg.data), cfg.data_fraction)
     if cfg.target_domain is not None:
         clean, validation, test = domain_shift(clean, validation, test, cfg.target_domain, cfg.target_train_rows)
-    train = corrupt_answers(clean, cfg.noise_by_domain or cfg.noise, seed=NOISE_SEED)
+    if cfg.noise_kind not in ("uniform", "plausible"):
+        raise ValueError(f"noise_kind must be 'uniform' or 'plausible', got {cfg.noise_kind!r}")
+    confusions = CONFUSIONS if cfg.noise_kind == "plausible" else None
+    train = corrupt_answers(clean, cfg.noise_by_domain or cfg.noise, seed=NOISE_SEED, confusions=confusions)
     domains = sorted(set(train["domain"]))
     v_dom = np.asarray(validation["domain"])
     shares = {d: float((v_dom == d).mean()) for d in domains}
@@ -135,7 +156,9 @@ def load_data(cfg: EvidenceConfig) -> dict:
     majority = best_constant(test["answer"], test["domain"])
     bad = np.asarray(train["corrupted"], dtype=bool)
     noise_rates = {d: float(bad[c_dom == d].mean()) for d in domains}
-    return {"train": train, "validation": validation, "test": test, "domains": domains, "target_shares": shares,
+    clean = clean.add_column("corrupted", [False] * len(clean))  # the oracle: the same rows, every answer right
+    return {"train": train, "clean_train": clean, "validation": validation, "test": test, "domains": domains,
+            "target_shares": shares,
             "labels": labels, "majority": majority, "noise_rate": float(bad.mean()), "noise_rates": noise_rates}
 
 
@@ -262,7 +285,7 @@ def is_arm(arm: str) -> bool:
             base, options = arm_options(arm)
         except ValueError:
             return False
-        return base not in ("uniform", "flat", "all") and is_arm(base) and bool(options)
+        return base not in ("uniform", "flat", "all", "clean") and is_arm(base) and bool(options)
     if arm in ARMS:
         return True
     if arm.startswith("domain:"):
@@ -303,7 +326,7 @@ def make_policies(arm: str, target_shares: dict) -> list:
         "curriculum": lambda: CurriculumCallback(**{"difficulty": "length", "pacing": "root", **options}),
         "balance": lambda: GroupBalanceCallback(group_column="domain", **options),
     }
-    if arm == "uniform":
+    if arm in ("uniform", "clean"):  # the plain run (on the clean answers: the oracle)
         return []
     if arm.startswith("domain:"):  # the regulariser towards the domain that has the whole validation mix
         from sft_callbacks import DomainAdaptationCallback
@@ -406,8 +429,9 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
                 if arm == "uniform" and data["noise_rate"] > 0 else None)  # no planted noise: no noise section
     recorder = EvalRecorder(dyn, data["validation"]["domain"], data["train"]["domain"])
     callbacks = [dyn] + make_policies(arm, data["target_shares"]) + ([data_map] if data_map else []) + [recorder]
+    train = data["clean_train"] if arm == "clean" else data["train"]
     trainer = SFTTrainer(model=model, args=sft_config(cfg, os.path.join(cfg.workdir, f"{arm}-{seed}"), seed, cfg.steps),
-                         train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tokenizer,
+                         train_dataset=train, eval_dataset=data["validation"], processing_class=tokenizer,
                          callbacks=callbacks, peft_config=peft_config)
     t0 = time.perf_counter()
     trainer.train()

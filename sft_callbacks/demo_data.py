@@ -87,7 +87,7 @@ def load_benchmark_dataset(split: str = "train", name: str = "benchmark") -> dat
     return datasets.Dataset.from_list([r for r in _read_rows(_BENCHMARK_FILES[name]) if r["split"] == split])
 
 
-def corrupt_answers(dataset, fraction, seed: int):
+def corrupt_answers(dataset, fraction, seed: int, confusions: Mapping | None = None):
     """Replace ``fraction`` of the answers by another answer of the same domain; add a ``corrupted`` column.
 
     Plants known label noise for benchmarks and the demo: a corrupted row's ``completion`` and ``answer`` hold
@@ -95,6 +95,10 @@ def corrupt_answers(dataset, fraction, seed: int):
     answer stay clean. ``fraction`` is one rate for the whole set (rows drawn uniformly), or a mapping
     ``{domain: rate}`` with a rate for every domain (sources differ in quality): then exactly
     ``round(rate * rows of the domain)`` rows of each domain are corrupted.
+
+    ``confusions`` (``{domain: {answer: wrong answer}}``) makes the noise *plausible*: a corrupted row gets the
+    answer its true one is most easily confused with (e.g. Spanish for Portuguese), not a uniform draw; answers
+    the map does not name fall back to a uniform draw.
 
     Example::
 
@@ -130,7 +134,11 @@ def corrupt_answers(dataset, fraction, seed: int):
     for i in chosen:
         pool = sorted({a for a in answers[domains == domains[i]] if a != answers[i]})
         if pool:
-            new_answers[i] = pool[rng.integers(len(pool))]
+            draw = pool[rng.integers(len(pool))]  # drawn either way: the same rows get the same stream of draws
+            confused = (confusions or {}).get(str(domains[i]), {}).get(str(answers[i]))
+            if confused is not None and confused == answers[i]:
+                raise ValueError(f"confusions map {answers[i]!r} to itself in domain {domains[i]!r}")
+            new_answers[i] = confused if confused is not None else draw
             corrupted[i] = True
 
     def apply(row, idx):

@@ -258,7 +258,7 @@ def test_evidence_noise_benchmark_and_merge_run_on_the_tiny_model(tmp_path):
 def test_flat_arm_is_the_uniform_run_and_compare_pairs_before_with_after(tmp_path):
     out = tmp_path / "evidence.json"
     rc = benchmark.main(["evidence", "--model", "tiny", "--steps", "8", "--batch-size", "8", "--eval-steps", "4",
-                         "--seeds", "0", "1", "--arms", "uniform", "flat", "balance", "--cv-folds", "0",
+                         "--seeds", "0", "1", "--arms", "uniform", "flat", "balance", "clean", "--cv-folds", "0",
                          "--data-fraction", "0.1", "--workdir", str(tmp_path / "runs"), "--out", str(out),
                          "--markdown", str(tmp_path / "evidence.md"), "--plots", ""])
     assert rc == 0
@@ -267,6 +267,8 @@ def test_flat_arm_is_the_uniform_run_and_compare_pairs_before_with_after(tmp_pat
     for seed in (0, 1):  # equal weights through our sampler: the plain run, curve for curve
         assert by[("flat", seed)]["curve"] == by[("uniform", seed)]["curve"]
         assert by[("flat", seed)]["exact_match"] == by[("uniform", seed)]["exact_match"]
+        # The oracle trains on the same rows with the planted wrong answers put right: another run.
+        assert by[("clean", seed)]["curve"] != by[("uniform", seed)]["curve"]
     # An earlier measurement of the same arms (here: balance renamed, its losses shifted by +0.1).
     before = {"runs": [dict(r, arm="balance_old", curve=[{**p, "target_loss": p["target_loss"] + 0.1} for p in r["curve"]])
                        if r["arm"] == "balance" else r for r in report["runs"]]}
@@ -306,3 +308,44 @@ def test_the_converged_budget_trains_on_half_of_each_domain_and_old_reports_stil
     assert len(data["validation"]) == 160 and len(data["test"]) == 300  # the evaluation sets stay whole
     assert bench_evidence.config_value({}, "train_fraction") == 1.0  # a report written before the field
     assert bench_evidence.config_value({"train_fraction": 0.5}, "train_fraction") == 0.5
+
+
+def test_arms_take_callback_options():
+    assert bench_evidence.arm_options("static_target,max_passes=4") == ("static_target", {"max_passes": 4})
+    assert bench_evidence.arm_options("validation,max_passes=none,reward=evidence,learning_rate=0.2") == (
+        "validation", {"max_passes": None, "reward": "evidence", "learning_rate": 0.2})
+    assert bench_evidence.is_arm("validation:exp3,stall_patience=3") and bench_evidence.is_arm("static_target,max_passes=4")
+    assert not bench_evidence.is_arm("uniform,max_passes=4") and not bench_evidence.is_arm("static_target,max_passes")
+    (balance,) = bench_evidence.make_policies("static_target,max_passes=4", {"a": 0.5, "b": 0.5})
+    assert balance.config.max_passes == 4.0 and balance.config.strategy == "target"
+    (guide,) = bench_evidence.make_policies("validation,max_passes=none,stall_patience=none", {"a": 1.0})
+    assert guide.config.max_passes is None and guide.config.stall_patience is None
+    assert bench_evidence.make_policies("clean", {"a": 1.0}) == []
+    with pytest.raises(ValueError, match="max_passes must be a number > 0"):
+        bench_evidence.make_policies("validation,max_passes=0", {"a": 1.0})
+
+
+def test_plausible_noise_gives_each_wrong_answer_its_confusable_label_and_the_oracle_trains_on_the_truth():
+    from sft_callbacks.demo_data import load_benchmark_dataset
+
+    cfg = bench_evidence.EvidenceConfig(noise=0.3, noise_kind="plausible", train_fraction=0.5)
+    data = bench_evidence.load_data(cfg)
+    train, clean = data["train"], data["clean_train"]
+    bad = np.asarray(train["corrupted"])
+    assert abs(bad.mean() - 0.3) < 0.01 and not any(clean["corrupted"])
+    truth = dict(zip(range(len(clean)), clean["answer"]))
+    for i in np.flatnonzero(bad):
+        row = train[int(i)]
+        assert row["answer"] == bench_evidence.CONFUSIONS[row["domain"]][truth[int(i)]]
+        assert row["completion"][0]["content"] == row["answer"]
+    # The same rows are corrupted as under uniform noise; only the wrong answer differs.
+    uniform = bench_evidence.load_data(bench_evidence.EvidenceConfig(noise=0.3, train_fraction=0.5))["train"]
+    assert uniform["corrupted"] == train["corrupted"] and uniform["answer"] != train["answer"]
+    # Every confusable label is one of the domain's answers, never the answer itself.
+    full = load_benchmark_dataset("train")
+    for domain, pairs in bench_evidence.CONFUSIONS.items():
+        labels = set(np.asarray(full["answer"])[np.asarray(full["domain"]) == domain].tolist())
+        assert set(pairs) == labels and set(pairs.values()) <= labels
+        assert all(k != v for k, v in pairs.items())
+    with pytest.raises(ValueError, match="noise_kind"):
+        bench_evidence.load_data(bench_evidence.EvidenceConfig(noise_kind="adversarial", data_fraction=0.05))
