@@ -12,7 +12,8 @@ callback bases), ``policies/`` (the strategies), ``curation/`` and ``hub/`` (aft
 - Strategies: :class:`ValidationGuidedResamplingCallback`, :class:`HardExampleMiningCallback`,
   :class:`CurriculumCallback`, :class:`GroupBalanceCallback`.
 - Finding wrong answers: :class:`DataMapCallback` (noise scores from the visit history, flags, the data map),
-  :func:`out_of_sample_losses` (K-fold), :func:`estimate_noise_rate`.
+  :func:`out_of_sample_losses` (K-fold), :func:`estimate_noise_rate`; :class:`DenoisingCallback` stops
+  training on them mid-run.
 - Recipes: :func:`run_recipe` (``sft-callbacks sft --config recipe.yaml``: a ``trl sft`` recipe plus callbacks).
 """
 
@@ -55,6 +56,8 @@ from .policies import (
     CurriculumConfig,
     DataMapCallback,
     DataMapConfig,
+    DenoisingCallback,
+    DenoisingConfig,
     DomainAdaptationCallback,
     DomainAdaptationConfig,
     GroupBalanceCallback,
@@ -110,6 +113,8 @@ __all__ = [
     "CurriculumConfig",
     "DataMapCallback",
     "DataMapConfig",
+    "DenoisingCallback",
+    "DenoisingConfig",
     "DomainAdaptationCallback",
     "DomainAdaptationConfig",
     "GroupBalanceCallback",

@@ -72,8 +72,8 @@ def _add_export_parser(sub) -> None:
     export.add_argument("--output-dir", required=True, help="export folder to write (an earlier export there is replaced)")
     drop = export.add_mutually_exclusive_group()
     drop.add_argument("--drop", action="append", metavar="COLUMN", default=None,
-                      help="boolean column whose True rows are dropped (repeatable; default: flag_noisy and conflict "
-                      "where present)")
+                      help="boolean column whose True rows are dropped (repeatable; default: flag_noisy, withheld and "
+                      "conflict where present)")
     drop.add_argument("--no-drop", action="store_true", help="drop no flagged rows")
     export.add_argument("--group-column", default=None, help="column that groups rows, for --quota (e.g. domain)")
     export.add_argument("--quota", action="append", metavar="N|GROUP=N", default=None,

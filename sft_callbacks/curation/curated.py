@@ -23,7 +23,7 @@ from .selection import best_rows_thresholds, order_keys
 _CHUNK_ROWS = 262_144  # rows per step of each pass over the data: memory per step stays bounded
 
 #: Boolean columns that :func:`curate` drops by default when they are present.
-DEFAULT_DROP_FLAGS = ("flag_noisy", "conflict")
+DEFAULT_DROP_FLAGS = ("flag_noisy", "withheld", "conflict")
 
 
 def _sessions(callbacks: Sequence[Any]):
@@ -126,7 +126,7 @@ def curate(
     in this order:
 
     1. ``drop``: boolean flag columns; a row where any is True is dropped, counted under the first such flag.
-       Default: those of ``("flag_noisy", "conflict")`` that exist. ``drop=()`` drops nothing.
+       Default: those of ``("flag_noisy", "withheld", "conflict")`` that exist. ``drop=()`` drops nothing.
     2. ``quotas`` (needs ``group_column``): at most that many rows per group (an int for every group, or a dict
        ``{group: n}``; groups not in the dict are not capped); the best rows by ``score`` are kept, or a
        seeded random choice without a score. Counted under ``quota``.

@@ -35,6 +35,8 @@ COLUMN_MEANINGS: dict[str, str] = {
     "region": "data map region (easy-to-learn / ambiguous / hard-to-learn; empty: seen in < 2 epochs)",
     "noise_score": "data map: suspicion of a wrong answer (default: 1 - confidence over the window of trust)",
     "flag_noisy": "data map flag: likely mislabeled",
+    "withheld": "denoising: not drawn (or down-weighted) for the rest of training as a likely wrong answer",
+    "withheld_reason": "denoising: why and from which step the row was withheld (empty: trained on throughout)",
     "difficulty": "curriculum difficulty score (higher = harder)",
     "conflict": "the prompt has conflicting answers in the data",
     "conflict_kind": "exact: the same prompt has disagreeing answers; near: through a near-duplicate prompt",

@@ -60,6 +60,7 @@ _KINDS = (
                                       "token_accuracy", "token_accuracy_mean", "entropy_mean", "last_step")),
     ("data-map coordinates", ("confidence", "variability", "correctness", "forgetting_events", "region",
                               "noise_score", "flag_noisy")),
+    ("rows withheld during training as likely wrong answers", ("withheld", "withheld_reason")),
     ("sampling weights", ("weight",)),
     ("curriculum difficulty", ("difficulty",)),
 )

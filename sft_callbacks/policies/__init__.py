@@ -4,6 +4,7 @@ callback that decides when to call them and logs what it did."""
 from .balance import GroupBalanceCallback, GroupBalanceConfig
 from .curriculum import CurriculumCallback, CurriculumConfig
 from .data_map import DataMapCallback, DataMapConfig, plot_data_map
+from .denoising import DenoisingCallback, DenoisingConfig
 from .domain_adaptation import DomainAdaptationCallback, DomainAdaptationConfig
 from .hard_examples import HardExampleMiningCallback, HardExampleMiningConfig
 from .validation import ValidationGuidedResamplingCallback
@@ -14,6 +15,8 @@ __all__ = [
     "CurriculumConfig",
     "DataMapCallback",
     "DataMapConfig",
+    "DenoisingCallback",
+    "DenoisingConfig",
     "DomainAdaptationCallback",
     "DomainAdaptationConfig",
     "GroupBalanceCallback",

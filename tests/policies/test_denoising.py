@@ -1,0 +1,137 @@
+"""DenoisingCallback: the rate decision and the withholding on arrays, then real SFTTrainer runs on a tiny task
+with 30% wrong answers (what it withholds, that a withheld row is never drawn again, the annotations, resume)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import datasets
+import numpy as np
+import pytest
+from trl import SFTConfig, SFTTrainer
+
+from sft_callbacks import DenoisingCallback, TrainingDynamicsCallback, curate
+from sft_callbacks.engine.compat import checkpointing_off
+from sft_callbacks.policies.denoising import learnt_fraction, noise_rate_decision, withheld_rows
+
+from ..support.helpers import BatchRecorder
+
+_COLOURS = ["red", "blue", "green", "gold"]
+_ITEMS = ["lemon", "banana", "corn", "sun", "grass", "leaf", "frog", "lime", "sky", "sea", "jeans", "berry",
+          "rose", "blood", "cherry", "brick", "coin", "crown", "honey", "straw", "ocean", "ice", "mint", "pine"]
+
+
+def test_the_rate_is_trusted_only_when_the_mixture_separates():
+    rng = np.random.default_rng(0)
+    two_modes = np.concatenate([rng.normal(0.05, 0.03, 700), rng.normal(0.8, 0.1, 300)])
+    d = noise_rate_decision(two_modes)
+    assert d["source"] == "estimated" and d["rate"] == pytest.approx(0.3, abs=0.02) and d["expected_precision"] > 0.9
+    flat = rng.uniform(0, 1, 1000)  # no separate mode: a conservative share of the most suspicious rows at most
+    d = noise_rate_decision(flat, fallback_rate=0.1)
+    assert d["source"] == "fallback" and d["rate"] <= 0.1 and d["reason"]
+    assert noise_rate_decision(flat, given=0.25)["rate"] == 0.25
+    assert noise_rate_decision(two_modes, min_precision=1.01)["source"] == "fallback"
+
+
+def test_withheld_rows_take_the_top_of_each_group_at_its_rate():
+    score = np.array([0.9, 0.1, 0.5, 0.8, 0.7, np.nan])
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    assert withheld_rows(score, groups, {0: 1 / 3, 1: 0.5}).tolist() == [True, False, False, True, False, False]
+    assert learnt_fraction(np.array([0, 1, 2, 3]), np.array([0.1, 0.2, 2.0, 3.0]),
+                           np.array([False, True, False, False]), 4) == 0.5
+
+
+def _task(seed: int = 0, rate: float = 0.3):
+    """24 items, each with a true colour; 10 rows per item with a unique tag, ``rate`` of them with another colour."""
+    rng = np.random.default_rng(seed)
+    rows, wrong = [], []
+    for i, item in enumerate(_ITEMS):
+        truth = _COLOURS[i % 4]
+        bad = set(rng.choice(10, int(round(rate * 10)), replace=False).tolist())
+        for j in range(10):
+            other = [c for c in _COLOURS if c != truth]
+            answer = other[rng.integers(3)] if j in bad else truth
+            rows.append({"prompt": f"Tag {j:03d}. Colour of the {item}?", "completion": " " + answer})
+            wrong.append(j in bad)
+    return datasets.Dataset.from_list(rows), np.array(wrong)
+
+
+def _args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), num_train_epochs=6, per_device_train_batch_size=8, learning_rate=3e-3,
+                report_to=[], use_cpu=True, save_strategy="no", logging_steps=30, max_length=64, seed=0,
+                disable_tqdm=True, **checkpointing_off())
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def test_it_withholds_mostly_wrong_answers_and_never_draws_them_again(tmp_path, tokenizer, make_model, caplog):
+    train, wrong = _task()
+    model = make_model()
+    dyn, denoise = TrainingDynamicsCallback(), DenoisingCallback(noise_rate=0.3)
+    trainer = SFTTrainer(model=model, args=_args(tmp_path), train_dataset=train, processing_class=tokenizer,
+                         callbacks=[dyn, denoise])
+    recorder = BatchRecorder(model, lambda: denoise.session)
+    with caplog.at_level(logging.INFO, logger="sft_callbacks.policies.denoising"):
+        trainer.train()
+    recorder.handle.remove()
+    # It waited until the model had learnt the task (not at the first epoch end), then acted once.
+    steps_per_epoch = 30
+    assert denoise.acted_step is not None and steps_per_epoch < denoise.acted_step < 6 * steps_per_epoch
+    assert denoise.acted_step % steps_per_epoch == 0
+    annotated = dyn.to_dataset(train)
+    withheld = np.asarray(annotated["withheld"])
+    assert withheld.sum() == 72  # the true rate of 240 rows
+    precision = wrong[withheld].mean()
+    assert precision >= 0.8, precision
+    assert all(r.startswith("likely a wrong answer: withheld from step") for r in np.asarray(annotated["withheld_reason"])[withheld])
+    # A dropped row is never drawn once the change takes effect: weights decided at step s are drawn from
+    # micro-batch s + GA + 2 on (README, "When do new weights take effect"; GA = 1 here).
+    after = [r for batch in recorder.batches[denoise.acted_step + 3:] for r in batch]
+    lagged = [r for batch in recorder.batches[denoise.acted_step : denoise.acted_step + 3] for r in batch]
+    assert withheld[np.asarray(lagged)].any()  # the bound is tight: the rows drawn ahead included some
+    assert after and not withheld[np.asarray(after)].any()
+    assert any("withholds 72 rows (given rate 0.30)" in m.getMessage() for m in caplog.records)
+    logged = [h for h in trainer.state.log_history if "sft/denoise/withheld_fraction" in h]
+    assert logged[-1]["sft/denoise/withheld_fraction"] == pytest.approx(0.3)
+    # The curated export drops the withheld rows by default and says why.
+    curated = curate(train, [dyn, denoise])
+    assert curated.rows_out == 240 - 72 and curated.dropped.get("withheld") == 72
+    # What it withheld is checkpoint state.
+    restored = DenoisingCallback(noise_rate=0.3)
+    restored.load_policy_state(json.loads(json.dumps(denoise.policy_state())))
+    assert restored.withheld.tolist() == denoise.withheld.tolist() and restored.acted_step == denoise.acted_step
+
+
+def test_a_resume_keeps_what_was_withheld(tmp_path, tokenizer, make_model):
+    train, _ = _task()
+    first = DenoisingCallback(act_after_epochs=2, noise_rate=0.3)
+    trainer = SFTTrainer(model=make_model(), args=_args(tmp_path / "a", num_train_epochs=3, save_strategy="steps",
+                                                          save_steps=70), train_dataset=train,
+                         processing_class=tokenizer, callbacks=[first])
+    trainer.train()
+    assert first.acted_step == 60
+    model = make_model()
+    again = DenoisingCallback(act_after_epochs=2, noise_rate=0.3)
+    resumed = SFTTrainer(model=model, args=_args(tmp_path / "a", num_train_epochs=3), train_dataset=train,
+                         processing_class=tokenizer, callbacks=[again])
+    recorder = BatchRecorder(model, lambda: again.session)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-70"))
+    recorder.handle.remove()
+    assert again.acted_step == 60 and again.withheld.tolist() == first.withheld.tolist()
+    uid_of_row = np.empty(len(train), dtype=np.int64)
+    index = again.session.tracker.index
+    uid_of_row[np.asarray(index.seq_row)] = np.asarray(index.seq_uid)
+    drawn = np.asarray([r for batch in recorder.batches for r in batch])
+    assert drawn.size and not again.withheld[uid_of_row[drawn]].any()
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="readmit needs action='downweight'"):
+        DenoisingCallback(readmit=True)
+    with pytest.raises(ValueError, match="noise_rate must be in"):
+        DenoisingCallback(noise_rate=1.5)
+    with pytest.raises(ValueError, match="action must be one of"):
+        DenoisingCallback(action="delete")
+    with pytest.raises(ValueError, match="act_after_epochs"):
+        DenoisingCallback(act_after_epochs=0)
