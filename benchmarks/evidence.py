@@ -11,7 +11,11 @@ training mix. Every arm trains the same model with the same seeds and step budge
   first thing a user would try;
 * ``validation``, ``hard``, ``curriculum``, ``balance``: each strategy alone, with defaults a user would pick;
 * ``all``: the four strategies together;
-* ``clean``: the plain run on the same rows with every answer right (the oracle a denoising strategy aims at).
+* ``clean``: the plain run on the same rows with every answer right (the oracle a denoising strategy aims at);
+* ``denoise``: ``DenoisingCallback(group_column="domain")``: the run stops drawing its likely wrong answers;
+* ``cleanlab``: the pipeline a user would run instead: ``cv_folds`` models for out-of-sample probabilities,
+  cleanlab's ``find_label_issues`` per domain, then the plain run on the rows it keeps (``cv_folds + 1`` runs;
+  each run records the training rows it processed, the compute column of the report).
 
 The wrong answers are drawn uniformly from the domain's other answers (``noise_kind="uniform"``), or are each
 answer's most confusable label (``"plausible"``, :data:`CONFUSIONS`), the kind a model and a cleaning pipeline
@@ -42,7 +46,8 @@ from sft_callbacks import SamplingPolicyCallback
 from sft_callbacks.engine.compat import checkpointing_off
 from sft_callbacks.evaluation import greedy_answers, mean_ci, score_answers
 
-ARMS = ("uniform", "flat", "static_target", "validation", "hard", "curriculum", "balance", "all", "clean")
+ARMS = ("uniform", "flat", "static_target", "validation", "hard", "curriculum", "balance", "all", "clean", "denoise",
+        "cleanlab")
 QUICK_ARMS = ("uniform", "static_target", "all")
 # The candidate update rules of ValidationGuidedResamplingCallback (their ablation): "validation:<method>".
 VALIDATION_CANDIDATES = ("validation:scaling", "validation:learnability", "validation:aioli", "validation:exp3",
@@ -285,7 +290,7 @@ def is_arm(arm: str) -> bool:
             base, options = arm_options(arm)
         except ValueError:
             return False
-        return base not in ("uniform", "flat", "all", "clean") and is_arm(base) and bool(options)
+        return base not in ("uniform", "flat", "all", "clean", "cleanlab") and is_arm(base) and bool(options)
     if arm in ARMS:
         return True
     if arm.startswith("domain:"):
@@ -326,8 +331,12 @@ def make_policies(arm: str, target_shares: dict) -> list:
         "curriculum": lambda: CurriculumCallback(**{"difficulty": "length", "pacing": "root", **options}),
         "balance": lambda: GroupBalanceCallback(group_column="domain", **options),
     }
-    if arm in ("uniform", "clean"):  # the plain run (on the clean answers: the oracle)
+    if arm in ("uniform", "clean", "cleanlab"):  # the plain run (on the clean answers; on cleanlab's kept rows)
         return []
+    if arm == "denoise":
+        from sft_callbacks import DenoisingCallback
+
+        return [DenoisingCallback(**{"group_column": "domain", **options})]
     if arm.startswith("domain:"):  # the regulariser towards the domain that has the whole validation mix
         from sft_callbacks import DomainAdaptationCallback
 
@@ -422,14 +431,26 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, tokenizer, peft_config = build_model(cfg, data["train"], seed)
+    rows_per_run = cfg.steps * cfg.batch_size
+    processed = rows_per_run
+    train = data["clean_train"] if arm == "clean" else data["train"]
+    dropped = 0
+    if arm == "cleanlab":  # K fold runs for out-of-sample probabilities, then the plain run on the kept rows
+        from benchmarks.scores import cleanlab_scores
+
+        if cfg.cv_folds < 2:
+            raise ValueError("the cleanlab arm needs --cv-folds 2 or more (its out-of-sample models)")
+        _, flag = cleanlab_scores(out_of_sample_probs(cfg, data, seed, log), len(train))
+        train, dropped = train.select(np.flatnonzero(~flag)), int(flag.sum())
+        processed += cfg.cv_folds * rows_per_run
+    model, tokenizer, peft_config = build_model(cfg, train, seed)
     dyn = TrainingDynamicsCallback()
     # The CPU budget is under one epoch, so the data map reads one visit per row (min_epochs=1).
     data_map = (DataMapCallback(noise_rate=data["noise_rate"], group_column="domain", min_epochs=1)
                 if arm == "uniform" and data["noise_rate"] > 0 else None)  # no planted noise: no noise section
-    recorder = EvalRecorder(dyn, data["validation"]["domain"], data["train"]["domain"])
-    callbacks = [dyn] + make_policies(arm, data["target_shares"]) + ([data_map] if data_map else []) + [recorder]
-    train = data["clean_train"] if arm == "clean" else data["train"]
+    recorder = EvalRecorder(dyn, data["validation"]["domain"], train["domain"])
+    policies = make_policies(arm, data["target_shares"])
+    callbacks = [dyn] + policies + ([data_map] if data_map else []) + [recorder]
     trainer = SFTTrainer(model=model, args=sft_config(cfg, os.path.join(cfg.workdir, f"{arm}-{seed}"), seed, cfg.steps),
                          train_dataset=train, eval_dataset=data["validation"], processing_class=tokenizer,
                          callbacks=callbacks, peft_config=peft_config)
@@ -445,10 +466,21 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
         "arm": arm, "seed": seed, "train_seconds": train_s, "score_seconds": score_s,
         "curve": recorder.curve,
         "mixture": mixture_history(trainer.state.log_history),
-        "drawn_shares": _drawn_shares(dyn, data["train"]["domain"]),
+        "drawn_shares": _drawn_shares(dyn, train["domain"]),
         "epochs": float(trainer.state.epoch or 0.0),
+        "rows_processed": processed,
         **scores,
     }
+    if arm == "cleanlab":
+        out["dropped_rows"] = dropped
+    withheld = [p for p in policies if hasattr(p, "withheld") and p.withheld is not None]
+    if withheld:  # what the denoising run withheld, against the planted wrong answers
+        annotated = withheld[0].row_annotations()["withheld"].to_numpy(dtype=bool)
+        bad = np.asarray(train["corrupted"], dtype=bool)
+        out["withheld"] = {"rows": int(annotated.sum()), "step": withheld[0].acted_step,
+                           "precision": float(bad[annotated].mean()) if annotated.any() else float("nan"),
+                           "recall": float(annotated[bad].mean()) if bad.any() else float("nan"),
+                           "report": withheld[0].report}
     if data_map is not None:
         out["_rows"] = row_scores(dyn, data_map)
     last = recorder.curve[-1] if recorder.curve else {}
@@ -975,6 +1007,21 @@ def markdown_report(report: dict) -> str:
         f"{_f(e['mean'][f'em/{d}']['mean'], '.2f')}" + ("" if arm == "uniform" else
                                                        f" ({_ci(e['vs_uniform'].get(f'em/{d}'), '.2f', True)})")
         for d in judged] for arm, e in summary.items()]))
+    if any(r.get("rows_processed") not in (None, cfg["steps"] * cfg["batch_size"]) or r.get("withheld")
+           for r in report["runs"]):
+        parts.append("\n**Compute and cleaning.** Training rows each arm processed (every run it needed), rows it "
+                     "dropped or withheld, and their precision against the planted wrong answers (mean over seeds).\n")
+        crow = []
+        for arm, rs in rows_by.items():
+            held = [r["withheld"] for r in rs if r.get("withheld")]
+            removed = [r.get("dropped_rows") for r in rs if r.get("dropped_rows") is not None]
+            crow.append([arm, _f(float(np.mean([r.get("rows_processed", cfg["steps"] * cfg["batch_size"])
+                                                for r in rs])), ".0f"),
+                         _f(float(np.mean([h["rows"] for h in held] or removed or [0])), ".0f"),
+                         _f(float(np.nanmean([h["precision"] for h in held])), ".2f") if held else "—",
+                         ", ".join(str(h["step"]) for h in held) if held else "—"])
+        parts.append(_table(["arm", "rows processed", "rows withheld / dropped", "withheld precision",
+                             "acted at step"], crow))
     parts.append("\n**Mixture actually drawn** (share of training draws per domain over the whole run, mean over "
                  "seeds).\n")
     parts.append(_table(["arm"] + domains, [[arm] + [

@@ -349,3 +349,21 @@ def test_plausible_noise_gives_each_wrong_answer_its_confusable_label_and_the_or
         assert all(k != v for k, v in pairs.items())
     with pytest.raises(ValueError, match="noise_kind"):
         bench_evidence.load_data(bench_evidence.EvidenceConfig(noise_kind="adversarial", data_fraction=0.05))
+
+
+def test_the_cleaning_arms_run_and_report_their_compute_on_the_tiny_model(tmp_path):
+    pytest.importorskip("cleanlab")
+    out = tmp_path / "evidence.json"
+    rc = benchmark.main(["evidence", "--model", "tiny", "--steps", "20", "--batch-size", "8", "--eval-steps", "10",
+                         "--seeds", "0", "--arms", "uniform", "denoise,act_after_epochs=1,noise_rate=0.2", "cleanlab",
+                         "--cv-folds", "2", "--data-fraction", "0.1", "--workdir", str(tmp_path / "runs"),
+                         "--out", str(out), "--markdown", str(tmp_path / "evidence.md"), "--plots", ""])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    by = {r["arm"]: r for r in report["runs"]}
+    rows = report["data"]["train_rows"]
+    assert by["uniform"]["rows_processed"] == 160
+    assert by["cleanlab"]["rows_processed"] == 3 * 160 and 0 < by["cleanlab"]["dropped_rows"] < rows
+    held = by["denoise,act_after_epochs=1,noise_rate=0.2"]["withheld"]
+    assert held["rows"] == pytest.approx(0.2 * rows, abs=2) and 0 <= held["precision"] <= 1 and held["step"] > 0
+    assert "**Compute and cleaning.**" in (tmp_path / "evidence.md").read_text()
