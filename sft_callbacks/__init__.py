@@ -64,9 +64,12 @@ from .policies import (
     GroupBalanceConfig,
     HardExampleMiningCallback,
     HardExampleMiningConfig,
+    InfoBatchCallback,
+    InfoBatchConfig,
     ValidationGuidedConfig,
     ValidationGuidedResamplingCallback,
     plot_data_map,
+    pruned_max_steps,
 )
 from .policies.noise import NOISE_SCORES, estimate_noise_rate
 
@@ -121,6 +124,8 @@ __all__ = [
     "GroupBalanceConfig",
     "HardExampleMiningCallback",
     "HardExampleMiningConfig",
+    "InfoBatchCallback",
+    "InfoBatchConfig",
     "ValidationGuidedConfig",
     "ValidationGuidedResamplingCallback",
     "CallbackConfig",
@@ -134,6 +139,7 @@ __all__ = [
     "combine_weights",
     "last_complete_checkpoint",
     "plot_data_map",
+    "pruned_max_steps",
     "estimate_noise_rate",
     "out_of_sample_losses",
     "__version__",

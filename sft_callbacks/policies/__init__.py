@@ -7,6 +7,7 @@ from .data_map import DataMapCallback, DataMapConfig, plot_data_map
 from .denoising import DenoisingCallback, DenoisingConfig
 from .domain_adaptation import DomainAdaptationCallback, DomainAdaptationConfig
 from .hard_examples import HardExampleMiningCallback, HardExampleMiningConfig
+from .pruning import InfoBatchCallback, InfoBatchConfig, pruned_max_steps
 from .validation import ValidationGuidedResamplingCallback
 from .validation_config import ValidationGuidedConfig
 
@@ -23,7 +24,10 @@ __all__ = [
     "GroupBalanceConfig",
     "HardExampleMiningCallback",
     "HardExampleMiningConfig",
+    "InfoBatchCallback",
+    "InfoBatchConfig",
     "ValidationGuidedConfig",
     "ValidationGuidedResamplingCallback",
     "plot_data_map",
+    "pruned_max_steps",
 ]
