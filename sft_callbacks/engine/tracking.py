@@ -520,6 +520,11 @@ class SampleTracker:
         self._loss_weights = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float32)
         self._loss_lookup = None  # built from the index at the next training forward
 
+    @property
+    def loss_weights(self) -> np.ndarray | None:
+        """The per-sample loss weights in force (indexed like :attr:`stats`; ``None``: no weighting)."""
+        return self._loss_weights
+
     def _sample_weights(self, keys: torch.Tensor) -> torch.Tensor:
         if self._loss_lookup is None:
             self._loss_lookup = KeyLookup(self.index.keys, self._loss_weights, missing=1.0)

@@ -49,7 +49,7 @@ def results(tmp_path_factory):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
     res = {}
-    for name in ("dynamics", "sampling"):
+    for name in ("dynamics", "sampling", "pruning"):
         res[name] = [json.loads((out / f"rank{r}_{name}.json").read_text()) for r in range(WORLD)]
     return res
 
@@ -131,3 +131,23 @@ def test_weighted_sampling_follows_one_stream_on_both_ranks(results):
     counts = Counter(u for s in range(MAX_STEPS) for u in _uids(b0[s] + b1[s], uid))
     assert {u: n for u, n in enumerate(r0["times_seen"]) if n} == dict(counts)
     assert r0["unmatched"] == r1["unmatched"] == 0
+
+
+def test_pruning_decides_alike_and_draws_one_stream_on_both_ranks(results):
+    r0, r1 = results["pruning"]
+    # The same rows skipped each epoch on both processes (the choice is seeded by the run's seed and the epoch).
+    assert r0["decisions"] == r1["decisions"] and sorted(r0["decisions"]) == ["0", "1", "2", "3"]
+    assert r0["current_weights"] == r1["current_weights"] and r0["loss_weights"] == r1["loss_weights"]
+    assert r0["stream"] == r1["stream"]
+    per_step, lag, uid = r0["per_step"], r0["lag_micro_batches"], r0["uid"]
+    steps_per_epoch = len(uid) // per_step
+    b0, b1 = r0["micro_batch_rows"], r1["micro_batch_rows"]
+    for s in range(len(b0)):  # sharded: between them exactly the step's stream
+        assert sorted(b0[s] + b1[s]) == sorted(r0["stream"][s * per_step : (s + 1) * per_step])
+    row_of = {int(k): v for k, v in r0["row_of_sample"].items()}  # tracker sample id -> dataloader row
+    for epoch in (1, 2):
+        keep = r0["decisions"][str(epoch)]
+        skipped = {row_of[u] for u, k in enumerate(keep) if not k}
+        assert skipped, f"epoch {epoch}: nothing skipped"
+        drawn = {r for s in range(epoch * steps_per_epoch + lag, (epoch + 1) * steps_per_epoch) for r in b0[s] + b1[s]}
+        assert not drawn & skipped, f"epoch {epoch}: skipped rows drawn {sorted(drawn & skipped)}"

@@ -220,16 +220,56 @@ def run_sampling(outdir, rank, tokenizer, data) -> dict:
     }
 
 
+def run_pruning(outdir, rank, tokenizer, data) -> dict:
+    """InfoBatchCallback on two processes: its per-epoch decisions, the weights in force and every micro-batch."""
+    from sft_callbacks import InfoBatchCallback
+
+    decisions: dict[int, list[bool]] = {}
+
+    class Recording(InfoBatchCallback):
+        def _decide(self, ctx, reason):
+            decided = super()._decide(ctx, reason)
+            if decided:
+                decisions[int(self.epoch_decided)] = self.keep.tolist()
+            return decided
+
+    model = build_tiny_llama(tokenizer, seed=0, attn_implementation="eager")
+    dyn, prune = TrainingDynamicsCallback(), Recording(prune_ratio=0.5)
+    args = config(outdir, "pruning")
+    args.max_steps, args.num_train_epochs, args.learning_rate = -1, 3, 3e-3
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         callbacks=[dyn, prune])
+    batches = record_micro_batches(model)
+    trainer.train()
+    session = prune.session
+    by_ids, uid = dataset_rows(trainer, session)
+    per_step = session.batch_size * session.world_size
+    return {
+        "world_size": session.world_size,
+        "decisions": {str(k): v for k, v in decisions.items()},
+        "current_weights": session.sampler.current_weights.astype(np.float64).tolist(),
+        "loss_weights": None if session.tracker.loss_weights is None else session.tracker.loss_weights.tolist(),
+        "uid": uid,
+        "row_of_sample": dict(zip(map(str, session.tracker.index.seq_uid.tolist()),
+                                  session.tracker.index.seq_row.tolist())),
+        "lag_micro_batches": session.lag_micro_batches,
+        "micro_batch_rows": [[by_ids[tuple(x)] for x in b] for b in batches],
+        "stream": session.sampler.draw(0, trainer.state.global_step * per_step).tolist(),
+        "per_step": per_step,
+    }
+
+
 def main():
     outdir = sys.argv[1]
-    scenarios = sys.argv[2:] or ["dynamics", "sampling"]
+    scenarios = sys.argv[2:] or ["dynamics", "sampling", "pruning"]
     torch.set_num_threads(1)
     tokenizer = train_tokenizer(texts_for_tokenizer(load_demo_dataset("train")), vocab_size=512)
     data = sft_rows(N_ROWS)
     rank = int(os.environ.get("RANK", "0"))
     vocab_hash = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
     for name in scenarios:
-        result = {"dynamics": run_dynamics, "sampling": run_sampling}[name](outdir, rank, tokenizer, data)
+        result = {"dynamics": run_dynamics, "sampling": run_sampling,
+                  "pruning": run_pruning}[name](outdir, rank, tokenizer, data)
         result["rank"] = rank
         result["vocab_hash"] = vocab_hash
         with open(os.path.join(outdir, f"rank{rank}_{name}.json"), "w") as f:
