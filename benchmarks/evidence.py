@@ -13,6 +13,8 @@ training mix. Every arm trains the same model with the same seeds and step budge
 * ``all``: the four strategies together;
 * ``clean``: the plain run on the same rows with every answer right (the oracle a denoising strategy aims at);
 * ``denoise``: ``DenoisingCallback(group_column="domain")``: the run stops drawing its likely wrong answers;
+* ``infobatch``: ``InfoBatchCallback()``: skips part of the learnt rows each epoch (run it at a shorter
+  ``--steps`` beside uniform at the same and at the full steps);
 * ``cleanlab``: the pipeline a user would run instead: ``cv_folds`` models for out-of-sample probabilities,
   cleanlab's ``find_label_issues`` per domain, then the plain run on the rows it keeps (``cv_folds + 1`` runs;
   each run records the training rows it processed, the compute column of the report).
@@ -47,7 +49,7 @@ from sft_callbacks.engine.compat import checkpointing_off
 from sft_callbacks.evaluation import greedy_answers, mean_ci, score_answers
 
 ARMS = ("uniform", "flat", "static_target", "validation", "hard", "curriculum", "balance", "all", "clean", "denoise",
-        "cleanlab")
+        "cleanlab", "infobatch")
 QUICK_ARMS = ("uniform", "static_target", "all")
 # The candidate update rules of ValidationGuidedResamplingCallback (their ablation): "validation:<method>".
 VALIDATION_CANDIDATES = ("validation:scaling", "validation:learnability", "validation:aioli", "validation:exp3",
@@ -337,6 +339,10 @@ def make_policies(arm: str, target_shares: dict) -> list:
         from sft_callbacks import DenoisingCallback
 
         return [DenoisingCallback(**{"group_column": "domain", **options})]
+    if arm == "infobatch":  # compare at the same --steps as a shorter uniform run (its own schedule)
+        from sft_callbacks import InfoBatchCallback
+
+        return [InfoBatchCallback(**options)]
     if arm.startswith("domain:"):  # the regulariser towards the domain that has the whole validation mix
         from sft_callbacks import DomainAdaptationCallback
 

@@ -321,6 +321,8 @@ def test_arms_take_callback_options():
     (guide,) = bench_evidence.make_policies("validation,max_passes=none,stall_patience=none", {"a": 1.0})
     assert guide.config.max_passes is None and guide.config.stall_patience is None
     assert bench_evidence.make_policies("clean", {"a": 1.0}) == []
+    (prune,) = bench_evidence.make_policies("infobatch,prune_ratio=0.3", {"a": 1.0})
+    assert prune.config.prune_ratio == 0.3
     with pytest.raises(ValueError, match="max_passes must be a number > 0"):
         bench_evidence.make_policies("validation,max_passes=0", {"a": 1.0})
 
