@@ -240,6 +240,8 @@ class GroupBalanceCallback(SamplingPolicyCallback):
         self.shares: np.ndarray | None = None
         self.natural: np.ndarray | None = None
         self.capped: np.ndarray | None = None  # groups the repetition budget holds below their share
+        self.budgeted: np.ndarray | None = None  # the shares the budget planned when training began
+        self._restored: tuple[dict, list] | None = None  # a checkpoint's planned shares
         self._ids: np.ndarray | None = None
         self._ids_key = None
         self._given = False
@@ -271,9 +273,16 @@ class GroupBalanceCallback(SamplingPolicyCallback):
         self._given = True
         shares = self.shares
         if self.config.max_passes is not None:
-            k = len(self.group_names)
-            groups = uid_groups(self._ids, ctx.index.seq_uid, ctx.index.seq_row, len(ctx.index.keys))
-            shares, self.capped = capped_shares(shares, *run_budget(ctx, groups, k), self.config.max_passes)
+            restored = self._restored
+            if restored is not None and sorted(restored[0]) == sorted(self.group_names):
+                shares = np.array([restored[0][n] for n in self.group_names], dtype=np.float64)
+                self.capped = np.asarray(restored[1], dtype=bool) if len(restored[1]) == len(shares) \
+                    else np.zeros(len(shares), dtype=bool)
+            else:
+                k = len(self.group_names)
+                groups = uid_groups(self._ids, ctx.index.seq_uid, ctx.index.seq_row, len(ctx.index.keys))
+                shares, self.capped = capped_shares(shares, *run_budget(ctx, groups, k), self.config.max_passes)
+            self.budgeted = shares
         return shares_to_row_weights(self._ids, shares)
 
     def policy_loss_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
@@ -299,5 +308,14 @@ class GroupBalanceCallback(SamplingPolicyCallback):
         return out
 
     def policy_state(self) -> dict:
-        # Everything is recomputed from the data and the arguments; the shares are saved for the record.
-        return {"shares": named(self.shares, self.group_names) if self.shares is not None else None}
+        # The shares are recomputed from the data and the arguments; the budget's were planned from the run's
+        # start, so a resume reuses them (planned again from the draws so far they would move the stream).
+        state = {"shares": named(self.shares, self.group_names) if self.shares is not None else None}
+        if self.budgeted is not None:
+            state["budgeted"] = named(self.budgeted, self.group_names)
+            state["capped"] = [bool(c) for c in self.capped]
+        return state
+
+    def load_policy_state(self, state: dict) -> None:
+        if state and state.get("budgeted") is not None:
+            self._restored = dict(state["budgeted"]), list(state.get("capped") or [])

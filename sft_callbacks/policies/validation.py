@@ -193,6 +193,7 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         self._row_preference: np.ndarray | None = None
         self._seen_result = None
         self._given = False
+        self._resumed = False
 
     # -- setup ------------------------------------------------------------------------------------------
     def required_columns(self) -> list[str]:
@@ -402,7 +403,9 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         if self._given and not changed:
             return None
         self._given = True
-        self._limit(ctx)
+        if changed or not self._resumed:  # a checkpoint's mixture is handed back as it was in force
+            self._limit(ctx)
+        self._resumed = False
         return self.row_weights()
 
     def _limit(self, ctx: PolicyContext) -> None:
@@ -516,4 +519,5 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         for key in ("capped", "withdrawn"):
             setattr(self, key, None if state.get(key) is None else np.asarray(state[key], dtype=bool))
         self.rule.load_state_dict(state)
+        self._resumed = True
         self._ids = None  # group ids are recomputed from the data at the next policy call

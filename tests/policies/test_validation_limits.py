@@ -43,10 +43,11 @@ def _three_groups(seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset]:
 
 
 def _args(tmp_path, steps, eval_steps=8, **kw):
-    return SFTConfig(eval_steps=eval_steps, output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8,
-                     report_to=[], use_cpu=True, save_strategy="no", logging_steps=8, max_length=64, seed=0,
-                     **checkpointing_off(), eval_strategy="steps", per_device_eval_batch_size=8,
-                     disable_tqdm=True, **kw)
+    base = dict(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8, report_to=[], use_cpu=True,
+                save_strategy="no", logging_steps=8, max_length=64, seed=0, eval_strategy="steps",
+                eval_steps=eval_steps, per_device_eval_batch_size=8, disable_tqdm=True, **checkpointing_off())
+    base.update(kw)
+    return SFTConfig(**base)
 
 
 def test_default_withdraws_a_group_that_stops_responding_and_boosts_one_that_learns(tmp_path, tokenizer, make_model,
@@ -115,3 +116,31 @@ def test_static_target_with_a_repetition_budget_stops_at_it(tmp_path, tokenizer,
         GroupBalanceCallback(group_column="group", loss_weighting=True, max_passes=2)
     with pytest.raises(ValueError, match="max_passes must be a number > 0"):
         ValidationGuidedResamplingCallback(group_column="group", max_passes=0)
+
+
+@pytest.mark.parametrize("which", ["validation", "balance"])
+def test_a_resume_between_updates_draws_the_uninterrupted_stream(tmp_path, tokenizer, make_model, which):
+    """The budget is planned from the draws so far; a resume hands back the shares in force, not a new plan."""
+    from ..support.helpers import BatchRecorder
+
+    train, val = _three_groups()
+
+    def run(out, resume=None, **kw):
+        if which == "validation":
+            policy = ValidationGuidedResamplingCallback(group_column="group", max_passes=1)
+        else:
+            policy = GroupBalanceCallback(group_column="group", strategy="target", max_passes=1,
+                                          target_shares={"easy": 0.2, "rare": 0.5, "random": 0.3})
+        model = make_model()
+        trainer = SFTTrainer(model=model, args=_args(out, 40, eval_steps=10, learning_rate=5e-3, **kw),
+                             train_dataset=train, eval_dataset=val, processing_class=tokenizer, callbacks=[policy])
+        recorder = BatchRecorder(model, lambda: policy.session)
+        trainer.train(resume_from_checkpoint=resume)
+        recorder.handle.remove()
+        return policy, recorder.batches
+
+    policy, full = run(tmp_path / "full")
+    assert policy.capped is not None and policy.capped.any()  # the budget binds in this run
+    run(tmp_path / "a", save_strategy="steps", save_steps=15)
+    _, resumed = run(tmp_path / "a", resume=str(tmp_path / "a" / "checkpoint-15"))
+    assert resumed == full[15:]
