@@ -1013,16 +1013,15 @@ def markdown_report(report: dict) -> str:
         f"{_f(e['mean'][f'em/{d}']['mean'], '.2f')}" + ("" if arm == "uniform" else
                                                        f" ({_ci(e['vs_uniform'].get(f'em/{d}'), '.2f', True)})")
         for d in judged] for arm, e in summary.items()]))
-    if any(r.get("rows_processed") not in (None, cfg["steps"] * cfg["batch_size"]) or r.get("withheld")
-           for r in report["runs"]):
+    one_run = config_value(cfg, "steps") * config_value(cfg, "batch_size")  # rows a single run processes
+    if any(r.get("rows_processed") not in (None, one_run) or r.get("withheld") for r in report["runs"]):
         parts.append("\n**Compute and cleaning.** Training rows each arm processed (every run it needed), rows it "
                      "dropped or withheld, and their precision against the planted wrong answers (mean over seeds).\n")
         crow = []
         for arm, rs in rows_by.items():
             held = [r["withheld"] for r in rs if r.get("withheld")]
             removed = [r.get("dropped_rows") for r in rs if r.get("dropped_rows") is not None]
-            crow.append([arm, _f(float(np.mean([r.get("rows_processed", cfg["steps"] * cfg["batch_size"])
-                                                for r in rs])), ".0f"),
+            crow.append([arm, _f(float(np.mean([r.get("rows_processed", one_run) for r in rs])), ".0f"),
                          _f(float(np.mean([h["rows"] for h in held] or removed or [0])), ".0f"),
                          _f(float(np.nanmean([h["precision"] for h in held])), ".2f") if held else "—",
                          ", ".join(str(h["step"]) for h in held) if held else "—"])
