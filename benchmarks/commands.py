@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", choices=["benchmark", "sentiment_shift"], default=None,
                     help="the evidence set (default) or the sentiment domain shift (tweets -> movie reviews)")
     ev.add_argument("--workdir", default="bench_results/evidence_runs")
+    ev.add_argument("--reuse-runs", action="append", default=[], metavar="PARTIAL_JSON",
+                    help="take the runs of this configuration from another workdir's partial_runs.json (repeatable)")
     ev.add_argument("--out", default="bench_results/evidence.json")
     ev.add_argument("--markdown", default="bench_results/evidence.md")
     ev.add_argument("--plots", default="docs/benchmarks", help="folder for the two plots ('' for none)")
@@ -440,7 +442,7 @@ def main(argv=None) -> int:
         _write_json(args.out, report)
         return 0
     cfg = evidence_config(args)
-    report = bench_evidence.run_benchmark(cfg)
+    report = bench_evidence.run_benchmark(cfg, reuse=tuple(args.reuse_runs))
     report["command"] = "python scripts/benchmark.py " + " ".join((argv if argv is not None else sys.argv[1:]))
     if args.plots:
         bench_evidence.plot_target_loss(report, os.path.join(args.plots, "evidence_target_loss.png"))

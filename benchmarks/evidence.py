@@ -705,11 +705,13 @@ def _save_partial(cfg: EvidenceConfig, runs: list[dict]) -> None:
     os.replace(tmp, _partial_path(cfg))
 
 
-def _load_partial(cfg: EvidenceConfig) -> dict:
+def _load_partial(cfg: EvidenceConfig, path: str | None = None) -> dict:
+    """The finished runs of ``path`` (this configuration's partial file by default) whose configuration is this
+    one in everything that changes a run's result; ``{}`` otherwise."""
     import json
 
     try:
-        with open(_partial_path(cfg)) as fh:
+        with open(path or _partial_path(cfg)) as fh:
             payload = json.load(fh)
     except (OSError, ValueError):
         return {}
@@ -725,8 +727,12 @@ def _load_partial(cfg: EvidenceConfig) -> dict:
     return out
 
 
-def run_benchmark(cfg: EvidenceConfig, log=print) -> dict:
-    """Every arm x seed, then the paired summary and the noise section; a JSON-able report."""
+def run_benchmark(cfg: EvidenceConfig, log=print, reuse: tuple[str, ...] = ()) -> dict:
+    """Every arm x seed, then the paired summary and the noise section; a JSON-able report.
+
+    ``reuse``: partial-run files of other workdirs (``<workdir>/partial_runs.json``) whose runs of the same
+    configuration are taken instead of trained again (runs are deterministic per seed), e.g. a budget's uniform
+    runs recorded once."""
     import platform
 
     import torch
@@ -739,11 +745,17 @@ def run_benchmark(cfg: EvidenceConfig, log=print) -> dict:
     t_all = time.perf_counter()
     data = load_data(cfg)
     runs = []
-    done = _load_partial(cfg)
+    done = {}
+    for path in reuse:
+        found = _load_partial(cfg, path)
+        if not found:
+            log(f"[reuse] {path}: no runs of this configuration")
+        done.update(found)
+    done.update(_load_partial(cfg))
     for seed in cfg.seeds:
         for arm in cfg.arms:
             if (arm, seed) in done:
-                log(f"[{arm} seed={seed}] taken from {_partial_path(cfg)} (same configuration)")
+                log(f"[{arm} seed={seed}] taken from a recorded run of the same configuration")
                 runs.append(done[(arm, seed)])
                 continue
             runs.append(run_arm(cfg, data, arm, seed, log))

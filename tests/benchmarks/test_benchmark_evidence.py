@@ -369,3 +369,23 @@ def test_the_cleaning_arms_run_and_report_their_compute_on_the_tiny_model(tmp_pa
     held = by["denoise,act_after_epochs=1,noise_rate=0.2"]["withheld"]
     assert held["rows"] == pytest.approx(0.2 * rows, abs=2) and 0 <= held["precision"] <= 1 and held["step"] > 0
     assert "**Compute and cleaning.**" in (tmp_path / "evidence.md").read_text()
+
+
+def test_recorded_runs_of_the_same_configuration_are_reused_from_another_workdir(tmp_path, capsys):
+    base = ["evidence", "--model", "tiny", "--steps", "4", "--batch-size", "8", "--eval-steps", "2", "--seeds", "0",
+            "--cv-folds", "0", "--data-fraction", "0.1", "--plots", ""]
+    assert benchmark.main(base + ["--arms", "uniform", "--workdir", str(tmp_path / "a"), "--out",
+                                  str(tmp_path / "a.json"), "--markdown", ""]) == 0
+    capsys.readouterr()
+    assert benchmark.main(base + ["--arms", "uniform", "balance", "--workdir", str(tmp_path / "b"),
+                                  "--reuse-runs", str(tmp_path / "a" / "partial_runs.json"),
+                                  "--out", str(tmp_path / "b.json"), "--markdown", ""]) == 0
+    out = capsys.readouterr().out
+    assert "[uniform seed=0] taken from a recorded run" in out and "[balance seed=0] taken" not in out
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert [r for r in b["runs"] if r["arm"] == "uniform"][0]["curve"] == a["runs"][0]["curve"]
+    # Another configuration's runs are not taken.
+    assert benchmark.main([*base[:4], "6", *base[5:], "--arms", "uniform", "--workdir", str(tmp_path / "c"),
+                           "--reuse-runs", str(tmp_path / "a" / "partial_runs.json"),
+                           "--out", str(tmp_path / "c.json"), "--markdown", ""]) == 0
+    assert "no runs of this configuration" in capsys.readouterr().out
