@@ -80,15 +80,15 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
     * **withdrawal** (``stall_patience=2``): a group whose validation loss no longer falls with its draws (over
       the last ``stall_patience + 1`` evaluations, the slope of its loss against log(draws) is not one standard
       error below zero) gets at most its natural share (the plain run's) until it falls again; the share it gives
-      up goes to the others. A group of random answers learns
-      their format, then nothing: it is withdrawn whatever its first evaluations rewarded (after mSFT, which drops
-      the sub-dataset that overfits first).
+      up goes to the others. A group of random answers learns their format, then nothing: it is withdrawn
+      whatever its first evaluations rewarded (after mSFT, which drops the sub-dataset that overfits first).
     * **a repetition budget** (``max_passes=4``): no group is drawn more than ``max_passes`` times its rows over
       the run (the steps left times the rows per step are known); what a capped group cannot take goes to the
       others (UniMax, Chung et al. 2023; repeated data keeps most of its value up to about 4 passes, Muennighoff
-      et al. 2023). Where the whole run is longer than ``max_passes`` epochs the budget rises to the plain run's. Other rules, measured side by side on the evidence
-    benchmark (method card): ``"scaling"`` (per-group log-law fits of validation loss against rows drawn, draws
-    where the target falls most per row; ADO-style), ``"learnability"`` (the same with slopes of first-visit
+      et al. 2023). Where the whole run is longer than ``max_passes`` epochs the budget rises to the plain run's.
+
+    Other rules, measured side by side on the evidence benchmark (method card): ``"scaling"`` (per-group log-law
+    fits of validation loss against rows drawn, draws where the target falls most per row; ADO-style), ``"learnability"`` (the same with slopes of first-visit
     training losses), ``"aioli"`` (an online linear mixing law), and ``"doremi"`` (DoReMi's excess-loss step over
     ``reference`` losses: the rule when you pass ``reference={group: loss}``; ``reference="first"`` reacts only
     to forgetting, the previous default).
