@@ -688,9 +688,15 @@ def _partial_path(cfg: EvidenceConfig) -> str:
     return os.path.join(cfg.workdir, "partial_runs.json")
 
 
-def _save_partial(cfg: EvidenceConfig, runs: list[dict]) -> None:
-    """Every finished run, so an interrupted benchmark resumes where it stopped (same configuration only)."""
+def _save_partial(cfg: EvidenceConfig, runs: list[dict], kept: dict | None = None) -> None:
+    """Every finished run, so an interrupted benchmark resumes where it stopped (same configuration only).
+
+    ``kept``: the file's earlier runs (``_load_partial``); those of arms or seeds this invocation does not run are
+    written back, so one workdir collects every invocation's runs."""
     import json
+
+    mine = {(r["arm"], r["seed"]) for r in runs}
+    runs = list(runs) + [r for key, r in (kept or {}).items() if key not in mine]
 
     def plain(v):
         return v.tolist() if isinstance(v, np.ndarray) else v
@@ -751,7 +757,8 @@ def run_benchmark(cfg: EvidenceConfig, log=print, reuse: tuple[str, ...] = ()) -
         if not found:
             log(f"[reuse] {path}: no runs of this configuration")
         done.update(found)
-    done.update(_load_partial(cfg))
+    kept = _load_partial(cfg)
+    done.update(kept)
     for seed in cfg.seeds:
         for arm in cfg.arms:
             if (arm, seed) in done:
@@ -759,7 +766,7 @@ def run_benchmark(cfg: EvidenceConfig, log=print, reuse: tuple[str, ...] = ()) -
                 runs.append(done[(arm, seed)])
                 continue
             runs.append(run_arm(cfg, data, arm, seed, log))
-            _save_partial(cfg, runs)
+            _save_partial(cfg, runs, kept)
     uniform_runs = [r for r in runs if r["arm"] == "uniform"]
     noise = noise_section(cfg, data, uniform_runs, log) if uniform_runs and data["noise_rate"] > 0 else None
     for r in runs:

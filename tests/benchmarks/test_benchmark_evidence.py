@@ -389,3 +389,14 @@ def test_recorded_runs_of_the_same_configuration_are_reused_from_another_workdir
                            "--reuse-runs", str(tmp_path / "a" / "partial_runs.json"),
                            "--out", str(tmp_path / "c.json"), "--markdown", ""]) == 0
     assert "no runs of this configuration" in capsys.readouterr().out
+
+
+def test_a_workdir_keeps_every_invocations_runs(tmp_path):
+    base = ["evidence", "--model", "tiny", "--steps", "4", "--batch-size", "8", "--eval-steps", "2", "--seeds", "0",
+            "--cv-folds", "0", "--data-fraction", "0.1", "--plots", "", "--workdir", str(tmp_path / "w"),
+            "--out", str(tmp_path / "r.json"), "--markdown", ""]
+    assert benchmark.main(base + ["--arms", "uniform"]) == 0
+    assert benchmark.main(base + ["--arms", "balance"]) == 0
+    saved = json.loads((tmp_path / "w" / "partial_runs.json").read_text())
+    assert sorted(r["arm"] for r in saved["runs"]) == ["balance", "uniform"]
+    assert "_rows" in next(r for r in saved["runs"] if r["arm"] == "uniform")  # the noise section's scores
