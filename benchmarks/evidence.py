@@ -767,7 +767,7 @@ def run_benchmark(cfg: EvidenceConfig, log=print, reuse: tuple[str, ...] = ()) -
                 continue
             runs.append(run_arm(cfg, data, arm, seed, log))
             _save_partial(cfg, runs, kept)
-    uniform_runs = [r for r in runs if r["arm"] == "uniform"]
+    uniform_runs = [r for r in runs if r["arm"] == "uniform" and "_rows" in r]  # runs recorded with their scores
     noise = noise_section(cfg, data, uniform_runs, log) if uniform_runs and data["noise_rate"] > 0 else None
     for r in runs:
         r.pop("_rows", None)
