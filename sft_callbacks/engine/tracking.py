@@ -405,6 +405,7 @@ class SampleTracker:
         self._loss_weights: np.ndarray | None = None
         self._loss_lookup: KeyLookup | None = None
         self._loss_terms: list = []
+        self._batch_weightings: list = []
         self.eval_results: dict[str, dict] = {}
         self._eval_indices: dict[str, tuple] = {}
         self.visits = VisitLog()
@@ -433,7 +434,12 @@ class SampleTracker:
         keys, floats, to_tokens = record
         if module.training:
             self._pending.append((keys, floats, self.step, self.epoch))
-            weights = to_tokens(self._sample_weights(keys)) if self._loss_weights is not None else None
+            weights = self._sample_weights(keys) if self._loss_weights is not None else None
+            for rule in self._batch_weightings:
+                w = rule(keys, floats)
+                if w is not None:
+                    weights = w if weights is None else weights * w.to(weights.dtype)
+            weights = None if weights is None else to_tokens(weights)
             extra = self._extra_loss(kwargs, output, keys)
             if weights is not None or extra is not None:
                 return self._adjust_loss(kwargs, output, weights, None if extra is None else to_tokens(extra))
@@ -529,6 +535,23 @@ class SampleTracker:
         if self._loss_lookup is None:
             self._loss_lookup = KeyLookup(self.index.keys, self._loss_weights, missing=1.0)
         return self._loss_lookup(keys)
+
+    def add_batch_weighting(self, rule) -> None:
+        """Weight the sequences of every training micro-batch by a rule of the batch itself, from the next forward.
+
+        ``rule(keys, floats)`` is called inside the forward hook, without grad, with the sequences' content keys
+        and their statistics (the rows of ``floats``: summed token NLL, trained tokens, correct tokens, summed
+        entropy, the least token log-probability, summed margin); it returns one weight per sequence (or ``None``).
+        The weights multiply the per-sample loss weights (:meth:`set_loss_weights`) and scale each sequence's
+        token losses the same way, so the Trainer's normalisation is unchanged.
+        """
+        if rule not in self._batch_weightings:
+            self._batch_weightings.append(rule)
+
+    def remove_batch_weighting(self, rule) -> None:
+        """Stop applying ``rule`` (see :meth:`add_batch_weighting`)."""
+        if rule in self._batch_weightings:
+            self._batch_weightings.remove(rule)
 
     def add_loss_term(self, term) -> None:
         """Add a per-sequence term to the training loss, from the next training forward.

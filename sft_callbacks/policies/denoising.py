@@ -13,16 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..engine.callbacks import SamplingPolicyCallback
 from ..engine.config import CallbackConfig
 from ..engine.session import PolicyContext
+from ..engine.tracking import KeyLookup
 from .groups import group_ids, uid_groups
 from .noise import DEFAULT_NOISE_SCORE, NOISE_SCORES, estimate_noise_rate, flag_by_score, history_scores, window_of_trust
 
 logger = logging.getLogger(__name__)
 
 ACTIONS = ("drop", "downweight")
+#: ``"withhold"``: rows scored once the score can be trusted; ``"small_loss"``: each step's loss skips the
+#: sequences whose loss is in the top ``rate`` of their group (Co-teaching's rule, one network).
+METHODS = ("withhold", "small_loss")
 #: The columns :class:`DenoisingCallback` adds to each training row (``to_dataset``, :func:`~sft_callbacks.curate`).
 DENOISING_COLUMNS = ("withheld", "withheld_reason")
 
@@ -90,6 +95,39 @@ def learnt_fraction(uid: np.ndarray, loss: np.ndarray, correct: np.ndarray, n: i
     return float(hits[seen][clean].sum() / count[seen][clean].sum())
 
 
+def ramped_rate(epoch: float, rate: float, ramp_epochs: float) -> float:
+    """The share excluded at this point of the run: ``rate`` reached linearly over the first ``ramp_epochs``
+    (Co-teaching's R(T) = 1 - min(T / T_k, 1) * tau kept; before the model has learnt anything every loss is high).
+
+    Example:
+        >>> ramped_rate(0.5, 0.2, 1.0), ramped_rate(3.0, 0.2, 1.0)
+        (0.1, 0.2)
+    """
+    return float(rate) * min(1.0, max(0.0, float(epoch)) / float(ramp_epochs))
+
+
+def small_loss_thresholds(loss: np.ndarray, groups: np.ndarray, num_groups: int, rate: float) -> np.ndarray:
+    """Per group, the loss above which a sequence is left out: the ``1 - rate`` quantile of the group's latest
+    per-sample losses (NaN, never seen, ignored); ``inf`` where ``rate`` is 0 or the group has no loss yet.
+
+    Example:
+        >>> small_loss_thresholds(np.array([0.1, 0.2, 0.3, 2.0, np.nan]), np.array([0, 0, 0, 0, 1]), 2, 0.25)
+        array([0.3, inf])
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    groups = np.asarray(groups)
+    out = np.full(num_groups, np.inf)
+    if rate <= 0:
+        return out
+    for g in range(num_groups):
+        x = loss[(groups == g) & np.isfinite(loss)]
+        if x.size:
+            # The k-th largest stays in: a share `rate` of the group lies strictly above the threshold.
+            k = int(np.floor(rate * x.size))
+            out[g] = np.partition(x, x.size - 1 - k)[x.size - 1 - k] if k else np.inf
+    return out
+
+
 def withheld_rows(score: np.ndarray, groups: np.ndarray, rates: dict) -> np.ndarray:
     """The ``round(rate * scored rows)`` highest-scoring rows of each group (``rates[group]``); unscored (NaN)
     rows are never withheld.
@@ -126,8 +164,12 @@ class DenoisingConfig(CallbackConfig):
     downweight: float = 0.1
     readmit: bool = False
     noise_score: str = DEFAULT_NOISE_SCORE
+    method: str = "withhold"
+    ramp_epochs: float = 1.0
 
     def __post_init__(self):
+        self.require(self.method in METHODS, f"method must be one of {list(METHODS)}", self.method)
+        self.require(self.ramp_epochs > 0, "ramp_epochs must be > 0", self.ramp_epochs)
         self.require(self.group_column is None or (isinstance(self.group_column, str) and bool(self.group_column)),
                      "group_column must be the name of a column of the training dataset, or None", self.group_column)
         self.require(self.noise_rate is None or 0 < self.noise_rate < 1,
@@ -183,6 +225,12 @@ class DenoisingCallback(SamplingPolicyCallback):
         downweight (`float`, defaults to 0.1): sampling weight of a withheld row relative to 1 (`"downweight"`).
         readmit (`bool`, defaults to `False`): re-score at every epoch end after acting (`"downweight"` only).
         noise_score (`str`, defaults to `"confidence_after_burn_in"`): the ranking, one of ``NOISE_SCORES``.
+        method (`str`, defaults to `"withhold"`): `"withhold"` (above) or `"small_loss"`: withhold nothing, and
+            leave out of every step's loss the sequences whose loss is in the top ``noise_rate`` (else
+            ``fallback_rate``) of their group's latest losses (Co-teaching's rule with one network; metrics
+            ``sft/denoise/rate``, ``sft/denoise/left_out_fraction``, ``sft/denoise/threshold/<group>``).
+        ramp_epochs (`float`, defaults to 1.0): `"small_loss"`: the share left out rises linearly from 0 over
+            these epochs.
 
     Example:
         >>> denoise = DenoisingCallback(group_column="domain")  # doctest: +SKIP
@@ -203,6 +251,11 @@ class DenoisingCallback(SamplingPolicyCallback):
         self._group_names: list[str] = []
         self._uid_group: np.ndarray | None = None
         self._given = False
+        self.thresholds: np.ndarray | None = None  # small_loss: per group, the loss above which a sequence is left out
+        self.rate_now = 0.0
+        self._group_lookup: KeyLookup | None = None
+        self._thresholds_t: torch.Tensor | None = None
+        self._counts: dict[str, torch.Tensor | float] = {"left_out": 0.0, "sequences": 0.0}
 
     def required_columns(self) -> list[str]:
         return [self.config.group_column] if self.config.group_column else []
@@ -212,6 +265,49 @@ class DenoisingCallback(SamplingPolicyCallback):
         self._given = False
         self._epoch_start = int(state.global_step)
         super().on_train_begin(args, state, control, **kwargs)
+        if self.config.method == "small_loss":
+            index = self.session.tracker.index
+            groups = self._groups(index, len(index.keys))
+            self._group_lookup = KeyLookup(index.keys, groups, missing=-1)
+            self._set_thresholds(state)
+            self.session.tracker.add_batch_weighting(self._small_loss_weights)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        super().on_step_begin(args, state, control, **kwargs)
+        if self.config.method == "small_loss":
+            self._set_thresholds(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._session is not None:
+            self.session.tracker.remove_batch_weighting(self._small_loss_weights)
+        super().on_train_end(args, state, control, **kwargs)
+
+    # -- the small-loss rule ---------------------------------------------------------------------------
+    def _rate(self) -> float:
+        return self.config.noise_rate if self.config.noise_rate is not None else self.config.fallback_rate
+
+    def _set_thresholds(self, state) -> None:
+        """Each group's threshold from the latest losses (the tracker's, merged across processes at its last
+        sync, so every process leaves out the same sequences)."""
+        tracker = self.session.tracker
+        self.rate_now = ramped_rate(state.epoch or 0.0, self._rate(), self.config.ramp_epochs)
+        groups = self._groups(tracker.index, tracker.stats.size)
+        self.thresholds = small_loss_thresholds(tracker.stats.loss_last, groups, len(self._group_names),
+                                                self.rate_now)
+        # One more entry for rows outside the training set (group -1): never left out.
+        self._thresholds_t = torch.from_numpy(np.append(self.thresholds, np.inf).astype(np.float32))
+
+    def _small_loss_weights(self, keys: torch.Tensor, floats: torch.Tensor) -> torch.Tensor | None:
+        if self._thresholds_t is None or not np.isfinite(self.thresholds).any():
+            return None
+        group = self._group_lookup(keys)
+        limit = self._thresholds_t.to(keys.device)[torch.where(group < 0, len(self.thresholds), group)]
+        loss = floats[0] / floats[1].clamp(min=1.0)
+        keep = (loss <= limit) | ~torch.isfinite(loss)
+        for name, value in (("left_out", (~keep).sum()), ("sequences", torch.tensor(keep.numel()))):
+            value = value.to(keys.device, torch.float32)  # summed on the device, read when the Trainer logs
+            self._counts[name] = value if not torch.is_tensor(self._counts[name]) else self._counts[name] + value
+        return keep.float()
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._epoch_start = int(state.global_step)  # the visits of the epoch about to run have steps >= this
@@ -228,6 +324,8 @@ class DenoisingCallback(SamplingPolicyCallback):
 
     # -- policy -----------------------------------------------------------------------------------------
     def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
+        if self.config.method == "small_loss":
+            return None  # the stream is the plain run's: the rule acts inside each step's loss
         if self.withheld is not None and not self._given:  # restored from a checkpoint: hand the weights back
             self._given = True
             return self._row_weights(ctx)
@@ -290,6 +388,16 @@ class DenoisingCallback(SamplingPolicyCallback):
         return rows
 
     def policy_metrics(self) -> dict[str, float]:
+        if self.config.method == "small_loss":
+            seen = float(self._counts["sequences"])
+            out = {"sft/denoise/rate": self.rate_now}
+            if seen:
+                out["sft/denoise/left_out_fraction"] = float(self._counts["left_out"]) / seen
+            self._counts = {"left_out": 0.0, "sequences": 0.0}
+            for g, name in enumerate(self._group_names):
+                if self.thresholds is not None and np.isfinite(self.thresholds[g]):
+                    out[f"sft/denoise/threshold/{name}"] = float(self.thresholds[g])
+            return out
         if self.withheld is None:
             return {}
         out = {"sft/denoise/withheld_fraction": float(self.withheld.mean()) if self.withheld.size else 0.0}
@@ -309,9 +417,17 @@ class DenoisingCallback(SamplingPolicyCallback):
         user_uid = index.user_uid()
         kept = user_uid >= 0
         withheld = np.zeros(len(user_uid), dtype=bool)
-        if self.withheld is not None:
-            withheld[kept] = np.asarray(self.withheld)[user_uid[kept]]
+        per_sample = self.withheld
         why = f"likely a wrong answer: withheld from step {self.acted_step} on ({self.config.action})"
+        if self.config.method == "small_loss" and self.thresholds is not None:
+            tracker = self.session.tracker
+            groups = self._groups(index, tracker.stats.size)
+            with np.errstate(invalid="ignore"):
+                per_sample = tracker.stats.loss_last > self.thresholds[groups]
+            why = (f"likely a wrong answer: its latest loss was in its group's top {self.rate_now:.0%}, left out of "
+                   "the loss (small_loss)")
+        if per_sample is not None:
+            withheld[kept] = np.asarray(per_sample)[user_uid[kept]]
         frame = pd.DataFrame({"withheld": withheld, "withheld_reason": np.where(withheld, why, "")})
         frame.index.name = "row"
         return frame

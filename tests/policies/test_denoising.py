@@ -6,20 +6,18 @@ from __future__ import annotations
 import json
 import logging
 
-import datasets
 import numpy as np
 import pytest
 from trl import SFTConfig, SFTTrainer
 
+from benchmarks.denoise_tiny import colour_task
 from sft_callbacks import DenoisingCallback, TrainingDynamicsCallback, curate
 from sft_callbacks.engine.compat import checkpointing_off
-from sft_callbacks.policies.denoising import learnt_fraction, noise_rate_decision, withheld_rows
+from sft_callbacks.policies.denoising import (learnt_fraction, noise_rate_decision, ramped_rate,
+                                              small_loss_thresholds, withheld_rows)
 
-from ..support.helpers import BatchRecorder
-
-_COLOURS = ["red", "blue", "green", "gold"]
-_ITEMS = ["lemon", "banana", "corn", "sun", "grass", "leaf", "frog", "lime", "sky", "sea", "jeans", "berry",
-          "rose", "blood", "cherry", "brick", "coin", "crown", "honey", "straw", "ocean", "ice", "mint", "pine"]
+from ..support.helpers import LOGGED_LOSS_ATOL, BatchRecorder
+from ..support.loss_weights import record_micro_batches, step_losses
 
 
 def test_the_rate_is_trusted_only_when_the_mixture_separates():
@@ -44,17 +42,7 @@ def test_withheld_rows_take_the_top_of_each_group_at_its_rate():
 
 def _task(seed: int = 0, rate: float = 0.3):
     """24 items, each with a true colour; 10 rows per item with a unique tag, ``rate`` of them with another colour."""
-    rng = np.random.default_rng(seed)
-    rows, wrong = [], []
-    for i, item in enumerate(_ITEMS):
-        truth = _COLOURS[i % 4]
-        bad = set(rng.choice(10, int(round(rate * 10)), replace=False).tolist())
-        for j in range(10):
-            other = [c for c in _COLOURS if c != truth]
-            answer = other[rng.integers(3)] if j in bad else truth
-            rows.append({"prompt": f"Tag {j:03d}. Colour of the {item}?", "completion": " " + answer})
-            wrong.append(j in bad)
-    return datasets.Dataset.from_list(rows), np.array(wrong)
+    return colour_task(seed, rate)
 
 
 def _args(tmp_path, **kw):
@@ -135,3 +123,47 @@ def test_bad_options_are_refused():
         DenoisingCallback(action="delete")
     with pytest.raises(ValueError, match="act_after_epochs"):
         DenoisingCallback(act_after_epochs=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        DenoisingCallback(method="coteaching")
+    with pytest.raises(ValueError, match="ramp_epochs must be > 0"):
+        DenoisingCallback(method="small_loss", ramp_epochs=0)
+
+
+def test_the_small_loss_rule_ramps_and_cuts_each_group_at_its_quantile():
+    assert ramped_rate(0.0, 0.3, 2.0) == 0.0 and ramped_rate(1.0, 0.3, 2.0) == pytest.approx(0.15)
+    assert ramped_rate(5.0, 0.3, 2.0) == pytest.approx(0.3)
+    loss = np.array([0.1, 0.2, 0.3, 0.4, 5.0, 1.0, 2.0, np.nan])
+    groups = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    thr = small_loss_thresholds(loss, groups, 2, 0.2)
+    assert (loss[:5] > thr[0]).sum() == 1 and thr[1] == np.inf  # 0.2 of 2 rows rounds down to none
+    assert np.isinf(small_loss_thresholds(loss, groups, 2, 0.0)).all()
+
+
+def test_small_loss_leaves_the_high_loss_sequences_out_of_each_steps_loss_exactly(tmp_path, tokenizer, make_model):
+    data = _task()[0].shuffle(seed=0).select(range(32))  # distinct rows
+    model = make_model()
+    dyn, rule = TrainingDynamicsCallback(), DenoisingCallback(method="small_loss", noise_rate=0.25, ramp_epochs=1e-6)
+    args = _args(tmp_path, max_steps=6, per_device_train_batch_size=4, learning_rate=0.0, logging_steps=1)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         callbacks=[dyn, rule])
+    seen = record_micro_batches(model, dyn)  # registered first: the unweighted losses
+    trainer.train()
+    # With the weights frozen every row's loss is fixed, so each step's threshold is the 0.75 quantile of the rows
+    # of the steps before it, and the step's loss sums the token losses of the sequences at or below it.
+    losses, expected = {}, []
+    for nll, ntok, uid in seen:
+        if losses:
+            thr = small_loss_thresholds(np.array(list(losses.values())), np.zeros(len(losses), int), 1, 0.25)[0]
+            kept = nll / ntok <= thr
+        else:
+            kept = np.ones(len(nll), dtype=bool)
+        expected.append(nll[kept].sum() / ntok.sum())
+        losses.update({int(u): float(x) for u, x in zip(uid, nll / ntok)})
+    np.testing.assert_allclose(step_losses(trainer), expected, rtol=1e-5, atol=LOGGED_LOSS_ATOL)
+    assert sum(e < full for e, full in zip(expected, [n.sum() / t.sum() for n, t, _ in seen])) >= 3  # it left some out
+    logged = [h for h in trainer.state.log_history if "sft/denoise/left_out_fraction" in h]
+    assert logged and logged[-1]["sft/denoise/rate"] == pytest.approx(0.25)
+    assert 0 < np.mean([h["sft/denoise/left_out_fraction"] for h in logged[1:]]) < 0.5
+    # What it would leave out now is what the export flags.
+    ann = rule.row_annotations()
+    assert 0 < ann["withheld"].sum() <= len(data) // 4 and ann["withheld_reason"][ann["withheld"]].str.contains("small_loss").all()

@@ -1,0 +1,147 @@
+"""Denoising on a tiny task where every row can be memorised: which variant ends with a better model on new rows.
+
+24 items, each with a true colour; 10 training rows per item, each with a unique tag, ``rate`` of them answering
+another colour. A 2-layer model trains ``epochs`` epochs (SFTTrainer, CPU, seconds a run); the score is accuracy
+on clean held-out rows (the same items under tags never trained on), and for each arm the precision of what it
+left out against the planted wrong answers. Arms: ``plain`` and ``denoise,key=value,...`` (DenoisingCallback
+options).
+
+Usage::
+
+    python scripts/bench_denoise_tiny.py --seeds 0 1 2 3 4 --arms plain denoise "denoise,noise_rate=0.3"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+COLOURS = ["red", "blue", "green", "gold"]
+ITEMS = ["lemon", "banana", "corn", "sun", "grass", "leaf", "frog", "lime", "sky", "sea", "jeans", "berry",
+         "rose", "blood", "cherry", "brick", "coin", "crown", "honey", "straw", "ocean", "ice", "mint", "pine"]
+
+
+def colour_task(seed: int = 0, rate: float = 0.3):
+    """``(dataset, wrong)``: 240 prompt-completion rows (``rate`` of each item's answers another colour) and the
+    mask of the wrong ones.
+
+    Example:
+        >>> data, wrong = colour_task(0, 0.3)
+        >>> len(data), int(wrong.sum())
+        (240, 72)
+    """
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    rows, wrong = [], []
+    for i, item in enumerate(ITEMS):
+        truth = COLOURS[i % 4]
+        bad = set(rng.choice(10, int(round(rate * 10)), replace=False).tolist())
+        for j in range(10):
+            other = [c for c in COLOURS if c != truth]
+            answer = other[rng.integers(3)] if j in bad else truth
+            rows.append({"prompt": f"Tag {j:03d}. Colour of the {item}?", "completion": " " + answer})
+            wrong.append(j in bad)
+    return datasets.Dataset.from_list(rows), np.array(wrong)
+
+
+def heldout_accuracy(model, tokenizer, tags=range(100, 110)) -> float:
+    """Share of held-out rows (every item under each of ``tags``) whose most likely colour is the true one."""
+    import torch
+
+    model.eval()
+    hits = total = 0
+    with torch.no_grad():
+        for i, item in enumerate(ITEMS):
+            for tag in tags:
+                prompt = f"Tag {tag:03d}. Colour of the {item}?"
+                start = len(tokenizer(prompt)["input_ids"])
+                scores = []
+                for colour in COLOURS:
+                    ids = tokenizer(prompt + " " + colour)["input_ids"]
+                    logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+                    scores.append(sum(logp[k - 1, ids[k]].item() for k in range(start, len(ids))))
+                hits += int(np.argmax(scores) == i % 4)
+                total += 1
+    return hits / total
+
+
+def run_arm(arm: str, seed: int, epochs: int, rate: float, tokenizer, workdir: str) -> dict:
+    """One training run of ``arm`` on the task of ``seed``: held-out accuracy and what it left out."""
+    from trl import SFTConfig, SFTTrainer
+
+    from benchmarks.evidence import arm_options
+    from sft_callbacks import DenoisingCallback, TrainingDynamicsCallback
+    from sft_callbacks.engine.compat import checkpointing_off
+    from sft_callbacks.models import build_tiny_llama
+
+    train, wrong = colour_task(seed, rate)
+    base, options = arm_options(arm)
+    if base not in ("plain", "denoise"):
+        raise ValueError(f"unknown arm {arm!r}: 'plain' or 'denoise[,key=value...]'")
+    denoise = DenoisingCallback(**options) if base == "denoise" else None
+    callbacks = [TrainingDynamicsCallback(), denoise] if denoise else []
+    args = SFTConfig(output_dir=os.path.join(workdir, f"{seed}"), num_train_epochs=epochs,
+                     per_device_train_batch_size=8, learning_rate=3e-3, report_to=[], use_cpu=True,
+                     save_strategy="no", logging_steps=1000, max_length=64, seed=seed, disable_tqdm=True,
+                     **checkpointing_off())
+    model = build_tiny_llama(tokenizer, seed=seed, attn_implementation="eager")
+    t0 = time.perf_counter()
+    SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=callbacks).train()
+    out = {"arm": arm, "seed": seed, "accuracy": heldout_accuracy(model, tokenizer),
+           "seconds": time.perf_counter() - t0}
+    if denoise is not None:
+        flagged = denoise.row_annotations()["withheld"].to_numpy()
+        out.update(left_out=int(flagged.sum()), precision=float(wrong[flagged].mean()) if flagged.any() else None,
+                   acted_step=denoise.acted_step)
+    return out
+
+
+def markdown(runs: list[dict], arms: list[str], seeds: list[int]) -> str:
+    """One row per arm: accuracy per seed, the mean and the paired difference against ``plain``."""
+    acc = {(r["arm"], r["seed"]): r["accuracy"] for r in runs}
+    lines = ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | vs plain (mean of paired) | precision |",
+             "|---" * (len(seeds) + 4) + "|"]
+    for arm in arms:
+        vals = [acc[(arm, s)] for s in seeds]
+        diff = (f"{np.mean([acc[(arm, s)] - acc[('plain', s)] for s in seeds]):+.3f}"
+                if all(("plain", s) in acc for s in seeds) else "")
+        prec = [r["precision"] for r in runs if r["arm"] == arm and r.get("precision") is not None]
+        span = f"{min(prec):.2f}-{max(prec):.2f}" if prec else ""
+        lines.append(f"| {arm} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} | {diff} | {span} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--arms", nargs="+", default=["plain", "denoise"])
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--rate", type=float, default=0.3, help="share of wrong answers")
+    ap.add_argument("--workdir", default="bench_results/denoise_tiny_runs")
+    ap.add_argument("--out", default="bench_results/denoise_tiny.json")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from sft_callbacks.demo_data import load_demo_dataset
+    from sft_callbacks.models import texts_for_tokenizer, train_tokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = train_tokenizer(texts_for_tokenizer(load_demo_dataset("train")), vocab_size=512)
+    arms = args.arms if "plain" in args.arms else ["plain", *args.arms]
+    runs = []
+    for seed in args.seeds:
+        for arm in arms:
+            runs.append(run_arm(arm, seed, args.epochs, args.rate, tokenizer, args.workdir))
+            print(json.dumps(runs[-1]), flush=True)
+    table = markdown(runs, arms, args.seeds)
+    print(table)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump({"epochs": args.epochs, "rate": args.rate, "runs": runs, "markdown": table}, fh, indent=1)
+    return 0
