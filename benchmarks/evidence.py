@@ -509,6 +509,9 @@ def row_scores(dyn, data_map) -> dict:
         dm = data_map.data_map()
         out["data map noise_score (1 - confidence)"] = dm["noise_score"].to_numpy(np.float64)
         out["_flags"] = dm["flag_noisy"].to_numpy(bool)
+        for name, values in data_map.noise_scores().items():  # every score of NOISE_SCORES, by name
+            if np.isfinite(values.to_numpy(np.float64)).any():
+                out[f"noise score {name}"] = values.to_numpy(np.float64)
     except Exception as err:  # fewer than min_epochs epochs: the data map has nothing to say
         out["_data_map_error"] = str(err)
     return out

@@ -27,6 +27,8 @@ NOISE_SCORES = {
     "wrong_visits": "share of visits in the window whose greedy answer missed a trained token (ties: confidence)",
     "aum": "minus the mean AUM margin (given token's logit minus the best other), same window; needs logits",
     "confidence": "1 - mean confidence over every visit (the data map's confidence)",
+    "confidence_time_normalised": "minus the mean, over every visit, of its confidence less the median confidence "
+                                  "of the visits of the same span of steps",
     "loss_first": "the loss of the first visit (an out-of-sample reading, by a model still learning)",
     "loss_last": "the loss of the last visit",
 }
@@ -38,6 +40,36 @@ def _mean_by(uid: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
     count = np.bincount(uid, minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _spans(step: np.ndarray, bins: int = 20) -> np.ndarray:
+    """The span (``0..bins-1``, equal spans of steps from the first to the last) of each visit."""
+    edges = np.linspace(step.min(), step.max() + 1, bins + 1)
+    return np.clip(np.searchsorted(edges, step, side="right") - 1, 0, bins - 1)
+
+
+def span_medians(step: np.ndarray, value: np.ndarray, bins: int = 20) -> np.ndarray:
+    """The median of ``value`` over the visits of each of ``bins`` equal spans of steps (NaN: an empty span).
+
+    Subtracted from each visit's confidence it removes what every row shares at that point of the run (the
+    format being learnt, the learning rate's schedule), so a whole-run mean keeps the early readings, where clean
+    answers are learnt before wrong ones, without the drag of the phase where every row is still unlearnt.
+
+    Example:
+        >>> span_medians(np.array([0, 0, 1, 1]), np.array([0.0, 0.5, 0.5, 1.0]), bins=2).tolist()
+        [0.25, 0.75]
+    """
+    step, value = np.asarray(step, dtype=np.int64), np.asarray(value, dtype=np.float64)
+    out = np.full(bins, np.nan)
+    if step.size == 0:
+        return out
+    span = _spans(step, bins)
+    order = np.lexsort((value, span))
+    bounds = np.searchsorted(span[order], np.arange(bins + 1))
+    for b in range(bins):
+        if bounds[b + 1] > bounds[b]:
+            out[b] = np.median(value[order[bounds[b] : bounds[b + 1]]])
+    return out
 
 
 def window_of_trust(visits: dict, n: int, *, rate: float = 0.2, bins: int = 20, level: float = 0.95
@@ -66,7 +98,7 @@ def window_of_trust(visits: dict, n: int, *, rate: float = 0.2, bins: int = 20, 
     clean = seen & (overall >= np.median(overall[seen]))
     suspect = seen & (overall <= np.quantile(overall[seen], max(rate / 2, 1.0 / seen.sum())))
     edges = np.linspace(step.min(), step.max() + 1, bins + 1)
-    span = np.clip(np.searchsorted(edges, step, side="right") - 1, 0, bins - 1)
+    span = _spans(step, bins)
 
     def accuracy(rows):
         sel = rows[uid]
@@ -126,6 +158,7 @@ def history_scores(visits: dict, n: int, *, start: int = 0, end: int | None = No
         margin = np.asarray(visits["margin"], dtype=np.float64)[inside]
         out["aum"] = -_mean_by(u, margin, n) if np.isfinite(margin).any() else np.full(n, np.nan)
     out["confidence"] = 1.0 - _mean_by(uid, conf, n)
+    out["confidence_time_normalised"] = -_mean_by(uid, conf - span_medians(step, conf)[_spans(step)], n)
     order = np.argsort(step, kind="stable")
     first = np.full(n, np.nan)
     last = np.full(n, np.nan)

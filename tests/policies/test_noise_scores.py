@@ -273,3 +273,28 @@ def test_history_score_holds_up_when_the_model_memorises_the_wrong_answers(tmp_p
     assert end is not None and end < trainer.state.global_step  # memorisation seen, the window closed before it
     assert ours >= 0.95 and ours > last + 0.2
     assert ours > _auroc(scores["confidence"], corrupted)  # every epoch's confidence, memorised ones included
+
+
+def test_the_time_normalised_score_keeps_the_early_evidence_of_a_long_run(tmp_path, tokenizer, make_model):
+    from benchmarks.denoise_tiny import colour_task
+    from benchmarks.scores import auroc
+
+    # 160 rows, each with its own tag (every row can be memorised), 30% wrong, 60 epochs: clean answers are learnt
+    # long before the window of trust opens, so a score that reads only the window loses that evidence.
+    data, wrong = colour_task(0, 0.3)
+    data = data.select(range(160)).map(lambda r, i: {"prompt": f"Tag {i:03d}." + r["prompt"][8:]}, with_indices=True)
+    wrong = wrong[:160]
+    dyn = TrainingDynamicsCallback()
+    args = SFTConfig(output_dir=str(tmp_path), num_train_epochs=60, per_device_train_batch_size=8, learning_rate=3e-3,
+                     report_to=[], use_cpu=True, save_strategy="no", logging_steps=10_000, max_length=64, seed=0,
+                     disable_tqdm=True, **checkpointing_off())
+    SFTTrainer(model=make_model(), args=args, train_dataset=data, processing_class=tokenizer, callbacks=[dyn]).train()
+    tracker = dyn.session.tracker
+    visits, n = tracker.visits.arrays(), tracker.stats.size
+    row_uid = np.empty(len(data), dtype=np.int64)
+    row_uid[np.asarray(tracker.index.seq_row)] = np.asarray(tracker.index.seq_uid)
+    start, end = window_of_trust(visits, n)
+    scores = history_scores(visits, n, start=start, end=end)
+    got = {k: auroc(v[row_uid], wrong) for k, v in scores.items() if np.isfinite(v).all()}
+    assert got["confidence_time_normalised"] >= 0.95, got
+    assert got["confidence_time_normalised"] >= max(got["confidence"], got["confidence_after_burn_in"]) - 0.01, got
