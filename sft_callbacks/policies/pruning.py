@@ -25,8 +25,9 @@ THRESHOLDS = ("mean", "group_mean")
 def infobatch_prune(loss: np.ndarray, prune_ratio: float, rng: np.random.Generator,
                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """InfoBatch's rule: among the rows whose latest loss is below the mean (of their group with ``groups``),
-    skip a random ``prune_ratio`` of them this epoch and scale the loss of the others by ``1 / (1 - prune_ratio)``,
-    so the expected gradient over the epoch is the full data's. Rows without a loss yet (NaN) are kept at weight 1.
+    skip a random ``prune_ratio`` of them this epoch and scale the loss of the others by ``1 / (1 - prune_ratio)``
+    (exactly: the learnt rows over the kept ones, so the rounding of the count adds no bias), so the expected
+    gradient over the epoch is the full data's. Rows without a loss yet (NaN) are kept at weight 1.
 
     Returns ``(keep, loss_weight)``: whether each row is drawn this epoch, and its loss weight.
 
@@ -48,7 +49,9 @@ def infobatch_prune(loss: np.ndarray, prune_ratio: float, rng: np.random.Generat
         learnt = at[loss[at] < loss[at].mean()]
         skipped = rng.choice(learnt, size=int(prune_ratio * learnt.size), replace=False) if learnt.size else learnt
         keep[skipped] = False
-        weight[learnt] = 1.0 / (1.0 - prune_ratio)
+        # m / (m - skipped), InfoBatch's 1 / (1 - r) without the rounding of the skipped count: each learnt row's
+        # expected weight over the random choice is exactly 1.
+        weight[learnt] = learnt.size / max(1, learnt.size - skipped.size)
         weight[skipped] = 1.0
     return keep, weight
 

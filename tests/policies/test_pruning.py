@@ -97,8 +97,10 @@ def test_skipped_rows_are_not_drawn_in_their_epoch_and_the_kept_learnt_ones_weig
         assert not annealing and 0 < (~keep).mean() < 0.5
         drawn = [r for b in batches[epoch * steps_per_epoch + 3 : (epoch + 1) * steps_per_epoch] for r in b]
         assert not (~keep)[uid_of_row[np.asarray(drawn)]].any()
-        assert set(np.round(np.unique(weight), 6).tolist()) == {1.0, 2.0}
-        assert (weight[~keep] == 1.0).all()
+        learnt = weight > 1  # the kept learnt rows carry m / (m - skipped), about 1 / (1 - 0.5)
+        skipped = (~keep).sum()
+        assert set(np.round(np.unique(weight), 6).tolist()) == {1.0, round((learnt.sum() + skipped) / learnt.sum(), 6)}
+        assert 1.8 < weight.max() <= 2.0 and (weight[~keep] == 1.0).all()
     logged = [h for h in trainer.state.log_history if "sft/prune/skipped_fraction" in h]
     assert logged and logged[-1]["sft/prune/rows_processed"] > 0
 
@@ -110,3 +112,40 @@ def test_resume_mid_epoch_draws_the_uninterrupted_stream(tmp_path, tokenizer, ma
     _, _, resumed = _run(tmp_path / "a", tokenizer, make_model, data,
                          resume=str(tmp_path / "a" / "checkpoint-9"))
     assert resumed == full[9:]
+
+
+def test_the_rescaled_loss_and_gradient_of_a_real_model_are_the_full_datas_in_expectation(tokenizer, make_model):
+    import torch
+
+    from benchmarks.denoise_tiny import colour_task
+
+    model = make_model()
+    rows = colour_task(0)[0].select(range(0, 240, 6))  # 40 plain-text rows
+    per_row_loss, per_row_grad = [], []
+    head = model.lm_head.weight
+    for row in rows:  # each row's loss and its gradient on the LM head, on a fixed model
+        ids = tokenizer(row["prompt"] + row["completion"])["input_ids"]
+        start = len(tokenizer(row["prompt"])["input_ids"])
+        labels = [-100] * start + ids[start:]
+        model.zero_grad()
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+        loss.backward()
+        per_row_loss.append(loss.item())
+        per_row_grad.append(head.grad.detach().flatten().clone())
+    loss, grad = np.array(per_row_loss), torch.stack(per_row_grad).double().numpy()
+    rng = np.random.default_rng(0)
+    draws = [infobatch_prune(loss, 0.3, rng) for _ in range(4000)]  # 0.3: the skipped count is rounded
+    scale = np.array([keep * w for keep, w in draws])  # each draw's per-row factor on the loss
+    est_loss = scale @ loss / len(loss)
+    full = loss.mean()
+    assert abs(est_loss.mean() - full) <= 3 * est_loss.std(ddof=1) / np.sqrt(len(est_loss)) + 1e-12
+    assert est_loss.std() > 0  # the draws do differ
+    est_grad = scale @ grad / len(loss)  # (draws, params): linear in the per-row gradients
+    # The coordinates share the same few random factors, so test along one direction: the error of the first
+    # half of the draws, checked on the second half (a bias shows in both halves; noise does not repeat).
+    first, second = est_grad[: len(draws) // 2], est_grad[len(draws) // 2 :]
+    u = first.mean(0) - grad.mean(0)
+    u /= np.linalg.norm(u)
+    along = second @ u
+    z = abs(along.mean() - grad.mean(0) @ u) / (along.std(ddof=1) / np.sqrt(len(along)))
+    assert z < 3.5, z
