@@ -44,6 +44,8 @@ def _mean_by(uid: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
 
 def _spans(step: np.ndarray, bins: int = 20) -> np.ndarray:
     """The span (``0..bins-1``, equal spans of steps from the first to the last) of each visit."""
+    if step.size == 0:
+        return np.zeros(0, dtype=np.int64)
     edges = np.linspace(step.min(), step.max() + 1, bins + 1)
     return np.clip(np.searchsorted(edges, step, side="right") - 1, 0, bins - 1)
 

@@ -298,3 +298,9 @@ def test_the_time_normalised_score_keeps_the_early_evidence_of_a_long_run(tmp_pa
     got = {k: auroc(v[row_uid], wrong) for k, v in scores.items() if np.isfinite(v).all()}
     assert got["confidence_time_normalised"] >= 0.95, got
     assert got["confidence_time_normalised"] >= max(got["confidence"], got["confidence_after_burn_in"]) - 0.01, got
+
+
+def test_scores_of_an_empty_visit_log_are_all_unknown():
+    empty = {"uid": np.zeros(0, int), "step": np.zeros(0, int), "loss": np.zeros(0), "correct": np.zeros(0, bool)}
+    scores = history_scores(empty, 3)
+    assert all(np.isnan(v).all() for v in scores.values())
