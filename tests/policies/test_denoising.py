@@ -167,3 +167,14 @@ def test_small_loss_leaves_the_high_loss_sequences_out_of_each_steps_loss_exactl
     # What it would leave out now is what the export flags.
     ann = rule.row_annotations()
     assert 0 < ann["withheld"].sum() <= len(data) // 4 and ann["withheld_reason"][ann["withheld"]].str.contains("small_loss").all()
+
+
+def test_on_clean_data_the_default_withholds_nothing(tmp_path, tokenizer, make_model):
+    train, wrong = _task(rate=0.0)
+    assert not wrong.any()
+    dyn, denoise = TrainingDynamicsCallback(), DenoisingCallback()
+    SFTTrainer(model=make_model(), args=_args(tmp_path), train_dataset=train, processing_class=tokenizer,
+               callbacks=[dyn, denoise]).train()
+    # It read the scores (the model learnt the task), found no separate mode of wrong answers, and kept every row.
+    assert denoise.acted_step is not None and not denoise.withheld.any()
+    assert denoise.report["groups"]["all"]["source"] == "fallback" and denoise.report["groups"]["all"]["rate"] == 0.0
