@@ -479,8 +479,9 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
     }
     if arm == "cleanlab":
         out["dropped_rows"] = dropped
-    withheld = [p for p in policies if hasattr(p, "withheld") and p.withheld is not None]
-    if withheld:  # what the denoising run withheld, against the planted wrong answers
+    withheld = [p for p in policies if hasattr(p, "withheld")
+                and (p.withheld is not None or getattr(p, "thresholds", None) is not None)]
+    if withheld:  # what the denoising run withheld (small_loss: left out at the end), against the planted answers
         annotated = withheld[0].row_annotations()["withheld"].to_numpy(dtype=bool)
         bad = np.asarray(train["corrupted"], dtype=bool)
         out["withheld"] = {"rows": int(annotated.sum()), "step": withheld[0].acted_step,

@@ -358,6 +358,7 @@ def test_the_cleaning_arms_run_and_report_their_compute_on_the_tiny_model(tmp_pa
     out = tmp_path / "evidence.json"
     rc = benchmark.main(["evidence", "--model", "tiny", "--steps", "20", "--batch-size", "8", "--eval-steps", "10",
                          "--seeds", "0", "--arms", "uniform", "denoise,act_after_epochs=1,noise_rate=0.2", "cleanlab",
+                         "denoise,method=small_loss,noise_rate=0.2",
                          "--cv-folds", "2", "--data-fraction", "0.1", "--workdir", str(tmp_path / "runs"),
                          "--out", str(out), "--markdown", str(tmp_path / "evidence.md"), "--plots", ""])
     assert rc == 0
@@ -368,6 +369,9 @@ def test_the_cleaning_arms_run_and_report_their_compute_on_the_tiny_model(tmp_pa
     assert by["cleanlab"]["rows_processed"] == 3 * 160 and 0 < by["cleanlab"]["dropped_rows"] < rows
     held = by["denoise,act_after_epochs=1,noise_rate=0.2"]["withheld"]
     assert held["rows"] == pytest.approx(0.2 * rows, abs=2) and 0 <= held["precision"] <= 1 and held["step"] > 0
+    left_out = by["denoise,method=small_loss,noise_rate=0.2"]["withheld"]  # what it leaves out at the end
+    assert 0 < left_out["rows"] <= 0.2 * rows and left_out["step"] is None
+    assert by["denoise,method=small_loss,noise_rate=0.2"]["rows_processed"] == 160  # the plain run's stream
     assert "**Compute and cleaning.**" in (tmp_path / "evidence.md").read_text()
 
 
