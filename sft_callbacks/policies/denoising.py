@@ -255,6 +255,7 @@ class DenoisingCallback(SamplingPolicyCallback):
         self.rate_now = 0.0
         self._group_lookup: KeyLookup | None = None
         self._thresholds_t: torch.Tensor | None = None
+        self._thresholds_key: tuple | None = None
         self._counts: dict[str, torch.Tensor | float] = {"left_out": 0.0, "sequences": 0.0}
 
     def required_columns(self) -> list[str]:
@@ -266,6 +267,7 @@ class DenoisingCallback(SamplingPolicyCallback):
         self._epoch_start = int(state.global_step)
         super().on_train_begin(args, state, control, **kwargs)
         if self.config.method == "small_loss":
+            self._thresholds_key = None
             index = self.session.tracker.index
             groups = self._groups(index, len(index.keys))
             self._group_lookup = KeyLookup(index.keys, groups, missing=-1)
@@ -291,6 +293,10 @@ class DenoisingCallback(SamplingPolicyCallback):
         sync, so every process leaves out the same sequences)."""
         tracker = self.session.tracker
         self.rate_now = ramped_rate(state.epoch or 0.0, self._rate(), self.config.ramp_epochs)
+        key = (tracker.observed, self.rate_now)  # the losses change only when the tracker folds in new visits
+        if key == self._thresholds_key:
+            return
+        self._thresholds_key = key
         groups = self._groups(tracker.index, tracker.stats.size)
         self.thresholds = small_loss_thresholds(tracker.stats.loss_last, groups, len(self._group_names),
                                                 self.rate_now)
