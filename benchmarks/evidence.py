@@ -42,11 +42,10 @@ import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
-from transformers import TrainerCallback
 
 from sft_callbacks import SamplingPolicyCallback
 from sft_callbacks.engine.compat import checkpointing_off
-from sft_callbacks.evaluation import greedy_answers, mean_ci, score_answers
+from sft_callbacks.evaluation import EvalCurveCallback, greedy_answers, mean_ci, score_answers
 
 ARMS = ("uniform", "flat", "static_target", "validation", "hard", "curriculum", "balance", "all", "clean", "denoise",
         "cleanlab", "infobatch")
@@ -365,49 +364,6 @@ class FlatWeights(SamplingPolicyCallback):
         return np.ones(ctx.num_rows)
 
 
-class EvalRecorder(TrainerCallback):
-    """Per evaluation: the target loss (token-weighted over all eval rows) and each domain's, read from the per-row
-    losses that ``TrainingDynamicsCallback`` captured in that same evaluation, and the mixture drawn since the last
-    one. Goes last in the list, after the tracker has folded the evaluation in."""
-
-    def __init__(self, dynamics, eval_domains, train_domains):
-        from sft_callbacks.policies.groups import group_ids
-
-        self.dynamics = dynamics
-        self.eval_ids, self.names = group_ids(list(eval_domains))
-        self.train_domains = np.asarray(train_domains)
-        self._seen_before = None
-        self.curve: list[dict] = []
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        result = self.dynamics.session.tracker.eval_results.get("eval")
-        if result is None or metrics is None or "eval_loss" not in metrics:
-            return
-        from sft_callbacks.policies.mixing import group_eval_losses
-
-        index = result["index"]
-        uid = np.asarray(index.seq_uid)
-        loss = np.asarray(result["loss_by_uid"], dtype=np.float64)[uid]
-        ntok = np.asarray(index.n_trained, dtype=np.float64)[uid]
-        groups = self.eval_ids[np.asarray(index.seq_row)]
-        per = dict(zip(self.names, group_eval_losses(loss, groups, ntok, num_groups=len(self.names)).tolist()))
-        ok = np.isfinite(loss) & (ntok > 0)
-        # The mixture actually drawn since the previous evaluation, from the tracker's visit counts.
-        seen = np.nan_to_num(self.dynamics.dynamics()["times_seen"].to_numpy(np.float64))  # per training row
-        new = seen - (self._seen_before if self._seen_before is not None else 0.0)
-        self._seen_before = seen
-        drawn = {str(d): float(new[self.train_domains == d].sum() / max(new.sum(), 1.0))
-                 for d in sorted(set(self.train_domains.tolist()))}
-        # The Trainer's eval_loss averages per-batch means; the target is the token-weighted mean over all rows.
-        target = float((loss[ok] * ntok[ok]).sum() / ntok[ok].sum())
-        # Standard error of that token-weighted mean over rows (the ratio estimator's, rows as the sample).
-        w = ntok[ok] / ntok[ok].sum()
-        se = float(np.sqrt(np.sum(w**2 * (loss[ok] - target) ** 2) * ok.sum() / max(ok.sum() - 1, 1)))
-        self.curve.append({"step": int(state.global_step), "target_loss": target, "target_loss_se": se,
-                           "trainer_eval_loss": float(metrics["eval_loss"]), "domain_loss": per,
-                           "drawn_since_last_eval": drawn})
-
-
 def _drawn_shares(dyn, train_domains) -> dict:
     """Share of each domain among the rows actually drawn (from the tracker's per-row visit counts)."""
     seen = dyn.dynamics()["times_seen"].to_numpy(np.float64)
@@ -454,7 +410,7 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
     # The CPU budget is under one epoch, so the data map reads one visit per row (min_epochs=1).
     data_map = (DataMapCallback(noise_rate=data["noise_rate"], group_column="domain", min_epochs=1)
                 if arm == "uniform" and data["noise_rate"] > 0 else None)  # no planted noise: no noise section
-    recorder = EvalRecorder(dyn, data["validation"]["domain"], train["domain"])
+    recorder = EvalCurveCallback(dyn, data["validation"]["domain"], train["domain"])
     policies = make_policies(arm, data["target_shares"])
     callbacks = [dyn] + policies + ([data_map] if data_map else []) + [recorder]
     trainer = SFTTrainer(model=model, args=sft_config(cfg, os.path.join(cfg.workdir, f"{arm}-{seed}"), seed, cfg.steps),

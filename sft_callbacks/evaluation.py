@@ -17,10 +17,11 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from transformers import TrainerCallback
 
 from .curation.model_io import inference
 
-__all__ = ["greedy_answers", "mean_ci", "normalize_answer", "score_answers"]
+__all__ = ["EvalCurveCallback", "greedy_answers", "mean_ci", "normalize_answer", "score_answers"]
 
 # Two-sided 95% t quantiles by degrees of freedom (seeds - 1); 1.96 beyond.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -104,3 +105,57 @@ def mean_ci(values) -> dict:
         return {"mean": float(v[0]), "lo": float("nan"), "hi": float("nan"), "n": 1}
     half = _T975.get(v.size - 1, 1.96) * v.std(ddof=1) / math.sqrt(v.size)
     return {"mean": float(v.mean()), "lo": float(v.mean() - half), "hi": float(v.mean() + half), "n": int(v.size)}
+
+
+class EvalCurveCallback(TrainerCallback):
+    """The validation curve a user reads to judge a run: per evaluation, the loss over every eval row (token-weighted,
+    with its standard error), each group's loss, and the mixture of groups drawn since the previous evaluation.
+
+    It reads the per-row losses that :class:`~sft_callbacks.TrainingDynamicsCallback` captured in that same
+    evaluation (no second pass), so put it after that callback in ``callbacks``. ``curve`` holds one dict per
+    evaluation: ``step``, ``target_loss`` and ``target_loss_se`` (the token-weighted mean over the eval rows and the
+    standard error of that ratio estimate, rows as the sample), ``trainer_eval_loss`` (the Trainer's mean of batch
+    means), ``domain_loss`` (``{group: loss}``) and ``drawn_since_last_eval`` (``{group: share of the training
+    draws}``, read from the tracker's visit counts).
+
+    Example:
+        >>> dyn = TrainingDynamicsCallback()  # doctest: +SKIP
+        >>> curve = EvalCurveCallback(dyn, eval_ds["domain"], train_ds["domain"])  # doctest: +SKIP
+        >>> SFTTrainer(..., callbacks=[dyn, curve]).train(); curve.curve[-1]["target_loss"]  # doctest: +SKIP
+        0.41
+    """
+
+    def __init__(self, dynamics, eval_groups: Sequence, train_groups: Sequence):
+        from .policies.groups import group_ids
+
+        self.dynamics = dynamics
+        self.eval_ids, self.names = group_ids(list(eval_groups))
+        self.train_groups = np.asarray(train_groups)
+        self._seen_before = None
+        self.curve: list[dict] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        result = self.dynamics.session.tracker.eval_results.get("eval")
+        if result is None or metrics is None or "eval_loss" not in metrics:
+            return
+        from .policies.mixing import group_eval_losses
+
+        index = result["index"]
+        uid = np.asarray(index.seq_uid)
+        loss = np.asarray(result["loss_by_uid"], dtype=np.float64)[uid]
+        ntok = np.asarray(index.n_trained, dtype=np.float64)[uid]
+        groups = self.eval_ids[np.asarray(index.seq_row)]
+        per = dict(zip(self.names, group_eval_losses(loss, groups, ntok, num_groups=len(self.names)).tolist()))
+        ok = np.isfinite(loss) & (ntok > 0)
+        seen = np.nan_to_num(self.dynamics.dynamics()["times_seen"].to_numpy(np.float64))  # per training row
+        new = seen - (self._seen_before if self._seen_before is not None else 0.0)
+        self._seen_before = seen
+        drawn = {str(d): float(new[self.train_groups == d].sum() / max(new.sum(), 1.0))
+                 for d in sorted(set(self.train_groups.tolist()))}
+        # The Trainer's eval_loss averages per-batch means; the target is the token-weighted mean over all rows.
+        target = float((loss[ok] * ntok[ok]).sum() / ntok[ok].sum())
+        w = ntok[ok] / ntok[ok].sum()
+        se = float(np.sqrt(np.sum(w**2 * (loss[ok] - target) ** 2) * ok.sum() / max(ok.sum() - 1, 1)))
+        self.curve.append({"step": int(state.global_step), "target_loss": target, "target_loss_se": se,
+                           "trainer_eval_loss": float(metrics["eval_loss"]), "domain_loss": per,
+                           "drawn_since_last_eval": drawn})

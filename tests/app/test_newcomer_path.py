@@ -22,8 +22,7 @@ from sft_callbacks.engine.columns import COLUMN_MEANINGS
 
 from ..support.hub_server import HubServer
 
-DEMO_CALLBACKS = ["TrainingDynamicsCallback", "DataMapCallback", "ValidationGuidedResamplingCallback",
-                  "HardExampleMiningCallback", "CurriculumCallback", "GroupBalanceCallback"]
+DEMO_CALLBACKS = ["TrainingDynamicsCallback", "ValidationGuidedResamplingCallback", "DataMapCallback"]
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -50,26 +49,26 @@ def test_demo_console_is_a_progress_bar_and_the_summary(newcomer):
     assert format_summary(summary) in stdout
     trainer_dicts = [line for line in (stdout + "\n" + stderr).splitlines() if re.match(r"\s*\{'", line)]
     assert not trainer_dicts, trainer_dicts[:3]  # the Trainer's per-step dicts are not printed
-    assert re.search(r"100%\|.*\| 18/18 ", stderr.replace("\r", "\n"))  # the progress bar reached the last step
+    assert re.search(r"100%\|.*\| 20/20 ", stderr.replace("\r", "\n"))  # the progress bar reached the last step
     assert "per-step metrics: sft_callbacks_output/metrics.jsonl" in stdout
     lines = [json.loads(x) for x in (newcomer.out / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*lines)
-    assert {"step", "loss", "eval_loss", "sft/tracker/samples_seen", "sft/mixture/logic"} <= keys
-    assert [x["step"] for x in lines] == sorted(x["step"] for x in lines) and lines[-1]["step"] == 18
+    assert {"step", "loss", "eval_loss", "sft/tracker/samples_seen", "sft/mixture/topic"} <= keys
+    assert [x["step"] for x in lines] == sorted(x["step"] for x in lines) and lines[-1]["step"] == 20
 
 
 def test_annotated_folder_has_every_annotation_and_the_run(newcomer):
     annotated = datasets.load_from_disk(str(newcomer.out / "annotated"))
     added = [c for c in annotated.column_names
              if c not in ("prompt", "completion", "domain", "answer", "split", "source", "corrupted")]
-    assert {"weight", "difficulty", "confidence", "variability", "region", "epochs_seen", "flag_noisy",
+    assert {"weight", "confidence", "variability", "region", "epochs_seen", "flag_noisy",
             "dropped_by_trl"} <= set(added)
     assert not [c for c in added if c not in COLUMN_MEANINGS]
     run = json.loads((newcomer.out / "annotated" / "sft_run.json").read_text())
     assert [c["name"] for c in run["callbacks"]] == DEMO_CALLBACKS
-    assert run["source"]["id"] == "demo_sft.jsonl" and run["source"]["fingerprint"].startswith("sha256:")
-    assert run["model"]["architecture"] == "LlamaForCausalLM" and run["training"]["global_step"] == 18
-    assert run["mixture_over_training"]  # the balance and validation policies logged their mixture
+    assert run["source"]["id"] == "benchmark_sft.jsonl" and run["source"]["fingerprint"].startswith("sha256:")
+    assert run["model"]["architecture"] == "LlamaForCausalLM" and run["training"]["global_step"] == 20
+    assert run["mixture_over_training"]  # the validation policy logged its mixture
 
 
 def test_data_map_images_and_summary_count_rows_seen_once_alike(newcomer):
@@ -85,14 +84,14 @@ def test_data_map_images_and_summary_count_rows_seen_once_alike(newcomer):
 
 def test_cli_export_card_names_source_model_callbacks_and_every_column(newcomer):
     card = (newcomer.curated / "README.md").read_text()
-    assert "(in-memory dataset)" not in card and "`demo_sft.jsonl`" in card
-    assert "## Model" in card and "LlamaForCausalLM" in card and "SFTTrainer, 18 optimizer steps" in card
+    assert "(in-memory dataset)" not in card and "`benchmark_sft.jsonl`" in card
+    assert "## Model" in card and "LlamaForCausalLM" in card and "SFTTrainer, 20 optimizer steps" in card
     assert all(f"**{name}**" in card for name in DEMO_CALLBACKS)
     table = card.split("## Annotation columns", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|") for line in table.splitlines() if line.startswith("| `")]
     assert len(rows) >= 20 and all(r[2].strip() for r in rows), [r[1] for r in rows if not r[2].strip()]
     provenance = json.loads((newcomer.curated / "provenance.json").read_text())
-    assert {"weight", "difficulty", "epochs_seen"} <= set(provenance["annotation_columns"])
+    assert {"weight", "confidence", "epochs_seen"} <= set(provenance["annotation_columns"])
     assert sorted(p.name for p in (newcomer.curated / "plots").iterdir()) == ["data_map.png", "mixture.png",
                                                                               "weights.png"]
 
