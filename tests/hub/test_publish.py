@@ -273,7 +273,7 @@ print(json.dumps(out))
     assert out["exported"]["train"]["n"] == 10
     demo_prov = json.loads(hub.files("test-user/demo-curated")["provenance.json"])
     assert out["demo_rows"]["train"]["n"] == demo_prov["counts"]["rows_out"] and demo_prov["counts"]["rows_in"] == 16
-    assert demo_prov["source"]["id"] == "demo_sft.jsonl" and demo_prov["model"]["note"].startswith("built in code")
+    assert demo_prov["source"]["id"] == "benchmark_sft.jsonl" and demo_prov["model"]["note"].startswith("built in code")
     assert "ValidationGuidedResamplingCallback" in out["demo_card"]
     assert (tmp_path / "demo" / "summary.json").is_file() and (tmp_path / "demo" / "curated" / "README.md").is_file()
     assert not _leaks(hub.files("test-user/demo-curated"), tmp_path)
