@@ -196,15 +196,32 @@ class AioliRule(MixingRule):
         return MixtureUpdate(mixture=softmax_shares(logits, state.prior, self.smoothing, self.min_share), gain=value)
 
 
+def evidence_z(previous: dict, point: dict, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Each group's validation-loss decrease between two evaluations in standard errors (the two evaluations'
+    errors combined), clipped to [-3, 3]; NaN where a loss or an error is missing.
+
+    Example:
+        >>> evidence_z({"se": [0.1]}, {"se": [0.0]}, np.array([1.0]), np.array([0.8])).tolist()
+        [2.0]
+    """
+    se_before, se_after = (np.array([np.nan if x is None else float(x) for x in h["se"]], dtype=np.float64)
+                           for h in (previous, point))
+    se = np.sqrt(se_before**2 + se_after**2)
+    z = np.divide(before - after, se, out=np.full_like(se, np.nan), where=se > 0)
+    return np.clip(z, -3.0, 3.0)
+
+
 @register_rule
 class Exp3Rule(MixingRule):
     """EXP3 over groups, rewarded by each group's target-weighted validation-loss decrease per drawn share."""
 
     name = "exp3"
 
-    def __init__(self, learning_rate: float, smoothing: float, min_share: float, reward: str = "loss"):
+    def __init__(self, learning_rate: float, smoothing: float, min_share: float, reward: str = "loss",
+                 min_evidence: float | None = None):
         super().__init__(learning_rate, smoothing, min_share)
         self.reward = reward  # "loss": the decrease in nats; "evidence": the decrease in standard errors (|z| <= 3)
+        self.min_evidence = min_evidence  # a change under this many standard errors earns no reward
         self.log_weights: np.ndarray | None = None
 
     def after_evaluation(self, state: MixingState) -> MixtureUpdate:
@@ -218,11 +235,12 @@ class Exp3Rule(MixingRule):
         drawn = new / new.sum() if new.sum() > 0 else state.mixture
         before, after = (np.array([np.nan if x is None else float(x) for x in h["loss"]], dtype=np.float64)
                          for h in (previous, point))
+        z = evidence_z(previous, point, before, after)
+        if self.min_evidence is not None:  # too small a change to tell from the evaluation's noise: no reward
+            quiet = ~(np.abs(z) >= self.min_evidence)
+            after = np.where(quiet, before, after)
+            z = np.where(quiet, 0.0, z)
         if self.reward == "evidence":  # a fall counts by how sure it is, not by its size
-            se_before, se_after = (np.array([np.nan if x is None else float(x) for x in h["se"]], dtype=np.float64)
-                                   for h in (previous, point))
-            se = np.sqrt(se_before**2 + se_after**2)
-            z = np.clip(np.divide(before - after, se, out=np.full_like(se, np.nan), where=se > 0), -3.0, 3.0)
             self.log_weights = exp3_update(self.log_weights, z, np.zeros_like(z), drawn, state.target,
                                            self.learning_rate, self.min_share)
         else:

@@ -151,6 +151,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
             fallen with its draws over the last `stall_patience + 1` evaluations (`None`: never).
         reward (`str`, defaults to `"loss"`): exp3's reward, the loss decrease (`"loss"`) or the decrease in
             standard errors, clipped to 3 (`"evidence"`).
+        min_evidence (`float`, *optional*): exp3 rewards a group's loss change only when it exceeds this many
+            standard errors; until then the mixture stays where it is (at the prior, within the budget).
 
     Example:
         >>> from sft_callbacks.policies.validation import ValidationGuidedResamplingCallback  # doctest: +SKIP
@@ -176,7 +178,8 @@ class ValidationGuidedResamplingCallback(SamplingPolicyCallback):
         self.updates = 0
         self.target: np.ndarray | None = None  # loss weight of every training group in the target
         self.history: list[dict] = []  # per evaluation: step, rows drawn per group, loss and SE per group
-        extra = {"reward": self.config.reward} if self.config.method == "exp3" else {}
+        extra = ({"reward": self.config.reward, "min_evidence": self.config.min_evidence}
+                 if self.config.method == "exp3" else {})
         self.rule = RULES[self.config.method](self.config.learning_rate, self.config.smoothing, self.config.min_share,
                                               **extra)
         self.capped: np.ndarray | None = None  # groups the repetition budget holds below the rule's share

@@ -51,6 +51,7 @@ class ValidationGuidedConfig(CallbackConfig):
     max_passes: float | None = DEFAULT_MAX_PASSES
     stall_patience: int | None = DEFAULT_STALL_PATIENCE
     reward: str = "loss"
+    min_evidence: float | None = None
 
     def __post_init__(self):
         self.require(isinstance(self.group_column, str) and bool(self.group_column),
@@ -94,6 +95,10 @@ class ValidationGuidedConfig(CallbackConfig):
         self.require(self.reward in REWARDS, f"reward must be one of {list(REWARDS)}", self.reward)
         self.require(self.reward == "loss" or method == "exp3", "reward='evidence' is an option of method='exp3'",
                      method)
+        if self.min_evidence is not None:
+            self.require(bool(np.isfinite(self.min_evidence)) and self.min_evidence >= 0,
+                         "min_evidence must be a number of standard errors >= 0, or None", self.min_evidence)
+            self.require(method == "exp3", "min_evidence is an option of method='exp3'", method)
         as_plain = lambda v: v if isinstance(v, str) else dict(v)  # noqa: E731
         self._set("method", method)
         self._set("learning_rate", float(rate))
@@ -109,6 +114,7 @@ class ValidationGuidedConfig(CallbackConfig):
         self._set("boost_step", float(self.boost_step))
         self._set("max_passes", None if self.max_passes is None else float(self.max_passes))
         self._set("stall_patience", None if self.stall_patience is None else int(self.stall_patience))
+        self._set("min_evidence", None if self.min_evidence is None else float(self.min_evidence))
 
 
 def _check_group_weights(name: str, value, words, shape: str) -> None:

@@ -107,6 +107,31 @@ def test_exp3_rewards_loss_decrease_per_drawn_share():
                                    np.ones(2) / 2, lr=1.0)).all()
 
 
+def test_exp3_with_min_evidence_moves_only_on_changes_beyond_the_evaluations_noise():
+    from sft_callbacks.policies.mixing_rules import Exp3Rule, MixingState, evidence_z
+
+    def state(loss_after, se):
+        history = [{"draws": [0, 0], "loss": [1.0, 1.0], "se": [se, se]},
+                   {"draws": [50, 50], "loss": loss_after, "se": [se, se]}]
+        return MixingState(mixture=np.array([0.5, 0.5]), prior=np.array([0.5, 0.5]), target=np.array([0.5, 0.5]),
+                           history=history, losses=np.asarray(loss_after), updates=1)
+
+    # falls of 0.7 and 2.1 standard errors (errors combined over the two evaluations)
+    z = evidence_z({"se": [0.1, 0.1]}, {"se": [0.1, 0.1]}, np.array([1.0, 1.0]), np.array([0.9, 0.7]))
+    assert z.round(2).tolist() == [0.71, 2.12]
+    quiet = Exp3Rule(1.0, 1e-3, 0.0, min_evidence=2.0).after_evaluation(state([0.9, 0.9], 0.1))
+    assert np.allclose(quiet.mixture, [0.5, 0.5])  # neither fall is beyond two standard errors: nothing moves
+    loud = Exp3Rule(1.0, 1e-3, 0.0, min_evidence=2.0).after_evaluation(state([0.9, 0.7], 0.1))
+    plain = Exp3Rule(1.0, 1e-3, 0.0).after_evaluation(state([0.9, 0.7], 0.1))
+    assert loud.mixture[1] > 0.5 and loud.mixture[1] > plain.mixture[1] - 1e-12  # only the sure fall is rewarded
+    assert plain.mixture[0] > loud.mixture[0]  # without the gate the noisy fall earns some share too
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="min_evidence must be"):
+            ValidationGuidedResamplingCallback(group_column="g", min_evidence=bad)
+    with pytest.raises(ValueError, match="min_evidence is an option of method='exp3'"):
+        ValidationGuidedResamplingCallback(group_column="g", method="aioli", min_evidence=2.0)
+
+
 def test_fresh_loss_slopes_use_only_first_visits_and_stop_when_rows_run_out():
     # Group 0: first-visit loss 3, 2, 1 per doubling of draws; group 1 ran out of unseen rows after one interval.
     pts = [
