@@ -16,7 +16,15 @@ import pandas as pd
 from ..engine.callbacks import SamplingPolicyCallback
 from ..engine.config import CallbackConfig
 from ..engine.session import PolicyContext
-from .noise import DEFAULT_NOISE_SCORE, NOISE_SCORES, estimate_noise_rate, flag_by_score, history_scores, window_of_trust
+from .noise import (
+    DEFAULT_NOISE_SCORE,
+    NOISE_SCORES,
+    estimate_noise_rate,
+    flag_by_score,
+    history_scores,
+    noise_rate_decision,
+    window_of_trust,
+)
 
 REGIONS = ("easy-to-learn", "ambiguous", "hard-to-learn")
 
@@ -171,9 +179,11 @@ class DataMapConfig(CallbackConfig):
     downweight_after_epochs: int | None = None
     downweight: float = 0.1
     group_column: str | None = None
+    fallback_rate: float = 0.1
 
     def __post_init__(self):
         self.require(self.min_epochs >= 1, "min_epochs must be >= 1", self.min_epochs)
+        self.require(0 <= self.fallback_rate < 1, "fallback_rate must be in [0, 1)", self.fallback_rate)
         self.require(self.noise_rate is None or 0 < self.noise_rate < 1,
                      "noise_rate must be in (0, 1), or None to estimate it", self.noise_rate)
         self.require(self.noise_score in NOISE_SCORES, f"noise_score must be one of {sorted(NOISE_SCORES)}",
@@ -202,7 +212,12 @@ class DataMapCallback(SamplingPolicyCallback):
     (BENCHMARKS.md, "Finding wrong answers"). The ``noise_rate`` highest-scoring samples are flagged
     ``flag_noisy`` (within each group with ``group_column``); without a rate, it is estimated per group from a
     two-component mixture of the scores, which also gives each sample's ``noise_probability`` and the flags'
-    expected precision (:attr:`noise_report`, and the ``sft/data_map/*`` logs).
+    expected precision (:attr:`noise_report`, and the ``sft/data_map/*`` logs). A group's estimate is used only
+    when it can be trusted: at most half the rows, and flags the mixture itself expects to be wrong answers at
+    least 70% of the time; otherwise the group's flags are its ``fallback_rate`` most suspicious rows at most, and
+    the report says why (:func:`~sft_callbacks.policies.noise.noise_rate_decision`, shared with
+    :class:`~sft_callbacks.policies.denoising.DenoisingCallback`; where the model knows a domain least the raw
+    estimate ran at 0.4-0.6 against a true 0.17).
 
     With ``downweight_after_epochs`` set, flagged samples are drawn ``downweight`` times as often from then on
     (a denoising curriculum; the flags are recomputed at every epoch end).
@@ -213,7 +228,8 @@ class DataMapCallback(SamplingPolicyCallback):
     Args:
         min_epochs (`int`, defaults to 2): epochs a sample must have been seen in before it can be flagged.
         noise_rate (`float`, *optional*): expected fraction of wrong answers; flags that many highest-scoring
-            samples. Without it the rate is estimated from the scores.
+            samples. Without it the rate is estimated from the scores, per group.
+        fallback_rate (`float`, defaults to 0.1): the most a group flags when its estimated rate cannot be trusted.
         noise_score (`str`, defaults to ``"confidence_after_burn_in"``): the ranking, one of ``NOISE_SCORES``.
         downweight_after_epochs (`int`, *optional*): from this epoch on, down-weight flagged samples.
         downweight (`float`, defaults to 0.1): sampling weight of a flagged sample relative to 1 (0 drops it).
@@ -283,15 +299,20 @@ class DataMapCallback(SamplingPolicyCallback):
             at = np.flatnonzero((labels == g) & eligible)
             if not at.size:
                 continue
-            estimated, post = estimate_noise_rate(score[at])
-            rate = self.config.noise_rate if self.config.noise_rate is not None else estimated
+            _, post = estimate_noise_rate(score[at])
+            # The estimated rate only where its own flags would mostly be wrong answers; else the few most
+            # suspicious rows (the rate is unreliable where the model knows the task least).
+            decision = noise_rate_decision(score[at], given=self.config.noise_rate,
+                                           fallback_rate=self.config.fallback_rate)
+            rate = decision["rate"]
             chosen = flag_by_score(score[at], rate)
             flags[at] = chosen
             probability[at] = post
             name = self._group_names[g] if groups is not None and 0 <= g < len(self._group_names) else "all"
             report["groups"][name] = {
                 "eligible": int(at.size), "rate": float(rate), "rate_given": self.config.noise_rate is not None,
-                "estimated_rate": float(estimated), "flagged": int(chosen.sum()),
+                "rate_source": decision["source"], **({"reason": decision["reason"]} if "reason" in decision else {}),
+                "estimated_rate": float(decision["estimated"]), "flagged": int(chosen.sum()),
                 "expected_precision": float(post[chosen].mean()) if chosen.any() else float("nan"),
             }
         report["flagged"] = int(flags.sum())

@@ -1,8 +1,8 @@
 """A run that cleans itself: once the noise score can be trusted, stop drawing (or down-weight) the rows most
 likely to carry a wrong answer, and keep training on the rest.
 
-Pure functions (:func:`noise_rate_decision`, :func:`withheld_rows`) and the thin :class:`DenoisingCallback`. The
-score is the data map's (:mod:`.noise`): each sample's confidence over the window of trust, read from the
+Pure functions (:func:`withheld_rows`, and :func:`~.noise.noise_rate_decision` shared with the data map) and the
+thin :class:`DenoisingCallback`. The score is the data map's (:mod:`.noise`): each sample's confidence over the window of trust, read from the
 tracker's visit log, so acting costs no forward pass. Method card: ``docs/methods/denoising.md``.
 """
 
@@ -20,7 +20,14 @@ from ..engine.config import CallbackConfig
 from ..engine.session import PolicyContext
 from ..engine.tracking import KeyLookup
 from .groups import group_ids, uid_groups
-from .noise import DEFAULT_NOISE_SCORE, NOISE_SCORES, estimate_noise_rate, flag_by_score, history_scores, window_of_trust
+from .noise import (
+    DEFAULT_NOISE_SCORE,
+    NOISE_SCORES,
+    flag_by_score,
+    history_scores,
+    noise_rate_decision,
+    window_of_trust,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,49 +37,6 @@ ACTIONS = ("drop", "downweight")
 METHODS = ("withhold", "small_loss")
 #: The columns :class:`DenoisingCallback` adds to each training row (``to_dataset``, :func:`~sft_callbacks.curate`).
 DENOISING_COLUMNS = ("withheld", "withheld_reason")
-
-
-def noise_rate_decision(score: np.ndarray, *, given: float | None = None, fallback_rate: float = 0.1,
-                        min_precision: float = 0.7, max_rate: float = 0.5) -> dict:  # fmt: skip
-    """The share of a group's rows to withhold, and why: the rate given, or the one estimated from the scores
-    when the estimate can be trusted, else a conservative fallback.
-
-    The estimate is a two-component mixture of the scores (:func:`~.noise.estimate_noise_rate`). It is trusted
-    when it is at most ``max_rate`` and the rows it would flag are, by the mixture's own posterior, wrong at
-    least ``min_precision`` of the time (two modes that barely separate give flags of low expected precision and
-    rates of 0.4-0.6 where the truth is 0.17). Otherwise the group withholds ``min(estimate, fallback_rate)``:
-    only its most suspicious rows.
-
-    Returns ``{"rate", "estimated", "expected_precision", "source"}`` with ``source`` one of ``"given"``,
-    ``"estimated"``, ``"fallback"`` (and ``"reason"`` when it fell back).
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> clean = np.concatenate([rng.normal(0.05, 0.03, 800), rng.normal(0.8, 0.1, 200)])
-        >>> d = noise_rate_decision(clean)
-        >>> d["source"], round(d["rate"], 2)
-        ('estimated', 0.2)
-        >>> noise_rate_decision(rng.uniform(0, 1, 1000))["source"]
-        'fallback'
-    """
-    score = np.asarray(score, dtype=np.float64)
-    estimated, post = estimate_noise_rate(score)
-    ok = np.isfinite(score)
-    k = int(round(estimated * ok.sum()))
-    top = np.argsort(-np.where(ok, score, -np.inf), kind="stable")[:k]
-    precision = float(np.nanmean(post[top])) if k else float("nan")
-    out = {"estimated": float(estimated), "expected_precision": precision}
-    if given is not None:
-        return {**out, "rate": float(given), "source": "given"}
-    if estimated <= 0:
-        return {**out, "rate": 0.0, "source": "fallback", "reason": "the scores show no separate mode of wrong answers"}
-    if estimated > max_rate:
-        return {**out, "rate": min(estimated, fallback_rate), "source": "fallback",
-                "reason": f"estimated rate {estimated:.2f} is above {max_rate:g}: no separate mode"}
-    if not precision >= min_precision:
-        return {**out, "rate": min(estimated, fallback_rate), "source": "fallback",
-                "reason": f"the estimate's flags would be wrong answers only {precision:.0%} of the time"}
-    return {**out, "rate": float(estimated), "source": "estimated"}
 
 
 def learnt_fraction(uid: np.ndarray, loss: np.ndarray, correct: np.ndarray, n: int) -> float:

@@ -32,6 +32,8 @@ def test_bad_arguments_are_refused():
         DataMapCallback(min_epochs=0)
     with pytest.raises(ValueError, match="noise_score must be one of"):
         DataMapCallback(noise_score="loss")
+    with pytest.raises(ValueError, match="fallback_rate must be in"):
+        DataMapCallback(fallback_rate=1.0)
     with pytest.raises(RuntimeError, match="not been attached"):
         DataMapCallback().data_map()
 
@@ -109,15 +111,18 @@ def test_group_column_flags_within_each_group_so_a_hard_domain_does_not_take_eve
     data = datasets.concatenate_datasets([labels, numbers])
     groups = np.asarray(data["group"])
 
-    def flags_of(**kw):
-        cb = DataMapCallback(noise_rate=0.2, **kw)
+    def flags_of(rate=0.2, report=None, **kw):
+        cb = DataMapCallback(noise_rate=rate, **kw)
         args = SFTConfig(output_dir=str(tmp_path), num_train_epochs=4, per_device_train_batch_size=8,
                          learning_rate=3e-3, lr_scheduler_type="constant", report_to=[], use_cpu=True,
                          save_strategy="no", max_length=160, seed=0, **checkpointing_off(),
                          disable_tqdm=True, logging_steps=50)  # fmt: skip
         SFTTrainer(model=make_model(hidden_size=96), args=args, train_dataset=data, processing_class=tokenizer,
                    callbacks=[cb]).train()
-        return cb.data_map()
+        frame = cb.data_map()
+        if report is not None:
+            report.update(cb.noise_report)
+        return frame
 
     plain = flags_of()
     assert plain["flag_noisy"][groups == "numbers"].sum() > 0.9 * plain["flag_noisy"].sum()  # the failure mode
@@ -128,5 +133,17 @@ def test_group_column_flags_within_each_group_so_a_hard_domain_does_not_take_eve
     for g in ("labels", "numbers"):
         assert flagged[g] == round(0.2 * eligible[g])  # the noise rate applies within each group
     assert (plain["confidence"].to_numpy() == grouped["confidence"].to_numpy()).all()  # same map, other flags
+    # Without a rate each group's is estimated, and used only where it can be trusted: a group with no separate
+    # mode of wrong answers falls back to at most its few most suspicious rows, and the report says why.
+    report = {}
+    estimated = flags_of(rate=None, report=report, group_column="group")
+    for g, r in report["groups"].items():
+        assert r["rate_source"] in ("estimated", "fallback") and r["flagged"] == int(
+            estimated["flag_noisy"][groups == g].sum())
+        if r["rate_source"] == "fallback":
+            assert r["reason"] and r["rate"] <= 0.1 and r["flagged"] <= round(0.1 * eligible[g])
+        else:
+            assert r["rate"] == r["estimated_rate"] <= 0.5
+    assert report["groups"]["numbers"]["rate_source"] == "fallback"
     with pytest.raises(ValueError, match="missing|column"):
         flags_of(group_column="nope")
