@@ -140,6 +140,8 @@ def data_map_summary(data_map, results: dict) -> dict:
         "recall": round(hits / int(planted.sum()), 4) if planted.any() else None,
         "expected_precision": _round(data_map.noise_report.get("expected_precision")),
         "regions": {r: int(c) for r, c in dmap.region[dmap.region != ""].value_counts().items()},
+        "rates": {g: {"rate": round(r["rate"], 4), "source": r.get("rate_source"), "reason": r.get("reason"),
+                      "flagged": r["flagged"]} for g, r in data_map.noise_report.get("groups", {}).items()},
         "flagged": [
             {"row": int(i), "domain": r["domain"], "noise_score": round(float(r["noise_score"]), 4),
              "confidence": round(float(r["confidence"]), 4), "variability": _round(r["variability"]),
@@ -270,6 +272,10 @@ def _format_data_map(summary: dict) -> list[str]:
         window = dm["window"] or [None, None]
         lines.append(f"  against the planted answers: precision {dm['precision']:.2f}, recall {dm['recall']:.2f}; "
                      f"score {dm['noise_score']} over steps {window[0]}-{window[1] or 'end'}")
+    for g, r in dm.get("rates", {}).items():
+        if r["source"] == "fallback":
+            lines.append(f"  {g}: its estimated rate is not trusted ({r['reason']}): flags at most "
+                         f"{r['rate']:.0%} of its rows ({r['flagged']})")
     for f in flagged[:10]:
         mark = "planted" if f["planted"] else "       "
         lines.append(f"  row {f['row']:<5} {f['domain']:<10} score {f['noise_score']:.3f} conf {f['confidence']:.3f} "
