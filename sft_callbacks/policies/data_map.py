@@ -299,11 +299,12 @@ class DataMapCallback(SamplingPolicyCallback):
             at = np.flatnonzero((labels == g) & eligible)
             if not at.size:
                 continue
-            _, post = estimate_noise_rate(score[at])
+            estimate = estimate_noise_rate(score[at])
+            post = estimate[1]
             # The estimated rate only where its own flags would mostly be wrong answers; else the few most
             # suspicious rows (the rate is unreliable where the model knows the task least).
             decision = noise_rate_decision(score[at], given=self.config.noise_rate,
-                                           fallback_rate=self.config.fallback_rate)
+                                           fallback_rate=self.config.fallback_rate, estimate=estimate)
             rate = decision["rate"]
             chosen = flag_by_score(score[at], rate)
             flags[at] = chosen

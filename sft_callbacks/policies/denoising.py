@@ -2,8 +2,9 @@
 likely to carry a wrong answer, and keep training on the rest.
 
 Pure functions (:func:`withheld_rows`, and :func:`~.noise.noise_rate_decision` shared with the data map) and the
-thin :class:`DenoisingCallback`. The score is the data map's (:mod:`.noise`): each sample's confidence over the window of trust, read from the
-tracker's visit log, so acting costs no forward pass. Method card: ``docs/methods/denoising.md``.
+thin :class:`DenoisingCallback`. The score is the data map's (:mod:`.noise`): each sample's confidence over the
+window of trust, read from the tracker's visit log, so acting costs no forward pass. Method card:
+``docs/methods/denoising.md``.
 """
 
 from __future__ import annotations

@@ -229,17 +229,19 @@ def estimate_noise_rate(score: np.ndarray, iterations: int = 200) -> tuple[float
     return float(p.mean()), post
 
 
-
 def noise_rate_decision(score: np.ndarray, *, given: float | None = None, fallback_rate: float = 0.1,
-                        min_precision: float = 0.7, max_rate: float = 0.5) -> dict:  # fmt: skip
-    """The share of a group's rows to withhold, and why: the rate given, or the one estimated from the scores
-    when the estimate can be trusted, else a conservative fallback.
+                        min_precision: float = 0.7, max_rate: float = 0.5,
+                        estimate: tuple[float, np.ndarray] | None = None) -> dict:  # fmt: skip
+    """The share of a group's rows to flag or withhold, and why: the rate given, or the one estimated from the
+    scores when the estimate can be trusted, else a conservative fallback.
 
     The estimate is a two-component mixture of the scores (:func:`estimate_noise_rate`). It is trusted
     when it is at most ``max_rate`` and the rows it would flag are, by the mixture's own posterior, wrong at
     least ``min_precision`` of the time (two modes that barely separate give flags of low expected precision and
     rates of 0.4-0.6 where the truth is 0.17). Otherwise the group withholds ``min(estimate, fallback_rate)``:
     only its most suspicious rows.
+
+    ``estimate``: :func:`estimate_noise_rate`'s ``(rate, posterior)`` of these scores, when the caller has it.
 
     Returns ``{"rate", "estimated", "expected_precision", "source"}`` with ``source`` one of ``"given"``,
     ``"estimated"``, ``"fallback"`` (and ``"reason"`` when it fell back).
@@ -254,7 +256,7 @@ def noise_rate_decision(score: np.ndarray, *, given: float | None = None, fallba
         'fallback'
     """
     score = np.asarray(score, dtype=np.float64)
-    estimated, post = estimate_noise_rate(score)
+    estimated, post = estimate if estimate is not None else estimate_noise_rate(score)
     ok = np.isfinite(score)
     k = int(round(estimated * ok.sum()))
     top = np.argsort(-np.where(ok, score, -np.inf), kind="stable")[:k]
