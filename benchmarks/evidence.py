@@ -198,11 +198,9 @@ def build_model(cfg: EvidenceConfig, train, seed: int):
     model, tokenizer = model_for(cfg.model, train, seed=seed, hidden_size=64, vocab_size=512)
     peft_config = None
     if cfg.tuning == "lora":
-        from peft import LoraConfig
+        from sft_callbacks.models import lora_config
 
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"])
+        peft_config = lora_config()
     return model, tokenizer, peft_config
 
 

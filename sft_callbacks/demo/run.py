@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import MetricsFile, QuietProgress, quiet_setup, silence_library_loggers
+from .console import MetricsFile, QuietProgress, quiet_setup
 from .recipe import DATA_FILE, demo_args, demo_callbacks, demo_data, demo_model, demo_steps
 from .summary import compare_runs, run_summary
 
@@ -68,7 +68,6 @@ def run_demo(
     if compare and push_to:
         raise ValueError("push the run with callbacks on its own: --push without --compare")
     quiet_setup()
-    silence_library_loggers()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = demo_data(tiny, train_rows, seed, noise)
