@@ -9,6 +9,7 @@ import sys
 
 import datasets
 import numpy as np
+import pytest
 from trl import SFTConfig, SFTTrainer
 
 from sft_callbacks import SamplingPolicyCallback, TrainingDynamicsCallback
@@ -108,6 +109,18 @@ def test_demo_rejects_bad_arguments(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "epochs must be >= 1" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "sft_callbacks.cli", "demo", "--tiny", "--compare", "--no-strategies",
+         "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "drop --no-strategies" in proc.stderr
+    from sft_callbacks.demo import run_demo
+
+    for kwargs, message in [({"max_steps": 0}, "max_steps must be >= 1"), ({"noise": 1.0}, "noise must be in"),
+                            ({"compare": True, "push_to": "me/x"}, "--push without --compare"),
+                            ({"train_rows": 5000}, "train_rows must be between 3 and 1200")]:
+        with pytest.raises(ValueError, match=message):
+            run_demo(str(tmp_path / "bad"), tiny=True, **kwargs)
 
 
 def test_cli_help_mentions_commands():
