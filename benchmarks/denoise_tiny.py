@@ -1,14 +1,22 @@
-"""Denoising on a tiny task where every row can be memorised: which variant ends with a better model on new rows.
+"""Denoising on tiny tasks where every row can be memorised: which variant ends with a better model on new rows.
 
-24 items, each with a true colour; 10 training rows per item, each with a unique tag, ``rate`` of them answering
-another colour. A 2-layer model trains ``epochs`` epochs (SFTTrainer, CPU, seconds a run); the score is accuracy
-on clean held-out rows (the same items under tags never trained on), and for each arm the precision of what it
-left out against the planted wrong answers. Arms: ``plain`` and ``denoise,key=value,...`` (DenoisingCallback
-options).
+Two tasks (``--task``), each 24 items with a true colour, every training row under a unique tag:
+
+* ``colour``: 10 rows per item, ``rate`` of them answering another colour at random. Each item's majority stays
+  right, so the plain run's held-out answers stay right too: the noise costs little here.
+* ``rule``: the colour follows a *kind* word in the prompt (sunny: gold, leafy: green, stormy: blue, fiery: red), 6
+  items per kind, 4 rows per item. ``rate / 0.5`` of the items (14 of 24 at 0.3) have half their rows answer one
+  wrong colour, as one annotator's systematic confusion would: the item alone cannot settle its colour, the kind
+  rule (right in most of the kind's rows) can. The noise hurts here: the plain run memorises the ties.
+
+A 2-layer model trains ``epochs`` epochs (SFTTrainer, CPU, seconds a run); the score is accuracy on clean held-out
+rows (the same items under tags never trained on), and for each arm the precision of what it left out against the
+planted wrong answers. Arms: ``plain`` and ``denoise,key=value,...`` (DenoisingCallback options).
 
 Usage::
 
     python scripts/bench_denoise_tiny.py --seeds 0 1 2 3 4 --arms plain denoise "denoise,noise_rate=0.3"
+    python scripts/bench_denoise_tiny.py --task rule --arms plain "denoise,noise_rate=0.3,action=downweight,readmit=True"
 """
 
 from __future__ import annotations
@@ -49,28 +57,73 @@ def colour_task(seed: int = 0, rate: float = 0.3):
     return datasets.Dataset.from_list(rows), np.array(wrong)
 
 
-def heldout_accuracy(model, tokenizer, tags=range(100, 110)) -> float:
-    """Share of held-out rows (every item under each of ``tags``) whose most likely colour is the true one."""
+KINDS = {"sunny": "gold", "leafy": "green", "stormy": "blue", "fiery": "red"}
+
+
+def rule_task(seed: int = 0, rate: float = 0.3, rows_per_item: int = 4):
+    """``(dataset, wrong)`` of the ``rule`` task: the colour follows the item's kind word; ``rate / 0.5`` of the
+    items have half their ``rows_per_item`` rows answer the same wrong colour (a tie the kind rule settles).
+
+    Example:
+        >>> data, wrong = rule_task(0, 0.3)
+        >>> len(data), int(wrong.sum()), data[0]["prompt"]
+        (96, 28, 'Tag 000. Colour of the sunny lemon?')
+    """
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    kinds = list(KINDS)
+    noisy = set(rng.choice(len(ITEMS), int(len(ITEMS) * min(1.0, 2 * rate)), replace=False).tolist())
+    rows, wrong = [], []
+    for i, item in enumerate(ITEMS):
+        kind = kinds[i % 4]
+        truth = KINDS[kind]
+        confused = [c for c in COLOURS if c != truth][rng.integers(3)]
+        bad = set(rng.choice(rows_per_item, rows_per_item // 2, replace=False).tolist()) if i in noisy else set()
+        for j in range(rows_per_item):
+            answer = confused if j in bad else truth
+            rows.append({"prompt": f"Tag {j:03d}. Colour of the {kind} {item}?", "completion": " " + answer})
+            wrong.append(j in bad)
+    return datasets.Dataset.from_list(rows), np.array(wrong)
+
+
+def heldout_questions(task: str, tags=range(100, 110)) -> list[tuple[str, str]]:
+    """``(prompt, true colour)`` for every item under each of ``tags`` (never trained on).
+
+    Example:
+        >>> heldout_questions("rule", tags=[100])[0]
+        ('Tag 100. Colour of the sunny lemon?', 'gold')
+    """
+    if task == "rule":
+        kinds = list(KINDS)
+        return [(f"Tag {t:03d}. Colour of the {kinds[i % 4]} {item}?", KINDS[kinds[i % 4]])
+                for i, item in enumerate(ITEMS) for t in tags]
+    return [(f"Tag {t:03d}. Colour of the {item}?", COLOURS[i % 4]) for i, item in enumerate(ITEMS) for t in tags]
+
+
+def heldout_accuracy(model, tokenizer, task: str = "colour", tags=range(100, 110)) -> float:
+    """Share of held-out rows (:func:`heldout_questions`) whose most likely colour is the true one."""
     import torch
 
     model.eval()
-    hits = total = 0
+    hits = 0
+    questions = heldout_questions(task, tags)
     with torch.no_grad():
-        for i, item in enumerate(ITEMS):
-            for tag in tags:
-                prompt = f"Tag {tag:03d}. Colour of the {item}?"
-                start = len(tokenizer(prompt)["input_ids"])
-                scores = []
-                for colour in COLOURS:
-                    ids = tokenizer(prompt + " " + colour)["input_ids"]
-                    logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
-                    scores.append(sum(logp[k - 1, ids[k]].item() for k in range(start, len(ids))))
-                hits += int(np.argmax(scores) == i % 4)
-                total += 1
-    return hits / total
+        for prompt, truth in questions:
+            start = len(tokenizer(prompt)["input_ids"])
+            scores = []
+            for colour in COLOURS:
+                ids = tokenizer(prompt + " " + colour)["input_ids"]
+                logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+                scores.append(sum(logp[k - 1, ids[k]].item() for k in range(start, len(ids))))
+            hits += int(COLOURS[int(np.argmax(scores))] == truth)
+    return hits / len(questions)
 
 
-def run_arm(arm: str, seed: int, epochs: int, rate: float, tokenizer, workdir: str) -> dict:
+TASKS = {"colour": colour_task, "rule": rule_task}
+
+
+def run_arm(arm: str, seed: int, epochs: int, rate: float, tokenizer, workdir: str, task: str = "colour") -> dict:
     """One training run of ``arm`` on the task of ``seed``: held-out accuracy and what it left out."""
     from trl import SFTConfig, SFTTrainer
 
@@ -79,7 +132,7 @@ def run_arm(arm: str, seed: int, epochs: int, rate: float, tokenizer, workdir: s
     from sft_callbacks.engine.compat import checkpointing_off
     from sft_callbacks.models import build_tiny_llama
 
-    train, wrong = colour_task(seed, rate)
+    train, wrong = TASKS[task](seed, rate)
     base, options = arm_options(arm)
     if base not in ("plain", "denoise"):
         raise ValueError(f"unknown arm {arm!r}: 'plain' or 'denoise[,key=value...]'")
@@ -92,7 +145,7 @@ def run_arm(arm: str, seed: int, epochs: int, rate: float, tokenizer, workdir: s
     model = build_tiny_llama(tokenizer, seed=seed, attn_implementation="eager")
     t0 = time.perf_counter()
     SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=callbacks).train()
-    out = {"arm": arm, "seed": seed, "accuracy": heldout_accuracy(model, tokenizer),
+    out = {"arm": arm, "seed": seed, "accuracy": heldout_accuracy(model, tokenizer, task),
            "seconds": time.perf_counter() - t0}
     if denoise is not None:
         flagged = denoise.row_annotations()["withheld"].to_numpy()
@@ -122,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", default=["plain", "denoise"])
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--rate", type=float, default=0.3, help="share of wrong answers")
+    ap.add_argument("--task", choices=sorted(TASKS), default="colour")
     ap.add_argument("--workdir", default="bench_results/denoise_tiny_runs")
     ap.add_argument("--out", default="bench_results/denoise_tiny.json")
     args = ap.parse_args(argv)
@@ -137,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for seed in args.seeds:
         for arm in arms:
-            runs.append(run_arm(arm, seed, args.epochs, args.rate, tokenizer, args.workdir))
+            runs.append(run_arm(arm, seed, args.epochs, args.rate, tokenizer, args.workdir, args.task))
             print(json.dumps(runs[-1]), flush=True)
     table = markdown(runs, arms, args.seeds)
     print(table)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as fh:
-        json.dump({"epochs": args.epochs, "rate": args.rate, "runs": runs, "markdown": table}, fh, indent=1)
+        json.dump({"task": args.task, "epochs": args.epochs, "rate": args.rate, "runs": runs, "markdown": table}, fh,
+                  indent=1)
     return 0

@@ -257,7 +257,8 @@ def domain_candidate(arm: str) -> dict:
 
 def arm_options(arm: str) -> tuple[str, dict]:
     """``(arm, options)`` of ``arm,key=value,...``: options passed to the arm's callback, e.g.
-    ``static_target,max_passes=4`` or ``validation,stall_patience=none`` (``none`` is None; numbers are parsed)."""
+    ``static_target,max_passes=4`` or ``validation,stall_patience=none`` (``none`` is None, ``true``/``false``
+    booleans; numbers are parsed)."""
     base, *pairs = arm.split(",")
     options = {}
     for pair in pairs:
@@ -266,6 +267,8 @@ def arm_options(arm: str) -> tuple[str, dict]:
             raise ValueError(f"arm option {pair!r} of {arm!r} is not key=value")
         if text.lower() == "none":
             value = None
+        elif text.lower() in ("true", "false"):
+            value = text.lower() == "true"
         else:
             try:
                 value = int(text)

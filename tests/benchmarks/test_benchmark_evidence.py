@@ -314,6 +314,8 @@ def test_arms_take_callback_options():
     assert bench_evidence.arm_options("static_target,max_passes=4") == ("static_target", {"max_passes": 4})
     assert bench_evidence.arm_options("validation,max_passes=none,reward=evidence,learning_rate=0.2") == (
         "validation", {"max_passes": None, "reward": "evidence", "learning_rate": 0.2})
+    assert bench_evidence.arm_options("denoise,readmit=True,action=downweight") == (
+        "denoise", {"readmit": True, "action": "downweight"})
     assert bench_evidence.is_arm("validation:exp3,stall_patience=3") and bench_evidence.is_arm("static_target,max_passes=4")
     assert not bench_evidence.is_arm("uniform,max_passes=4") and not bench_evidence.is_arm("static_target,max_passes")
     (balance,) = bench_evidence.make_policies("static_target,max_passes=4", {"a": 0.5, "b": 0.5})
