@@ -4,7 +4,8 @@ Rows carry one of ``--groups`` group labels (unequal sizes, interleaved) and wei
 (one past 2**24, the last row), a block of zero-weight rows and a 2:1 tilt between the halves of every group. It
 times, in the order a training run meets them:
 
-(a) ``AdaptiveSampler(n, groups=labels)``: the partition (rows sorted by group), once per run;
+(a) ``AdaptiveSampler(n, groups=labels)``: the partition (rows sorted by group) and loading the compiled kernels,
+    once per run;
 (b) the first 1M indices with equal weights (the plain Trainer's permutation: one ``torch.randperm(n)``);
 (c) a row-level update ``schedule(w, at)`` (validation, float32 copy, group sums: O(rows)), median of 3;
 (d) the next 1M indices: the stream splits into groups, each group starts a weighted pass (O(rows), once);
@@ -21,6 +22,7 @@ Usage::
 
     python scripts/bench_sampler.py                        # 100M rows, ~6 GB peak
     python scripts/bench_sampler.py --rows 10000000        # quick
+    SFT_CALLBACKS_NUMBA=0 python scripts/bench_sampler.py  # the NumPy rules, without the compiled kernels
 """
 
 from __future__ import annotations
@@ -172,7 +174,8 @@ def markdown(res: dict, env: dict) -> str:
     d = t["draws"]
     lines = [
         f"Rows: {res['rows']:,} in {res['groups']} groups | CPU: {env['cpu']} ({env['cpu_count']} cores) | "
-        f"numpy {env['numpy']}, torch {env['torch']}",
+        f"numpy {env['numpy']}, torch {env['torch']} | compiled kernels: "
+        f"{'yes' if env['compiled_kernels'] else 'no'}",
         "",
         "| measurement | value |",
         "|---|---|",
@@ -211,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from sft_callbacks.engine import kernels
+
     env = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-           "numpy": np.__version__, "torch": torch.__version__, "git": git_state()}
+           "numpy": np.__version__, "torch": torch.__version__, "git": git_state(),
+           "compiled_kernels": kernels.enabled()}
     res = run(args.rows, args.groups, args.draws, args.iter_n, args.seed)
     res["env"] = env
     res["command"] = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))

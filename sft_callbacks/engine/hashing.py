@@ -42,6 +42,16 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         return mix64((np.asarray(x, dtype=np.uint64) + GOLDEN) & _MASK64)
 
 
+def counter_key(seed: int) -> np.uint64:
+    """The key :func:`counter_uniforms` mixes every counter of ``seed`` with: ``splitmix64(seed)``.
+
+    Example:
+        >>> bool(counter_key(0) == splitmix64(np.zeros(1, dtype=np.uint64))[0])
+        True
+    """
+    return splitmix64(np.asarray([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+
+
 def counter_uniforms(seed: int, start: int, stop: int) -> np.ndarray:
     """Uniform floats in [0, 1) for counters ``start..stop-1``; counter ``p`` always gets the same value.
 
@@ -50,7 +60,7 @@ def counter_uniforms(seed: int, start: int, stop: int) -> np.ndarray:
         >>> bool(((u >= 0) & (u < 1)).all()) and np.array_equal(u[2:], counter_uniforms(0, 2, 4))
         True
     """
-    key = splitmix64(np.asarray([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    key = counter_key(seed)
     pos = np.arange(start, stop, dtype=np.uint64)
     with np.errstate(over="ignore"):
         bits = splitmix64(pos ^ key)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import kernels
+
 _INDEX_LIMIT_32 = 2**31 - 1
 
 
@@ -161,9 +163,13 @@ def earliest(ranks: np.ndarray, times: np.ndarray, count: int) -> tuple[np.ndarr
         >>> head.tolist(), rest.tolist(), t.tolist()
         ([1, 0, 2], [3], [0.9])
     """
+    compiled = kernels.get()
     if count >= len(times):
-        return ranks[np.argsort(times, kind="stable")], ranks[:0], times[:0]
+        order = compiled.stable_argsort(times) if compiled is not None else np.argsort(times, kind="stable")
+        return ranks[order], ranks[:0], times[:0]
     last = np.partition(times, count - 1)[count - 1] if count > 0 else -np.inf
+    if compiled is not None:
+        return compiled.earliest_split(ranks, times, float(last))
     early = times <= last
     head = np.flatnonzero(early)
     head = head[np.argsort(times[head], kind="stable")]
@@ -196,6 +202,14 @@ def deadline_order(shares: np.ndarray, deficit: np.ndarray, count: int) -> np.nd
         >>> deadline_order(np.array([0.75, 0.25]), deficit, 8).tolist()
         [0, 0, 1, 0, 0, 0, 1, 0]
     """
+    compiled = kernels.get()
+    if compiled is not None and count:
+        at = np.flatnonzero(np.asarray(shares) > 0)
+        owed = np.asarray(deficit, dtype=np.float64)[at]
+        chosen = compiled.deadline_order(np.asarray(shares, dtype=np.float64)[at], owed,
+                                         1.0 / (2 * len(at) - 2) if len(at) > 1 else 0.0, int(count))
+        deficit[at] = owed
+        return at.astype(np.int64)[chosen]
     active = [k for k in range(len(shares)) if shares[k] > 0]
     share = [float(shares[k]) for k in active]
     owed = [float(deficit[k]) for k in active]

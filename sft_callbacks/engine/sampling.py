@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import quotas
-from .hashing import counter_uniforms
+from . import kernels, quotas
+from .hashing import counter_key, counter_uniforms
 
 _WINDOW_EVENTS = 1 << 20  # visits planned at once in a weighted pass (bounds memory and first-draw latency) ...
 _MAX_WINDOWS = 8  # ... but each window rescans the group's rows, so a pass has at most this many
@@ -32,6 +32,7 @@ _GROUP_CHUNK = 1 << 16  # positions assigned to groups per call of the deadline 
 _PLAN_CHUNK = 1 << 20  # rows whose pass arithmetic is done at once (elementwise: chunks give the same values)
 _SORT_BLOCK = 1 << 16  # a window's visits put in order at first; each later block is 3x all those before it
 _STATE_FORMAT = "passes-1"
+_EVERY_ROW = np.empty(0, dtype=np.int32)  # the compiled kernels' ``rows`` for "every row, in order"
 
 
 def _validated(weights: np.ndarray, num_rows: int, what: str = "weights", noun: str = "rows") -> np.ndarray:
@@ -42,7 +43,22 @@ def _validated(weights: np.ndarray, num_rows: int, what: str = "weights", noun: 
     if w.shape[0] != num_rows:
         raise ValueError(f"{what} have {w.shape[0]} entries but the dataset has {num_rows} {noun}")
     low, high = (float(w.min()), float(w.max())) if w.size else (0.0, 0.0)
-    if not (np.isfinite(low) and np.isfinite(high)):  # NaN propagates into min/max, inf shows in them
+    finite = np.isfinite(low) and np.isfinite(high)  # NaN propagates into min/max, inf shows in them
+    return _checked(w, low, high, finite, what)
+
+
+def _row_weights_float32(weights, num_rows: int) -> np.ndarray:
+    """The row weights as float32, validated (:func:`_validated`); a float array in one compiled pass."""
+    compiled = kernels.get()
+    if (compiled is None or not isinstance(weights, np.ndarray) or weights.ndim != 1
+            or weights.dtype not in (np.float32, np.float64) or len(weights) != num_rows or num_rows == 0):
+        return _validated(np.asarray(weights, dtype=np.float32), num_rows)
+    w, low, high, finite = compiled.float32_checked(np.ascontiguousarray(weights))
+    return _checked(w, float(low), float(high), bool(finite), "weights")
+
+
+def _checked(w: np.ndarray, low: float, high: float, finite: bool, what: str) -> np.ndarray:
+    if not finite:
         raise ValueError(f"{what} contain NaN or inf; a policy must return finite, non-negative weights")
     if low < 0:
         raise ValueError(f"{what} contain negative values; a policy must return finite, non-negative weights")
@@ -74,6 +90,7 @@ class _Change:
     weights: np.ndarray | None = None
     shares: np.ndarray | None = None
     sums: np.ndarray | None = None  # each group's total weight under ``weights`` (computed once, O(rows))
+    totals: np.ndarray | None = None  # the same totals as each group sums its rows for its rates (numpy's buffers)
 
     def to_dict(self) -> dict:
         out = {"start": self.start}
@@ -134,6 +151,9 @@ class _GroupStream:
         self.windows = min(_MAX_WINDOWS, max(1, math.ceil(self.n / _WINDOW_EVENTS)))
         self._plan_window()
 
+    def _threshold_seed(self) -> int:
+        return (self.seed + self.pass_id - 1) ^ 0x7A3D
+
     def _row_arrays(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(rate, lag, psi, visits)`` of the pass for the group's rows ``a..b-1`` (elementwise in the row)."""
         if self.source is None:
@@ -142,7 +162,7 @@ class _GroupStream:
             local = self.source[a:b] if self.rows is None else self.source[self.rows[a:b]]
             rate = local.astype(np.float64) * self.scale
         lag = self.lag[a:b].astype(np.float64)
-        draws = counter_uniforms((self.seed + self.pass_id - 1) ^ 0x7A3D, a, b)
+        draws = counter_uniforms(self._threshold_seed(), a, b)
         psi = quotas.thresholds(lag, draws)
         return rate, lag, psi, quotas.visits_per_row(rate, lag, psi)
 
@@ -156,12 +176,26 @@ class _GroupStream:
         hi = 1.0 if w == self.windows - 1 else (w + 1) / self.windows
         return lo, hi
 
+    def _window_chunks(self, lo: float, hi: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """:func:`quotas.window_events` of the pass's rows a chunk at a time (ranks of the group's rows)."""
+        compiled = kernels.get()
+        if compiled is None:
+            for a, rate, lag, psi, total in self._pass_chunks():
+                r, t = quotas.window_events(lo, hi, rate, lag, psi, total)
+                yield r + a, t
+            return
+        source = self.source if self.source is not None else np.empty(0, dtype=np.float32)
+        rows = self.rows if self.rows is not None and self.source is not None else _EVERY_ROW
+        key = counter_key(self._threshold_seed())
+        for a in range(0, self.n, _PLAN_CHUNK):
+            yield compiled.window_events(source, rows, float(self.scale), self.lag, key, a,
+                                         min(self.n, a + _PLAN_CHUNK), float(lo), float(hi))
+
     def _plan_window(self) -> None:
         lo, hi = self._window_bounds(self.window)
         ranks, times = [], []
-        for a, rate, lag, psi, total in self._pass_chunks():
-            r, t = quotas.window_events(lo, hi, rate, lag, psi, total)
-            ranks.append(r + a)
+        for r, t in self._window_chunks(lo, hi):
+            ranks.append(r)
             times.append(t)
         # Events are in row order, so a stable order by time keeps the permutation's order at ties; the window is
         # put in order a block at a time, as the draws reach it.
@@ -257,29 +291,46 @@ class _GroupStream:
         self.in_pass = False
         self.perm = self.events = self.later = None
 
-    def set_weights(self, weights: np.ndarray | None) -> None:
+    def _equal_and_total(self, weights: np.ndarray | None, total: float | None = None) -> tuple[bool, float]:
+        """Whether this group's weights are all equal and positive, and their float64 sum (``local.sum(dtype=
+        np.float64)``, bit for bit; ``total`` if the caller has it)."""
+        if weights is None:
+            return True, float(self.n)
+        compiled = kernels.get()
+        if compiled is not None:
+            rows = self.rows if self.rows is not None else _EVERY_ROW
+            if total is None:
+                total = compiled.gathered_sum(weights, rows)
+            return bool(compiled.all_equal_positive(weights, rows)), float(total)
+        local = self._local(weights)
+        return bool((local == local[0]).all() and local[0] > 0), float(local.sum(dtype=np.float64))
+
+    def _proportional(self, weights: np.ndarray, total: float) -> bool:
+        """Whether the new weights are the old ones scaled (the group's share moved, not its rows)."""
+        compiled = kernels.get()
+        if compiled is not None:
+            rows = self.rows if self.rows is not None else _EVERY_ROW
+            return bool(compiled.proportional(weights, self.n / total, self.source, float(self.scale), rows, 1e-6))
+        old = self._local(self.source).astype(np.float64) * self.scale
+        return bool(np.allclose(self._local(weights).astype(np.float64) * (self.n / total), old, rtol=1e-6, atol=0))
+
+    def set_weights(self, weights: np.ndarray | None, total: float | None = None) -> None:
         """The stream's new row weights (None: all equal); the pass in progress ends first if this group's changed.
 
         Weights proportional to the old ones (the group's share moved, not its rows) keep the pass going.
         """
-        local = None if weights is None else self._local(weights)
-        equal = local is None or bool((local == local[0]).all() and local[0] > 0)
-        total = float(self.n) if local is None else float(local.sum(dtype=np.float64))
+        equal, total = self._equal_and_total(weights, total)
         if equal and self.source is None:
             return
-        if not equal and self.source is not None and total > 0:
-            old = self._local(self.source).astype(np.float64) * self.scale
-            if np.allclose(local.astype(np.float64) * (self.n / total), old, rtol=1e-6, atol=0):
-                self._adopt(weights, equal, total)
-                return
+        if not equal and self.source is not None and total > 0 and self._proportional(weights, total):
+            self._adopt(weights, equal, total)
+            return
         self.interrupt()
         self._adopt(weights, equal, total)
 
     def adopt_weights(self, weights: np.ndarray | None) -> None:
         """Take the stream's row weights as this group's without touching a pass (a restored checkpoint's)."""
-        local = None if weights is None else self._local(weights)
-        equal = local is None or bool((local == local[0]).all() and local[0] > 0)
-        self._adopt(weights, equal, float(self.n) if local is None else float(local.sum(dtype=np.float64)))
+        self._adopt(weights, *self._equal_and_total(weights))
 
     def _adopt(self, weights: np.ndarray | None, equal: bool, total: float) -> None:
         self.source = None if equal else weights
@@ -333,11 +384,16 @@ class _Stream:
         """From one group to the sampler's groups; each row keeps its lag, each group the sum of its rows'."""
         whole = self.groups[0]
         seen = None
+        compiled = kernels.get()
         if whole.in_pass and whole.perm is not None:
-            # A flat pass leaves two lags; reading them through a mask of the visited rows gathers one byte a row.
+            # A flat pass leaves two lags; they are read through a mask of the visited rows (a bit a row compiled,
+            # a byte a row in NumPy).
             unvisited, visited = whole.flat_lag()
-            seen = np.zeros(self.num_rows, dtype=bool)
-            seen[whole.perm[: whole.cursor]] = True
+            if compiled is not None:
+                seen = compiled.visited_bits(whole.perm[: whole.cursor], self.num_rows)
+            else:
+                seen = np.zeros(self.num_rows, dtype=bool)
+                seen[whole.perm[: whole.cursor]] = True
             lag = None
         else:
             whole.interrupt()
@@ -349,7 +405,12 @@ class _Stream:
             rows = order[offsets[k] : offsets[k + 1]]
             g = _GroupStream(rows, len(rows), self.seed + ((k + 1) << 32))
             if lag is not None or seen is not None:  # one gather per group: its rows' lag, what the group is owed
-                local = lag[rows] if seen is None else np.where(seen[rows], visited, unvisited)
+                if seen is None:
+                    local = lag[rows]
+                elif compiled is not None:
+                    local = compiled.split_lag(seen, rows, visited, unvisited)
+                else:
+                    local = np.where(seen[rows], visited, unvisited)
                 owed.append(float(local.sum(dtype=np.float64)))
                 if local.any():
                     g.lag = local
@@ -372,12 +433,15 @@ class _Stream:
     def apply(self, change: _Change, partition) -> None:
         if change.weights is not None:
             w = change.weights
-            flat = bool((w == w[0]).all())
+            compiled = kernels.get()
+            flat = bool(compiled.all_equal_positive(w, _EVERY_ROW) if compiled is not None
+                        else (w == w[0]).all())
             if partition is not None and len(self.groups) == 1 and not flat:
                 self.split(partition)
             self.weights = None if flat else w
-            for g in self.groups:
-                g.set_weights(self.weights)
+            totals = change.totals if change.totals is not None and len(change.totals) == len(self.groups) else None
+            for k, g in enumerate(self.groups):
+                g.set_weights(self.weights, None if totals is None else float(totals[k]))
             known = change.sums is not None and len(change.sums) == len(self.groups)
             self.sums = change.sums if known else self.group_sums(self.weights)
             self._set_shares(self.sums)
@@ -522,6 +586,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         self.produced = 0  # highest stream position handed out so far (+1)
         self.before_iter = None  # called with the epoch before an epoch's first draw (the session's hook)
         self._partition = self._make_partition(groups)
+        kernels.warm(quotas.index_dtype(self.num_rows))  # once per process: the first weight change pays nothing
         self._pending: list[_Change] = []  # scheduled, not yet reached
         self._log: list[_Change] = []  # reached; kept so draw() can replay the stream
         self._replayable = True
@@ -621,9 +686,17 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         position this sampler has already handed out would make the stream depend on prefetch timing, so
         that is refused too (the session schedules far enough ahead). Costs O(rows).
         """
-        w = _validated(np.asarray(weights, dtype=np.float32), self.num_rows)  # kept as float32: checked as such
-        sums = self._group_sums(w) if self._partition is not None else None
-        self._queue(_Change(int(at_position), weights=w, sums=sums))
+        w = _row_weights_float32(weights, self.num_rows)  # kept as float32: checked as such
+        sums = totals = None
+        compiled = kernels.get()
+        if self._partition is not None and compiled is not None:  # both sums in one compiled read of the rows
+            order, offsets = self._partition
+            groups = [order[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            sums = np.array([compiled.pairwise_sum(w, rows) for rows in groups])
+            totals = np.array([compiled.gathered_sum(w, rows) for rows in groups])
+        elif self._partition is not None:
+            sums = self._group_sums(w)
+        self._queue(_Change(int(at_position), weights=w, sums=sums, totals=totals))
 
     def schedule_groups(self, shares: np.ndarray, at_position: int) -> None:
         """Make the groups' ``shares`` of the stream active from ``at_position``; rows keep their weights in a group.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sft_callbacks.engine import hashing, quotas, sampling
+from sft_callbacks.engine import hashing, kernels, quotas, sampling
 
 
-@pytest.mark.parametrize("module", [quotas, sampling, hashing])
+@pytest.mark.parametrize("module", [quotas, sampling, hashing, kernels])
 def test_module_examples_hold(module):
     import doctest
 
