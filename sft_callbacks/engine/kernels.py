@@ -4,7 +4,8 @@ Each kernel does the same floating-point operations in the same order as the Num
 :mod:`.quotas` (no fast-math, no reassociation), so the index stream is the same bit for bit with or without numba;
 tests compare them. Without numba, or with ``SFT_CALLBACKS_NUMBA=0`` in the environment, :func:`get` returns None
 and the sampler runs the NumPy rules. Compiled code is cached next to this file (``cache=True``), so only the first
-process of an environment pays for compiling (about a minute for all of them; loading them takes about 0.3 s).
+process of an environment pays for compiling (about 10 s for all of them on a 2-core CPU; loading them takes about
+0.5 s).
 The kernels marked parallel split rows between threads (numba's default threading layer is not safe to enter from
 two threads at once, so every call holds a lock); their results do not depend on the number of threads.
 
@@ -64,7 +65,7 @@ def get() -> SimpleNamespace | None:
 
 def warm(index_dtype=np.int32) -> None:
     """Load (or compile) every kernel for the sampler's argument types now, so the first weight change of a run does
-    not pay for it. About 0.3 s per process once compiled code is cached; nothing without numba.
+    not pay for it. About 0.5 s per process once compiled code is cached; nothing without numba.
 
     Example:
         >>> warm()

@@ -196,6 +196,7 @@ def deadline_order(shares: np.ndarray, deficit: np.ndarray, count: int) -> np.nd
     ``1 - d`` (below one) of its share of any prefix (Tijdeman 1980, the chairman assignment problem), where stride
     scheduling and smooth weighted round-robin exceed one from about six groups. Groups of share 0 are never
     chosen. ``deficit`` is updated in place; the result does not depend on how the stretch is cut into calls.
+    With numba installed the loop runs compiled (:mod:`.kernels`), with the same floats.
 
     Example:
         >>> deficit = np.zeros(2)

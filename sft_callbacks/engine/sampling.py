@@ -546,6 +546,9 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
       flat pass's permutation or each row's credit) plus a planning window of max(1M, rows / 8) visits (4 bytes
       each once in order, 12 before).
 
+    With numba installed (``pip install "sft-callbacks[fast]"``) the hot loops run compiled (:mod:`.kernels`) and
+    yield the same stream, index for index.
+
     Args:
         num_rows (`int`): number of rows of the dataset the dataloader indexes.
         num_samples (`int`, *optional*): indices per epoch; defaults to ``num_rows``.
