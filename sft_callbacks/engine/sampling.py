@@ -136,6 +136,11 @@ class _GroupStream:
     def _local(self, weights: np.ndarray) -> np.ndarray:
         return weights if self.rows is None else weights[self.rows]
 
+    @property
+    def _kernel_rows(self) -> np.ndarray:
+        """The group's rows as the compiled kernels take them (empty: every row, in order)."""
+        return self.rows if self.rows is not None else _EVERY_ROW
+
     # -- the pass ----------------------------------------------------------------------------------------
     def _start_pass(self) -> None:
         self.pass_id += 1
@@ -185,7 +190,7 @@ class _GroupStream:
                 yield r + a, t
             return
         source = self.source if self.source is not None else np.empty(0, dtype=np.float32)
-        rows = self.rows if self.rows is not None and self.source is not None else _EVERY_ROW
+        rows = self._kernel_rows if self.source is not None else _EVERY_ROW
         key = counter_key(self._threshold_seed())
         for a in range(0, self.n, _PLAN_CHUNK):
             yield compiled.window_events(source, rows, float(self.scale), self.lag, key, a,
@@ -298,10 +303,9 @@ class _GroupStream:
             return True, float(self.n)
         compiled = kernels.get()
         if compiled is not None:
-            rows = self.rows if self.rows is not None else _EVERY_ROW
             if total is None:
-                total = compiled.gathered_sum(weights, rows)
-            return bool(compiled.all_equal_positive(weights, rows)), float(total)
+                total = compiled.gathered_sum(weights, self._kernel_rows)
+            return bool(compiled.all_equal_positive(weights, self._kernel_rows)), float(total)
         local = self._local(weights)
         return bool((local == local[0]).all() and local[0] > 0), float(local.sum(dtype=np.float64))
 
@@ -309,8 +313,8 @@ class _GroupStream:
         """Whether the new weights are the old ones scaled (the group's share moved, not its rows)."""
         compiled = kernels.get()
         if compiled is not None:
-            rows = self.rows if self.rows is not None else _EVERY_ROW
-            return bool(compiled.proportional(weights, self.n / total, self.source, float(self.scale), rows, 1e-6))
+            return bool(compiled.proportional(weights, self.n / total, self.source, float(self.scale),
+                                              self._kernel_rows, 1e-6))
         old = self._local(self.source).astype(np.float64) * self.scale
         return bool(np.allclose(self._local(weights).astype(np.float64) * (self.n / total), old, rtol=1e-6, atol=0))
 
@@ -692,7 +696,7 @@ class AdaptiveSampler(torch.utils.data.Sampler[int]):
         w = _row_weights_float32(weights, self.num_rows)  # kept as float32: checked as such
         sums = totals = None
         compiled = kernels.get()
-        if self._partition is not None and compiled is not None:  # both sums in one compiled read of the rows
+        if self._partition is not None and compiled is not None:  # each group's two sums, without gathered copies
             order, offsets = self._partition
             groups = [order[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
             sums = np.array([compiled.pairwise_sum(w, rows) for rows in groups])
