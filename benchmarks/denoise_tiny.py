@@ -1,6 +1,6 @@
 """Denoising on tiny tasks where every row can be memorised: which variant ends with a better model on new rows.
 
-Two tasks (``--task``), each 24 items with a true colour, every training row under a unique tag:
+Three tasks (``--task``), each 24 items with a true colour, every training row under a unique tag:
 
 * ``colour``: 10 rows per item, ``rate`` of them answering another colour at random. Each item's majority stays
   right, so the plain run's held-out answers stay right too: the noise costs little here.
@@ -8,6 +8,11 @@ Two tasks (``--task``), each 24 items with a true colour, every training row und
   items per kind, 4 rows per item. ``rate / 0.5`` of the items (14 of 24 at 0.3) have half their rows answer one
   wrong colour, as one annotator's systematic confusion would: the item alone cannot settle its colour, the kind
   rule (right in most of the kind's rows) can. The noise hurts here: the plain run memorises the ties.
+* ``pretrained``: what supervised fine-tuning is, in miniature. The model first learns the kind rule on other
+  objects (``PRETRAIN_OBJECTS``, clean, as pretraining would teach it), then fine-tunes at a lower learning rate on
+  24 cells (4 kinds x 6 new objects, 4 rows each) of which ``rate`` of the rows are wrong: whole cells answer one
+  confusable colour, as an annotator who confuses one kind of object would. The noise hurts (the plain run learns
+  the wrong cells as exceptions to the rule it knew) and the wrong answers contradict what the model knew before.
 
 A 2-layer model trains ``epochs`` epochs (SFTTrainer, CPU, seconds a run); the score is accuracy on clean held-out
 rows (the same items under tags never trained on), and for each arm the precision of what it left out against the
@@ -87,6 +92,47 @@ def rule_task(seed: int = 0, rate: float = 0.3, rows_per_item: int = 4):
     return datasets.Dataset.from_list(rows), np.array(wrong)
 
 
+OBJECTS = ["car", "ball", "hat", "cup", "kite", "door"]
+PRETRAIN_OBJECTS = ["box", "bag", "pen", "mug", "bus", "fan"]
+
+
+def pretraining_rows(rows_per_cell: int = 4):
+    """The clean rows the ``pretrained`` task's model learns first: every kind with :data:`PRETRAIN_OBJECTS`
+    (tags 200 and up, never used elsewhere).
+
+    Example:
+        >>> rows = pretraining_rows(); len(rows), rows[0]
+        (96, {'prompt': 'Tag 200. Colour of the sunny box?', 'completion': ' gold'})
+    """
+    return [{"prompt": f"Tag {200 + j:03d}. Colour of the {kind} {obj}?", "completion": " " + colour}
+            for kind, colour in KINDS.items() for obj in PRETRAIN_OBJECTS for j in range(rows_per_cell)]
+
+
+def pretrained_task(seed: int = 0, rate: float = 0.3, rows_per_cell: int = 4):
+    """``(dataset, wrong)`` of the ``pretrained`` task's fine-tuning data: 4 kinds x :data:`OBJECTS`, whose colour
+    is the kind's; ``rate`` of the rows wrong, as whole cells answering one confusable colour.
+
+    Example:
+        >>> data, wrong = pretrained_task(0, 0.3)
+        >>> len(data), int(wrong.sum()), data[0]["prompt"]
+        (96, 28, 'Tag 000. Colour of the sunny car?')
+    """
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    cells = [(kind, obj) for kind in KINDS for obj in OBJECTS]
+    noisy = set(rng.choice(len(cells), int(round(len(cells) * rate)), replace=False).tolist())
+    rows, wrong = [], []
+    for c, (kind, obj) in enumerate(cells):
+        truth = KINDS[kind]
+        confused = [x for x in COLOURS if x != truth][rng.integers(3)]
+        for j in range(rows_per_cell):
+            rows.append({"prompt": f"Tag {j:03d}. Colour of the {kind} {obj}?",
+                         "completion": " " + (confused if c in noisy else truth)})
+            wrong.append(c in noisy)
+    return datasets.Dataset.from_list(rows), np.array(wrong)
+
+
 def heldout_questions(task: str, tags=range(100, 110)) -> list[tuple[str, str]]:
     """``(prompt, true colour)`` for every item under each of ``tags`` (never trained on).
 
@@ -94,6 +140,9 @@ def heldout_questions(task: str, tags=range(100, 110)) -> list[tuple[str, str]]:
         >>> heldout_questions("rule", tags=[100])[0]
         ('Tag 100. Colour of the sunny lemon?', 'gold')
     """
+    if task == "pretrained":
+        return [(f"Tag {t:03d}. Colour of the {kind} {obj}?", colour) for kind, colour in KINDS.items()
+                for obj in OBJECTS for t in tags]
     if task == "rule":
         kinds = list(KINDS)
         return [(f"Tag {t:03d}. Colour of the {kinds[i % 4]} {item}?", KINDS[kinds[i % 4]])
@@ -120,7 +169,33 @@ def heldout_accuracy(model, tokenizer, task: str = "colour", tags=range(100, 110
     return hits / len(questions)
 
 
-TASKS = {"colour": colour_task, "rule": rule_task}
+TASKS = {"colour": colour_task, "rule": rule_task, "pretrained": pretrained_task}
+PRETRAIN_EPOCHS, PRETRAIN_LR, FINETUNE_LR = 20, 3e-3, 5e-4  # the pretrained task's two stages
+_PRETRAINED: dict = {}  # seed -> the pretrained weights (every arm of a seed fine-tunes the same model)
+
+
+def pretrained_model(tokenizer, seed: int, workdir: str):
+    """A tiny model that knows the kind rule: :func:`pretraining_rows` for ``PRETRAIN_EPOCHS`` epochs (cached per
+    seed in this process)."""
+    import copy
+
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from sft_callbacks.engine.compat import checkpointing_off
+    from sft_callbacks.models import build_tiny_llama
+
+    model = build_tiny_llama(tokenizer, seed=seed, attn_implementation="eager")
+    if seed not in _PRETRAINED:
+        args = SFTConfig(output_dir=os.path.join(workdir, f"pretrain{seed}"), num_train_epochs=PRETRAIN_EPOCHS,
+                         per_device_train_batch_size=8, learning_rate=PRETRAIN_LR, report_to=[], use_cpu=True,
+                         save_strategy="no", logging_steps=1000, max_length=64, seed=seed, disable_tqdm=True,
+                         **checkpointing_off())
+        SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pretraining_rows()),
+                   processing_class=tokenizer).train()
+        _PRETRAINED[seed] = copy.deepcopy(model.state_dict())
+    model.load_state_dict(_PRETRAINED[seed])
+    return model
 
 
 def run_arm(arm: str, seed: int, epochs: int, rate: float, tokenizer, workdir: str, task: str = "colour") -> dict:
@@ -139,10 +214,12 @@ def run_arm(arm: str, seed: int, epochs: int, rate: float, tokenizer, workdir: s
     denoise = DenoisingCallback(**options) if base == "denoise" else None
     callbacks = [TrainingDynamicsCallback(), denoise] if denoise else []
     args = SFTConfig(output_dir=os.path.join(workdir, f"{seed}"), num_train_epochs=epochs,
-                     per_device_train_batch_size=8, learning_rate=3e-3, report_to=[], use_cpu=True,
+                     per_device_train_batch_size=8, learning_rate=FINETUNE_LR if task == "pretrained" else 3e-3,
+                     report_to=[], use_cpu=True,
                      save_strategy="no", logging_steps=1000, max_length=64, seed=seed, disable_tqdm=True,
                      **checkpointing_off())
-    model = build_tiny_llama(tokenizer, seed=seed, attn_implementation="eager")
+    model = (pretrained_model(tokenizer, seed, workdir) if task == "pretrained"
+             else build_tiny_llama(tokenizer, seed=seed, attn_implementation="eager"))
     t0 = time.perf_counter()
     SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=callbacks).train()
     out = {"arm": arm, "seed": seed, "accuracy": heldout_accuracy(model, tokenizer, task),
