@@ -435,7 +435,7 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
         **scores,
     }
     if arm == "cleanlab":
-        out["dropped_rows"] = dropped
+        out["dropped_rows"], out["cv_folds"] = dropped, cfg.cv_folds
     withheld = [p for p in policies if hasattr(p, "withheld")
                 and (p.withheld is not None or getattr(p, "thresholds", None) is not None)]
     if withheld:  # what the denoising run withheld (small_loss: left out at the end), against the planted answers
@@ -610,10 +610,25 @@ def noise_section(cfg: EvidenceConfig, data: dict, uniform_runs: list[dict], log
 
 def out_of_sample_probs(cfg: EvidenceConfig, data: dict, seed: int, log=print) -> dict:
     """Each training row's probability of every candidate answer of its domain from a model that never trained
-    on it: ``cv_folds`` models, each trained (uniform, same budget) on the other folds."""
+    on it: ``cv_folds`` models, each trained (uniform, same budget) on the other folds.
+
+    Kept in the workdir (``oos-<folds>fold-<seed>.json``, with the configuration it was computed under): the noise
+    section and the cleanlab arm of the same seed, and a resumed benchmark, read them instead of training again."""
+    import json
+
     from benchmarks.scores import candidate_probs, fold_ids
     from trl import SFTTrainer
 
+    path = os.path.join(cfg.workdir, f"oos-{cfg.cv_folds}fold-{seed}.json")
+    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in _RUN_INDEPENDENT}
+    try:
+        with open(path) as fh:
+            saved = json.load(fh)
+        if saved["config"] == json.loads(json.dumps(fingerprint)):
+            log(f"[cleanlab seed={seed}] out-of-sample probabilities taken from {path}")
+            return {d: {k: np.asarray(v) for k, v in m.items()} for d, m in saved["probs"].items()}
+    except (OSError, ValueError, KeyError):
+        pass
     train = data["train"]
     folds = fold_ids(train["domain"], cfg.cv_folds, seed)
     merged: dict = {}
@@ -632,7 +647,12 @@ def out_of_sample_probs(cfg: EvidenceConfig, data: dict, seed: int, log=print) -
             m["labels"].append(p["labels"])
             m["pred_probs"].append(p["pred_probs"])
         log(f"[cleanlab fold {k + 1}/{cfg.cv_folds}] trained on {len(fit)} rows, scored {len(held)}")
-    return {d: {key: np.concatenate(v) for key, v in m.items()} for d, m in merged.items()}
+    probs = {d: {key: np.concatenate(v) for key, v in m.items()} for d, m in merged.items()}
+    os.makedirs(cfg.workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as fh:
+        json.dump({"config": fingerprint, "probs": {d: {k: v.tolist() for k, v in m.items()} for d, m in probs.items()}}, fh)
+    os.replace(path + ".tmp", path)
+    return probs
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -643,6 +663,11 @@ def out_of_sample_probs(cfg: EvidenceConfig, data: dict, seed: int, log=print) -
 def config_value(config: dict, key: str):
     """A recorded configuration's value, or the field's default where the report predates the field."""
     return config[key] if key in config else _CONFIG_DEFAULTS.get(key)
+
+
+# What does not change a run's result: which arms and seeds an invocation runs, where, on how many threads, and
+# cleanlab's folds (they change only the cleanlab arm, whose run records them, and the noise section).
+_RUN_INDEPENDENT = ("seeds", "arms", "threads", "workdir", "cv_folds")
 
 
 def _partial_path(cfg: EvidenceConfig) -> str:
@@ -683,11 +708,13 @@ def _load_partial(cfg: EvidenceConfig, path: str | None = None) -> dict:
     except (OSError, ValueError):
         return {}
     mine = asdict(cfg)
-    keys = [k for k in mine if k not in ("seeds", "arms", "threads", "workdir")]  # what changes a run's result
+    keys = [k for k in mine if k not in _RUN_INDEPENDENT]  # what changes a run's result
     if any(config_value(payload["config"], k) != mine[k] for k in keys):
         return {}
     out = {}
     for r in payload["runs"]:
+        if r["arm"] == "cleanlab" and r.get("cv_folds", config_value(payload["config"], "cv_folds")) != cfg.cv_folds:
+            continue  # the folds change the cleanlab arm's run, and only its run
         if "_rows" in r:
             r["_rows"] = {n: np.asarray(v) for n, v in r["_rows"].items()}
         out[(r["arm"], r["seed"])] = r

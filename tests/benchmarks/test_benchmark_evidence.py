@@ -397,6 +397,30 @@ def test_recorded_runs_of_the_same_configuration_are_reused_from_another_workdir
     assert "no runs of this configuration" in capsys.readouterr().out
 
 
+def test_cleanlabs_folds_do_not_keep_the_plain_runs_from_being_reused_and_its_probabilities_are_kept(tmp_path, capsys):
+    pytest.importorskip("cleanlab")
+    base = ["evidence", "--model", "tiny", "--steps", "4", "--batch-size", "8", "--eval-steps", "2", "--seeds", "0",
+            "--data-fraction", "0.1", "--plots", "", "--markdown", ""]
+    assert benchmark.main(base + ["--arms", "uniform", "--cv-folds", "0", "--workdir", str(tmp_path / "a"),
+                                  "--out", str(tmp_path / "a.json")]) == 0
+    capsys.readouterr()
+    run_b = base + ["--arms", "uniform", "cleanlab", "--cv-folds", "2", "--workdir", str(tmp_path / "b"),
+                    "--reuse-runs", str(tmp_path / "a" / "partial_runs.json"), "--out", str(tmp_path / "b.json")]
+    assert benchmark.main(run_b) == 0
+    out = capsys.readouterr().out
+    assert "[uniform seed=0] taken from a recorded run" in out
+    # The cleanlab arm trained the folds once; the noise section of the same seed read them back.
+    assert out.count("[cleanlab fold 1/2]") == 1 and "out-of-sample probabilities taken from" in out
+    assert (tmp_path / "b" / "oos-2fold-0.json").exists()
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["noise"]["cleanlab"]["folds"] == 2
+    assert next(r for r in report["runs"] if r["arm"] == "cleanlab")["cv_folds"] == 2
+    # A cleanlab run recorded with other folds is not taken for this one.
+    assert benchmark.main([*run_b[:-6], "--cv-folds", "3", "--workdir", str(tmp_path / "b"),
+                           "--out", str(tmp_path / "c.json")]) == 0
+    assert "[cleanlab seed=0] taken" not in capsys.readouterr().out
+
+
 def test_a_workdir_keeps_every_invocations_runs(tmp_path):
     base = ["evidence", "--model", "tiny", "--steps", "4", "--batch-size", "8", "--eval-steps", "2", "--seeds", "0",
             "--cv-folds", "0", "--data-fraction", "0.1", "--plots", "", "--workdir", str(tmp_path / "w"),
