@@ -174,23 +174,29 @@ PRETRAIN_EPOCHS, PRETRAIN_LR, FINETUNE_LR = 20, 3e-3, 5e-4  # the pretrained tas
 _PRETRAINED: dict = {}  # seed -> the pretrained weights (every arm of a seed fine-tunes the same model)
 
 
+def _sft_args(output_dir: str, epochs: int, lr: float, seed: int):
+    from trl import SFTConfig
+
+    from sft_callbacks.engine.compat import checkpointing_off
+
+    return SFTConfig(output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=8,
+                     learning_rate=lr, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1000,
+                     max_length=64, seed=seed, disable_tqdm=True, **checkpointing_off())
+
+
 def pretrained_model(tokenizer, seed: int, workdir: str):
     """A tiny model that knows the kind rule: :func:`pretraining_rows` for ``PRETRAIN_EPOCHS`` epochs (cached per
     seed in this process)."""
     import copy
 
     import datasets
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
-    from sft_callbacks.engine.compat import checkpointing_off
     from sft_callbacks.models import build_tiny_llama
 
     model = build_tiny_llama(tokenizer, seed=seed, attn_implementation="eager")
     if seed not in _PRETRAINED:
-        args = SFTConfig(output_dir=os.path.join(workdir, f"pretrain{seed}"), num_train_epochs=PRETRAIN_EPOCHS,
-                         per_device_train_batch_size=8, learning_rate=PRETRAIN_LR, report_to=[], use_cpu=True,
-                         save_strategy="no", logging_steps=1000, max_length=64, seed=seed, disable_tqdm=True,
-                         **checkpointing_off())
+        args = _sft_args(os.path.join(workdir, f"pretrain{seed}"), PRETRAIN_EPOCHS, PRETRAIN_LR, seed)
         SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pretraining_rows()),
                    processing_class=tokenizer).train()
         _PRETRAINED[seed] = copy.deepcopy(model.state_dict())
@@ -200,11 +206,10 @@ def pretrained_model(tokenizer, seed: int, workdir: str):
 
 def run_arm(arm: str, seed: int, epochs: int, rate: float, tokenizer, workdir: str, task: str = "colour") -> dict:
     """One training run of ``arm`` on the task of ``seed``: held-out accuracy and what it left out."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from benchmarks.evidence import arm_options
     from sft_callbacks import DenoisingCallback, TrainingDynamicsCallback
-    from sft_callbacks.engine.compat import checkpointing_off
     from sft_callbacks.models import build_tiny_llama
 
     train, wrong = TASKS[task](seed, rate)
@@ -213,11 +218,7 @@ def run_arm(arm: str, seed: int, epochs: int, rate: float, tokenizer, workdir: s
         raise ValueError(f"unknown arm {arm!r}: 'plain' or 'denoise[,key=value...]'")
     denoise = DenoisingCallback(**options) if base == "denoise" else None
     callbacks = [TrainingDynamicsCallback(), denoise] if denoise else []
-    args = SFTConfig(output_dir=os.path.join(workdir, f"{seed}"), num_train_epochs=epochs,
-                     per_device_train_batch_size=8, learning_rate=FINETUNE_LR if task == "pretrained" else 3e-3,
-                     report_to=[], use_cpu=True,
-                     save_strategy="no", logging_steps=1000, max_length=64, seed=seed, disable_tqdm=True,
-                     **checkpointing_off())
+    args = _sft_args(os.path.join(workdir, f"{seed}"), epochs, FINETUNE_LR if task == "pretrained" else 3e-3, seed)
     model = (pretrained_model(tokenizer, seed, workdir) if task == "pretrained"
              else build_tiny_llama(tokenizer, seed=seed, attn_implementation="eager"))
     t0 = time.perf_counter()
