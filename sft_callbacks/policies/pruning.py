@@ -114,8 +114,8 @@ class InfoBatchCallback(SamplingPolicyCallback):
     mean loss (``threshold="group_mean"``: below their group's mean, so a scarce group is not starved), a random
     ``prune_ratio`` is skipped for the epoch (sampling weight 0) and the loss of the rest of them is scaled by
     ``1 / (1 - prune_ratio)``, so the expected gradient over the epoch is still the full data's. Rows not yet seen
-    are kept. From the first epoch start after ``delta`` of the steps nothing is skipped and every weight is 1
-    (annealing).
+    are kept. From the first sync point after ``delta`` of the steps (an epoch start, or a periodic sync inside an
+    epoch) nothing is skipped and every weight is 1 (annealing).
     ``method="importance"`` instead draws rows with probability proportional to their loss and weights each loss
     by ``1 / (N p)`` (Katharopoulos & Fleuret, 2018).
 
@@ -153,14 +153,29 @@ class InfoBatchCallback(SamplingPolicyCallback):
         self.loss_weight: np.ndarray | None = None
         self.sampling: np.ndarray | None = None  # importance: per sample id
         self.annealing = False
+        self.annealed_step: int | None = None  # the sync point at which a pruning epoch switched to annealing
         self.epoch_decided: int | None = None
         self._groups: np.ndarray | None = None
 
     def required_columns(self) -> list[str]:
         return [self.config.group_column] if self.config.group_column else []
 
+    def _anneal_now(self, ctx: PolicyContext, reason: str) -> bool:
+        """Whether this sync point is the first at or after ``delta`` of the steps, inside an epoch that prunes:
+        the rest of the run then trains on every row at weight 1 (a run of a few epochs would otherwise prune to
+        its end, since no epoch starts in its last eighth)."""
+        if reason != "step" or self.annealing or self.keep is None or ctx.max_steps <= 0:
+            return False
+        return ctx.step >= self.config.delta * ctx.max_steps
+
     def _decide(self, ctx: PolicyContext, reason: str) -> bool:
-        """Decide this epoch's rows once per epoch (at training start and at each epoch end, for the next)."""
+        """Decide this epoch's rows once per epoch (at training start and at each epoch end, for the next), and
+        switch to annealing at the first sync point after ``delta`` of the steps."""
+        if self._anneal_now(ctx, reason):
+            n = len(ctx.index.keys)
+            self.annealing, self.annealed_step = True, int(ctx.step)
+            self.keep, self.loss_weight, self.sampling = np.ones(n, dtype=bool), np.ones(n), None
+            return True
         epoch = ctx.epoch + (1 if reason == "epoch" else 0)
         if reason not in ("train_begin", "epoch", "resume") or self.epoch_decided == epoch:
             return False
@@ -188,10 +203,14 @@ class InfoBatchCallback(SamplingPolicyCallback):
         self.sampling = None
         return True
 
+    def _hands_out(self, ctx: PolicyContext, reason: str) -> bool:
+        """Whether this call gives the decision in force: at its own sync points, or at the one that annealed."""
+        return reason in ("train_begin", "epoch", "resume") or (reason == "step" and self.annealed_step == ctx.step)
+
     def compute_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
         if not self._decide(ctx, reason) and self.keep is None:
             return None
-        if reason not in ("train_begin", "epoch", "resume"):
+        if not self._hands_out(ctx, reason):
             return None
         per_sample = self.sampling if self.sampling is not None else self.keep.astype(np.float64)
         rows = ctx.rows_from_samples(per_sample)
@@ -199,7 +218,7 @@ class InfoBatchCallback(SamplingPolicyCallback):
 
     def policy_loss_weights(self, ctx: PolicyContext, reason: str) -> np.ndarray | None:
         self._decide(ctx, reason)
-        if reason not in ("train_begin", "epoch", "resume") or self.loss_weight is None:
+        if not self._hands_out(ctx, reason) or self.loss_weight is None:
             return None
         return self.loss_weight
 
@@ -214,7 +233,7 @@ class InfoBatchCallback(SamplingPolicyCallback):
         return out
 
     def policy_state(self) -> dict:
-        return {"epoch_decided": self.epoch_decided, "annealing": self.annealing}
+        return {"epoch_decided": self.epoch_decided, "annealing": self.annealing, "annealed_step": self.annealed_step}
 
     def load_policy_state(self, state: dict) -> None:
         # The epoch's decision is in the checkpoint's schedule and loss weights; deciding it again from the losses
@@ -222,6 +241,7 @@ class InfoBatchCallback(SamplingPolicyCallback):
         if state:
             self.annealing = bool(state.get("annealing", False))
             self.epoch_decided = state.get("epoch_decided")
+            self.annealed_step = state.get("annealed_step")
 
 
 def pruned_max_steps(full_steps: int, compute_fraction: float) -> int:

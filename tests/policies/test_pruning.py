@@ -62,13 +62,14 @@ class _Recording(InfoBatchCallback):
         decided = super()._decide(ctx, reason)
         if decided:
             self.decisions = getattr(self, "decisions", {})
-            self.decisions[self.epoch_decided] = (self.keep.copy(), self.loss_weight.copy(), self.annealing)
+            key = ("step", ctx.step) if reason == "step" else self.epoch_decided
+            self.decisions[key] = (self.keep.copy(), self.loss_weight.copy(), self.annealing)
         return decided
 
 
-def _run(tmp_path, tokenizer, make_model, data, resume=None, **kw):
+def _run(tmp_path, tokenizer, make_model, data, resume=None, delta=0.875, **kw):
     model = make_model()
-    prune = _Recording(prune_ratio=0.5)
+    prune = _Recording(prune_ratio=0.5, delta=delta)
     dyn = TrainingDynamicsCallback()
     trainer = SFTTrainer(model=model, args=_args(tmp_path, **kw), train_dataset=data, processing_class=tokenizer,
                          callbacks=[dyn, prune])
@@ -91,7 +92,8 @@ def test_skipped_rows_are_not_drawn_in_their_epoch_and_the_kept_learnt_ones_weig
     # Epoch 1 keeps everything (no losses yet); epochs 2 and 3 skip half of the rows below the mean loss, and
     # those are not drawn in their epoch once the decision takes effect (lag: GA + 2 micro-batches). After the
     # last epoch the callback anneals (nothing skipped, every weight 1).
-    assert sorted(prune.decisions) == [0, 1, 2, 3] and prune.decisions[0][0].all() and prune.decisions[3][2]
+    assert sorted(k for k in prune.decisions if isinstance(k, int)) == [0, 1, 2, 3]
+    assert prune.decisions[0][0].all() and prune.decisions[3][2]
     for epoch in (1, 2):
         keep, weight, annealing = prune.decisions[epoch]
         assert not annealing and 0 < (~keep).mean() < 0.5
@@ -103,6 +105,30 @@ def test_skipped_rows_are_not_drawn_in_their_epoch_and_the_kept_learnt_ones_weig
         assert 1.8 < weight.max() <= 2.0 and (weight[~keep] == 1.0).all()
     logged = [h for h in trainer.state.log_history if "sft/prune/skipped_fraction" in h]
     assert logged and logged[-1]["sft/prune/rows_processed"] > 0
+
+
+def test_annealing_starts_at_the_first_sync_after_delta_of_the_steps_even_inside_an_epoch(tmp_path, tokenizer,
+                                                                                          make_model):
+    # 44 rows (TRL drops 4 of the 48) in batches of 4: 11 steps an epoch, 33 in all; delta 0.7 -> step 23.1,
+    # inside the third epoch (steps 22-32). The first sync point after it is the log at step 24: from then on
+    # every row is drawn again and every weight is 1.
+    data = sft_rows(48)
+    trainer, prune, batches = _run(tmp_path, tokenizer, make_model, data, delta=0.7, per_device_train_batch_size=4)
+    assert len(batches) == 33
+    keep, _, annealing = prune.decisions[2]  # the third epoch's decision, at its start (step 22 < 23.1)
+    assert not annealing and (~keep).sum() > 0
+    keep_after, weight_after, annealed = prune.decisions[("step", 24)]
+    assert annealed and keep_after.all() and (weight_after == 1.0).all() and prune.annealed_step == 24
+    index = prune.session.tracker.index
+    uid_of_row = np.empty(index.num_rows, dtype=np.int64)
+    uid_of_row[np.asarray(index.seq_row)] = np.asarray(index.seq_uid)
+    skipped = set(np.flatnonzero(~keep).tolist())
+    before = {int(uid_of_row[r]) for b in batches[22 + 3 : 24 + 3] for r in b}  # lag: GA + 2 micro-batches
+    after = {int(uid_of_row[r]) for b in batches[24 + 3 :] for r in b}
+    assert before and not before & skipped  # still skipped until the switch takes effect
+    assert len(after & skipped) >= len(skipped) / 2  # the rows skipped so far make up their quota in the rest
+    logged = [h["sft/prune/annealing"] for h in trainer.state.log_history if "sft/prune/annealing" in h]
+    assert logged[-1] == 1.0 and 0.0 in logged
 
 
 def test_resume_mid_epoch_draws_the_uninterrupted_stream(tmp_path, tokenizer, make_model):
