@@ -198,13 +198,16 @@ def arm_b_callbacks(kind: str, LossWeighted) -> list:
     """Arm B's sft-callbacks: ``"sampler"`` (dynamics + a loss-weighted sampling policy), ``"all"`` (dynamics,
     validation-guided resampling, hard-example mining, curriculum, group balance and the data map at once), or
     ``"domain-adversarial"`` / ``"domain-mmd"`` (dynamics + the domain-adaptation regulariser, the demo's first
-    domain as the target, no warmup so it works from the first step)."""
+    domain as the target, no warmup so it works from the first step), or ``"infobatch"`` (dynamics + InfoBatch
+    pruning, which skips rows and weights losses from the second epoch on: give ``--rows`` so the run spans
+    several epochs)."""
     from sft_callbacks import (
         CurriculumCallback,
         DataMapCallback,
         DomainAdaptationCallback,
         GroupBalanceCallback,
         HardExampleMiningCallback,
+        InfoBatchCallback,
         TrainingDynamicsCallback,
         ValidationGuidedResamplingCallback,
     )
@@ -215,12 +218,27 @@ def arm_b_callbacks(kind: str, LossWeighted) -> list:
         return [TrainingDynamicsCallback(), ValidationGuidedResamplingCallback(group_column="domain"),
                 HardExampleMiningCallback(group_column="domain"), CurriculumCallback(difficulty="length", pacing="root"),
                 GroupBalanceCallback(group_column="domain"), DataMapCallback(group_column="domain")]
+    if kind == "infobatch":
+
+        class InfoBatchRecorded(InfoBatchCallback):
+            """InfoBatch, keeping the largest share of rows it skipped in an epoch (the timed runs log nothing)."""
+
+            max_skipped = 0.0
+
+            def _decide(self, ctx, reason):
+                decided = super()._decide(ctx, reason)
+                if decided and self.keep is not None and self.keep.size:
+                    self.max_skipped = max(self.max_skipped, float(1.0 - self.keep.mean()))
+                return decided
+
+        return [TrainingDynamicsCallback(), InfoBatchRecorded()]
     if kind.startswith("domain-"):
         from sft_callbacks.demo_data import DEMO_DOMAINS
 
         return [TrainingDynamicsCallback(), DomainAdaptationCallback(group_column="domain", target_group=DEMO_DOMAINS[0],
                                                                      method=kind.split("-", 1)[1], warmup=0.0)]
-    raise ValueError(f"--callbacks must be 'sampler', 'all', 'domain-adversarial' or 'domain-mmd' (got {kind!r})")
+    raise ValueError(f"--callbacks must be 'sampler', 'all', 'infobatch', 'domain-adversarial' or 'domain-mmd' "
+                     f"(got {kind!r})")
 
 
 def sft_callbacks_profile(profile, steps: int, top: int = 15) -> dict:
@@ -343,6 +361,9 @@ def run_once(arm: str, make_model, tokenizer, dataset, cfg: dict, warmup: int, e
         if domain is not None:  # the regulariser really ran: its metrics as the Trainer logged them at the end
             rec["domain_metrics"] = {k: v for entry in trainer.state.log_history for k, v in entry.items()
                                      if k.startswith("sft/domain/")}
+        prune = next((c for c in ours if hasattr(c, "max_skipped")), None)
+        if prune is not None:  # it really pruned: the largest share it skipped in an epoch of the timed steps
+            rec["prune_max_skipped_fraction"] = prune.max_skipped
     trainer.callback_handler.callbacks.clear()
     del trainer, model, out
     gc.collect()
@@ -513,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights")
     ap.add_argument("--no-gradient-checkpointing", action="store_true",
                     help="the fast configuration (TRL turns checkpointing on by default)")
-    ap.add_argument("--callbacks", choices=["sampler", "all", "domain-adversarial", "domain-mmd"], default="sampler",
+    ap.add_argument("--callbacks", choices=["sampler", "all", "infobatch", "domain-adversarial", "domain-mmd"],
+                    default="sampler",
                     help="arm B: dynamics + a loss-weighted sampler, every strategy and the data map at once, or "
                          "dynamics + DomainAdaptationCallback")
     ap.add_argument("--eval-steps", type=int, default=0,
