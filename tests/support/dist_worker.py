@@ -224,13 +224,13 @@ def run_pruning(outdir, rank, tokenizer, data) -> dict:
     """InfoBatchCallback on two processes: its per-epoch decisions, the weights in force and every micro-batch."""
     from sft_callbacks import InfoBatchCallback
 
-    decisions: dict[int, list[bool]] = {}
+    decisions: dict[int | str, list[bool]] = {}
 
     class Recording(InfoBatchCallback):
         def _decide(self, ctx, reason):
             decided = super()._decide(ctx, reason)
-            if decided:
-                decisions[int(self.epoch_decided)] = self.keep.tolist()
+            if decided:  # an epoch's rows, or the switch to annealing at a sync point inside an epoch
+                decisions[f"step{ctx.step}" if reason == "step" else int(self.epoch_decided)] = self.keep.tolist()
             return decided
 
     model = build_tiny_llama(tokenizer, seed=0, attn_implementation="eager")
