@@ -38,6 +38,16 @@ ITEMS = ["lemon", "banana", "corn", "sun", "grass", "leaf", "frog", "lime", "sky
          "rose", "blood", "cherry", "brick", "coin", "crown", "honey", "straw", "ocean", "ice", "mint", "pine"]
 
 
+def question(tag: int, thing: str) -> str:
+    """The prompt of every task, training and held-out alike: ``thing`` under its tag.
+
+    Example:
+        >>> question(7, "sunny lemon")
+        'Tag 007. Colour of the sunny lemon?'
+    """
+    return f"Tag {tag:03d}. Colour of the {thing}?"
+
+
 def colour_task(seed: int = 0, rate: float = 0.3):
     """``(dataset, wrong)``: 240 prompt-completion rows (``rate`` of each item's answers another colour) and the
     mask of the wrong ones.
@@ -57,7 +67,7 @@ def colour_task(seed: int = 0, rate: float = 0.3):
         for j in range(10):
             other = [c for c in COLOURS if c != truth]
             answer = other[rng.integers(3)] if j in bad else truth
-            rows.append({"prompt": f"Tag {j:03d}. Colour of the {item}?", "completion": " " + answer})
+            rows.append({"prompt": question(j, item), "completion": " " + answer})
             wrong.append(j in bad)
     return datasets.Dataset.from_list(rows), np.array(wrong)
 
@@ -87,7 +97,7 @@ def rule_task(seed: int = 0, rate: float = 0.3, rows_per_item: int = 4):
         bad = set(rng.choice(rows_per_item, rows_per_item // 2, replace=False).tolist()) if i in noisy else set()
         for j in range(rows_per_item):
             answer = confused if j in bad else truth
-            rows.append({"prompt": f"Tag {j:03d}. Colour of the {kind} {item}?", "completion": " " + answer})
+            rows.append({"prompt": question(j, f"{kind} {item}"), "completion": " " + answer})
             wrong.append(j in bad)
     return datasets.Dataset.from_list(rows), np.array(wrong)
 
@@ -104,7 +114,7 @@ def pretraining_rows(rows_per_cell: int = 4):
         >>> rows = pretraining_rows(); len(rows), rows[0]
         (96, {'prompt': 'Tag 200. Colour of the sunny box?', 'completion': ' gold'})
     """
-    return [{"prompt": f"Tag {200 + j:03d}. Colour of the {kind} {obj}?", "completion": " " + colour}
+    return [{"prompt": question(200 + j, f"{kind} {obj}"), "completion": " " + colour}
             for kind, colour in KINDS.items() for obj in PRETRAIN_OBJECTS for j in range(rows_per_cell)]
 
 
@@ -127,7 +137,7 @@ def pretrained_task(seed: int = 0, rate: float = 0.3, rows_per_cell: int = 4):
         truth = KINDS[kind]
         confused = [x for x in COLOURS if x != truth][rng.integers(3)]
         for j in range(rows_per_cell):
-            rows.append({"prompt": f"Tag {j:03d}. Colour of the {kind} {obj}?",
+            rows.append({"prompt": question(j, f"{kind} {obj}"),
                          "completion": " " + (confused if c in noisy else truth)})
             wrong.append(c in noisy)
     return datasets.Dataset.from_list(rows), np.array(wrong)
@@ -141,13 +151,13 @@ def heldout_questions(task: str, tags=range(100, 110)) -> list[tuple[str, str]]:
         ('Tag 100. Colour of the sunny lemon?', 'gold')
     """
     if task == "pretrained":
-        return [(f"Tag {t:03d}. Colour of the {kind} {obj}?", colour) for kind, colour in KINDS.items()
+        return [(question(t, f"{kind} {obj}"), colour) for kind, colour in KINDS.items()
                 for obj in OBJECTS for t in tags]
     if task == "rule":
         kinds = list(KINDS)
-        return [(f"Tag {t:03d}. Colour of the {kinds[i % 4]} {item}?", KINDS[kinds[i % 4]])
+        return [(question(t, f"{kinds[i % 4]} {item}"), KINDS[kinds[i % 4]])
                 for i, item in enumerate(ITEMS) for t in tags]
-    return [(f"Tag {t:03d}. Colour of the {item}?", COLOURS[i % 4]) for i, item in enumerate(ITEMS) for t in tags]
+    return [(question(t, item), COLOURS[i % 4]) for i, item in enumerate(ITEMS) for t in tags]
 
 
 def heldout_accuracy(model, tokenizer, task: str = "colour", tags=range(100, 110)) -> float:

@@ -620,7 +620,7 @@ def out_of_sample_probs(cfg: EvidenceConfig, data: dict, seed: int, log=print) -
     from trl import SFTTrainer
 
     path = os.path.join(cfg.workdir, f"oos-{cfg.cv_folds}fold-{seed}.json")
-    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in _RUN_INDEPENDENT}
+    fingerprint = _result_config(cfg)
     try:
         with open(path) as fh:
             saved = json.load(fh)
@@ -670,6 +670,11 @@ def config_value(config: dict, key: str):
 _RUN_INDEPENDENT = ("seeds", "arms", "threads", "workdir", "cv_folds")
 
 
+def _result_config(cfg: EvidenceConfig) -> dict:
+    """The fields of ``cfg`` that change a run's result."""
+    return {k: v for k, v in asdict(cfg).items() if k not in _RUN_INDEPENDENT}
+
+
 def _partial_path(cfg: EvidenceConfig) -> str:
     return os.path.join(cfg.workdir, "partial_runs.json")
 
@@ -707,9 +712,7 @@ def _load_partial(cfg: EvidenceConfig, path: str | None = None) -> dict:
             payload = json.load(fh)
     except (OSError, ValueError):
         return {}
-    mine = asdict(cfg)
-    keys = [k for k in mine if k not in _RUN_INDEPENDENT]  # what changes a run's result
-    if any(config_value(payload["config"], k) != mine[k] for k in keys):
+    if any(config_value(payload["config"], k) != v for k, v in _result_config(cfg).items()):
         return {}
     out = {}
     for r in payload["runs"]:

@@ -160,32 +160,31 @@ class InfoBatchCallback(SamplingPolicyCallback):
     def required_columns(self) -> list[str]:
         return [self.config.group_column] if self.config.group_column else []
 
-    def _anneal_now(self, ctx: PolicyContext, reason: str) -> bool:
-        """Whether this sync point is the first at or after ``delta`` of the steps, inside an epoch that prunes:
-        the rest of the run then trains on every row at weight 1 (a run of a few epochs would otherwise prune to
-        its end, since no epoch starts in its last eighth)."""
-        if reason != "step" or self.annealing or self.keep is None or ctx.max_steps <= 0:
-            return False
-        return ctx.step >= self.config.delta * ctx.max_steps
+    def _past_delta(self, ctx: PolicyContext) -> bool:
+        """Whether ``delta`` of the run's steps are done: from here on nothing is skipped (annealing)."""
+        return ctx.max_steps > 0 and ctx.step >= self.config.delta * ctx.max_steps
+
+    def _keep_every_row(self, n: int) -> None:
+        self.keep, self.loss_weight, self.sampling = np.ones(n, dtype=bool), np.ones(n), None
 
     def _decide(self, ctx: PolicyContext, reason: str) -> bool:
         """Decide this epoch's rows once per epoch (at training start and at each epoch end, for the next), and
-        switch to annealing at the first sync point after ``delta`` of the steps."""
-        if self._anneal_now(ctx, reason):
-            n = len(ctx.index.keys)
+        switch to annealing at the first sync point after ``delta`` of the steps, even inside an epoch (a run of a
+        few epochs has no epoch start in its last eighth and would otherwise prune to its end)."""
+        if reason == "step" and not self.annealing and self.keep is not None and self._past_delta(ctx):
             self.annealing, self.annealed_step = True, int(ctx.step)
-            self.keep, self.loss_weight, self.sampling = np.ones(n, dtype=bool), np.ones(n), None
+            self._keep_every_row(len(ctx.index.keys))
             return True
         epoch = ctx.epoch + (1 if reason == "epoch" else 0)
         if reason not in ("train_begin", "epoch", "resume") or self.epoch_decided == epoch:
             return False
         self.epoch_decided = epoch
         n = len(ctx.index.keys)
-        self.annealing = ctx.max_steps > 0 and ctx.step >= self.config.delta * ctx.max_steps
+        self.annealing = self._past_delta(ctx)
         loss = np.asarray(ctx.stats.loss_last, dtype=np.float64).copy()
         loss[np.asarray(ctx.stats.times_seen) == 0] = np.nan
         if self.annealing or not np.isfinite(loss).any():
-            self.keep, self.loss_weight, self.sampling = np.ones(n, dtype=bool), np.ones(n), None
+            self._keep_every_row(n)
             return True
         if self.config.method == "importance":
             self.sampling, self.loss_weight = importance_weights(loss, self.config.importance_floor)
