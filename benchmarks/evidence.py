@@ -43,6 +43,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 
+from benchmarks.evidence_denoising import denoising_markdown, denoising_summary
+
 from sft_callbacks import SamplingPolicyCallback
 from sft_callbacks.engine.compat import checkpointing_off
 from sft_callbacks.evaluation import EvalCurveCallback, greedy_answers, mean_ci, score_answers
@@ -780,6 +782,7 @@ def run_benchmark(cfg: EvidenceConfig, log=print, reuse: tuple[str, ...] = ()) -
         },
         "runs": runs,
         "summary": paired_summary(runs, cfg.arms, cfg.seeds),
+        "denoising": denoising_summary(runs),
         "noise": noise,
         "total_seconds": time.perf_counter() - t_all,
     }
@@ -819,6 +822,7 @@ def merge_reports(reports: list[dict]) -> dict:
         "config": {**first["config"], "arms": arms, "seeds": seeds},
         "runs": runs,
         "summary": paired_summary(runs, arms, seeds),
+        "denoising": denoising_summary(runs),
         "noise": next((rep["noise"] for rep in reports if rep.get("noise")), None),
         "total_seconds": float(sum(rep["total_seconds"] for rep in reports)),
         "command": " ; ".join(rep.get("command", "") for rep in reports),
@@ -1037,6 +1041,9 @@ def markdown_report(report: dict) -> str:
                          ", ".join(str(h["step"]) for h in held) if held else "—"])
         parts.append(_table(["arm", "rows processed", "rows withheld / dropped", "withheld precision",
                              "acted at step"], crow))
+    denoising = denoising_summary(report["runs"])
+    if denoising:
+        parts.append(denoising_markdown(denoising, _ci, _f, _table))
     parts.append("\n**Mixture actually drawn** (share of training draws per domain over the whole run, mean over "
                  "seeds).\n")
     parts.append(_table(["arm"] + domains, [[arm] + [

@@ -359,7 +359,8 @@ def test_the_cleaning_arms_run_and_report_their_compute_on_the_tiny_model(tmp_pa
     pytest.importorskip("cleanlab")
     out = tmp_path / "evidence.json"
     rc = benchmark.main(["evidence", "--model", "tiny", "--steps", "20", "--batch-size", "8", "--eval-steps", "10",
-                         "--seeds", "0", "--arms", "uniform", "denoise,act_after_epochs=1,noise_rate=0.2", "cleanlab",
+                         "--seeds", "0", "--arms", "uniform", "clean", "denoise,act_after_epochs=1,noise_rate=0.2",
+                         "cleanlab",
                          "denoise,method=small_loss,noise_rate=0.2",
                          "--cv-folds", "2", "--data-fraction", "0.1", "--workdir", str(tmp_path / "runs"),
                          "--out", str(out), "--markdown", str(tmp_path / "evidence.md"), "--plots", ""])
@@ -374,7 +375,36 @@ def test_the_cleaning_arms_run_and_report_their_compute_on_the_tiny_model(tmp_pa
     left_out = by["denoise,method=small_loss,noise_rate=0.2"]["withheld"]  # what it leaves out at the end
     assert 0 < left_out["rows"] <= 0.2 * rows and left_out["step"] is None
     assert by["denoise,method=small_loss,noise_rate=0.2"]["rows_processed"] == 160  # the plain run's stream
-    assert "**Compute and cleaning.**" in (tmp_path / "evidence.md").read_text()
+    md = (tmp_path / "evidence.md").read_text()
+    assert "**Compute and cleaning.**" in md and "**Denoising.**" in md
+    table = report["denoising"]  # each arm against the plain run, the oracle and cleanlab, with its compute
+    assert table["denoise,act_after_epochs=1,noise_rate=0.2"]["compute_vs_cleanlab"] == pytest.approx(1 / 3)
+    assert table["cleanlab"]["compute_vs_cleanlab"] == 1.0 and "vs_cleanlab" not in table["cleanlab"]
+    assert table["clean"]["vs_uniform"]["exact_match"]["mean"] == pytest.approx(
+        by["clean"]["exact_match"] - by["uniform"]["exact_match"])
+
+
+def test_the_denoising_table_pairs_each_arm_with_the_plain_run_the_oracle_and_cleanlab():
+    from benchmarks.evidence_denoising import denoising_summary
+
+    def run(arm, seed, em, rows=1800):
+        return {"arm": arm, "seed": seed, "exact_match": em, "rows_processed": rows,
+                "curve": [{"target_loss": 2.0 - em}]}
+
+    plain, oracle, cl, new = [0.60, 0.70, 0.65], [0.80, 0.82, 0.85], [0.70, 0.72, 0.75], [0.72, 0.78, 0.73]
+    runs = [run("uniform", s, v) for s, v in enumerate(plain)] + [run("clean", s, v) for s, v in enumerate(oracle)]
+    runs += [run("cleanlab", s, v, 5400) for s, v in enumerate(cl)] + [run("denoise", s, v) for s, v in enumerate(new)]
+    runs.append(run("denoise", 7, 0.99))  # no plain run of seed 7: not paired, left out
+    table = denoising_summary(runs)
+    e = table["denoise"]
+    assert e["seeds"] == [0, 1, 2]
+    assert e["vs_uniform"]["exact_match"]["mean"] == pytest.approx(np.mean(np.subtract(new, plain)))
+    assert e["vs_uniform"]["target_loss"]["mean"] == pytest.approx(-np.mean(np.subtract(new, plain)))
+    assert e["vs_cleanlab"]["exact_match"]["mean"] == pytest.approx(np.mean(np.subtract(new, cl)))
+    assert e["gap_closed"] == pytest.approx(np.mean(np.subtract(new, plain)) / np.mean(np.subtract(oracle, plain)))
+    assert e["compute_vs_cleanlab"] == pytest.approx(1 / 3)
+    assert table["uniform"]["gap_closed"] == 0.0 and table["clean"]["gap_closed"] == 1.0
+    assert denoising_summary([r for r in runs if r["arm"] != "clean"]) == {}  # no oracle: no table
 
 
 def test_recorded_runs_of_the_same_configuration_are_reused_from_another_workdir(tmp_path, capsys):
