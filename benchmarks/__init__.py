@@ -8,6 +8,7 @@ the checkout's root on the path); the tests import these modules like any other 
 * :mod:`benchmarks.commands`: ``scripts/benchmark.py`` (evidence, evidence-noise, noise, screen, merges, compare).
 * :mod:`benchmarks.evidence`: the evidence benchmark's arms, runs and paired report.
 * :mod:`benchmarks.evidence_denoising`: the evidence report's denoising table (against the oracle and cleanlab).
+* :mod:`benchmarks.evidence_pruning`: fewer steps against the full budget (quality, rows, wall-clock).
 * :mod:`benchmarks.evidence_noise`: finding wrong answers on the evidence data, against cleanlab.
 * :mod:`benchmarks.scores`: AUROC, precision@k and cleanlab's out-of-sample scores.
 * :mod:`benchmarks.overhead`: ``scripts/bench_overhead.py``, the per-step overhead side by side.

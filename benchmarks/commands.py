@@ -8,6 +8,9 @@ paired differences with 95% intervals; the noise section (the package's scores v
 out-of-sample probabilities) from the uniform runs. ``--quick``: 1 seed, uniform + static target + all, no
 cleanlab folds. ``--model tiny``: the same code path on a random 2-layer model in seconds (the test suite runs it).
 
+``python scripts/benchmark.py evidence-pruning``: evidence reports at fewer steps (uniform and a pruning strategy,
+each on its own schedule) against uniform at the full budget, seed by seed (code in ``benchmarks/evidence_pruning.py``).
+
 ``python scripts/benchmark.py evidence-noise``: finding the wrong answers on the evidence data (code in
 ``benchmarks/evidence_noise.py``): a uniform mapping run of ``--epochs`` epochs per seed, every noise score of
 ``DataMapCallback`` against cleanlab on K-fold out-of-sample probabilities (same epochs), per domain, beside the
@@ -340,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("reports", nargs="+", help="JSON reports written by `evidence --out`")
     mg.add_argument("--out", default="bench_results/evidence_merged.json")
     mg.add_argument("--markdown", default="bench_results/evidence_merged.md")
+    pr = sub.add_parser("evidence-pruning", help="evidence runs at fewer steps against uniform at the full budget, "
+                                                 "seed by seed: quality, rows processed and wall-clock")
+    pr.add_argument("--full", required=True, help="JSON report (or partial_runs.json) holding uniform at N steps")
+    pr.add_argument("--short", nargs="+", required=True, help="JSON reports at fewer steps (uniform and the strategy)")
+    pr.add_argument("--out", default="bench_results/evidence_pruning.json")
+    pr.add_argument("--markdown", default="bench_results/evidence_pruning.md")
     sc = sub.add_parser("screen", help="which candidate domains the model learns (uniform, balanced pool)")
     sc.add_argument("--pool", default="bench_results/candidates.jsonl")
     sc.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
@@ -432,6 +441,17 @@ def main(argv=None) -> int:
     if args.benchmark == "evidence-merge":
         report = bench_evidence.merge_reports([json.loads(Path(p).read_text()) for p in args.reports])
         _write_report(args.out, args.markdown, report, bench_evidence.markdown_report(report))
+        return 0
+    if args.benchmark == "evidence-pruning":
+        from benchmarks import evidence_pruning
+
+        full = json.loads(Path(args.full).read_text())
+        table = evidence_pruning.pruning_summary(full, [json.loads(Path(p).read_text()) for p in args.short])
+        steps = int(full["config"]["steps"])
+        text = evidence_pruning.pruning_markdown(table, steps, bench_evidence._ci, bench_evidence._f,
+                                                 bench_evidence._table)
+        _write_report(args.out, args.markdown, {"benchmark": "evidence-pruning", "full_steps": steps,
+                                                "table": table}, text)
         return 0
     if args.benchmark == "screen":
         cfg = bench_evidence.EvidenceConfig(model=args.model, tuning=args.tuning, steps=args.steps,

@@ -460,3 +460,32 @@ def test_a_workdir_keeps_every_invocations_runs(tmp_path):
     saved = json.loads((tmp_path / "w" / "partial_runs.json").read_text())
     assert sorted(r["arm"] for r in saved["runs"]) == ["balance", "uniform"]
     assert "_rows" in next(r for r in saved["runs"] if r["arm"] == "uniform")  # the noise section's scores
+
+
+def test_the_pruning_table_pairs_shorter_runs_with_the_full_uniform_run_on_the_tiny_model(tmp_path):
+    common = ["--model", "tiny", "--batch-size", "8", "--seeds", "0", "1", "--data-fraction", "0.1", "--cv-folds",
+              "0", "--plots", "", "--markdown", ""]
+    assert benchmark.main(["evidence", "--steps", "20", "--eval-steps", "20", "--arms", "uniform",
+                           "--workdir", str(tmp_path / "full"), "--out", str(tmp_path / "full.json"), *common]) == 0
+    assert benchmark.main(["evidence", "--steps", "12", "--eval-steps", "12", "--arms", "uniform", "infobatch",
+                           "--workdir", str(tmp_path / "short"), "--out", str(tmp_path / "short.json"),
+                           *common]) == 0
+    out = tmp_path / "pruning.json"
+    assert benchmark.main(["evidence-pruning", "--full", str(tmp_path / "full.json"), "--short",
+                           str(tmp_path / "short.json"), "--out", str(out),
+                           "--markdown", str(tmp_path / "pruning.md")]) == 0
+    table = {e["arm"]: e for e in json.loads(out.read_text())["table"]}
+    full = {r["seed"]: r for r in json.loads((tmp_path / "full.json").read_text())["runs"]}
+    short = {(r["arm"], r["seed"]): r for r in json.loads((tmp_path / "short.json").read_text())["runs"]}
+    ib = table["infobatch"]
+    assert ib["steps"] == 12 and ib["seeds"] == [0, 1] and ib["rows_fraction"] == pytest.approx(12 / 20)
+    assert ib["vs_full"]["exact_match"]["mean"] == pytest.approx(
+        np.mean([short[("infobatch", s)]["exact_match"] - full[s]["exact_match"] for s in (0, 1)]))
+    assert ib["vs_same_budget"]["target_loss"]["mean"] == pytest.approx(np.mean(
+        [short[("infobatch", s)]["curve"][-1]["target_loss"] - short[("uniform", s)]["curve"][-1]["target_loss"]
+         for s in (0, 1)]))
+    assert "vs_same_budget" not in table["uniform"]
+    assert "**Less compute.**" in (tmp_path / "pruning.md").read_text()
+    with pytest.raises(ValueError, match="no uniform runs"):
+        from benchmarks.evidence_pruning import pruning_summary
+        pruning_summary({"runs": []}, [])

@@ -1,0 +1,89 @@
+"""The same model for less compute: evidence runs at fewer steps against the full run, seed by seed.
+
+The reference is ``uniform`` at N steps (the converged budget). Each shorter evidence report (``--steps`` below N,
+its own full learning-rate schedule) holds ``uniform`` at that budget, the cheap thing a user would try, and the
+pruning strategy at the same budget. Per (budget, arm), over the paired seeds:
+
+* test exact match and final target validation loss against ``uniform`` at N, and against ``uniform`` at the
+  same budget (mean [95% CI] of the paired differences);
+* rows processed as a fraction of the full run's, and training wall-clock: each run's against the full run's of
+  the same seed, and the strategy's against the same-budget ``uniform``'s from the same invocation (its per-step
+  cost, measured side by side).
+
+``python scripts/benchmark.py evidence-pruning --full FULL.json --short SHORT.json [...]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sft_callbacks.evaluation import mean_ci
+
+REFERENCE = "uniform"
+
+
+def _final(run: dict) -> dict:
+    return {"exact_match": float(run["exact_match"]), "target_loss": float(run["curve"][-1]["target_loss"]),
+            "rows": float(run["rows_processed"]), "seconds": float(run["train_seconds"])}
+
+
+def _paired(a: dict, b: dict, seeds: list[int], key: str) -> dict:
+    return mean_ci([a[s][key] - b[s][key] for s in seeds])
+
+
+def pruning_summary(full: dict, short: list[dict]) -> list[dict]:
+    """One entry per (steps, arm) of the ``short`` reports, paired by seed with ``full``'s ``uniform`` runs.
+
+    Example:
+        >>> def rep(steps, arms):
+        ...     runs = [{"arm": a, "seed": s, "exact_match": em, "rows_processed": steps * 8,
+        ...              "train_seconds": steps * f, "curve": [{"target_loss": 1 - em}]}
+        ...             for a, em, f in arms for s in (0, 1)]
+        ...     return {"config": {"steps": steps}, "runs": runs}
+        >>> table = pruning_summary(rep(225, [("uniform", 0.8, 1.0)]),
+        ...                         [rep(135, [("uniform", 0.7, 1.0), ("infobatch", 0.8, 1.0)])])
+        >>> [(e["arm"], round(e["vs_full"]["exact_match"]["mean"], 3), e["rows_fraction"]) for e in table]
+        [('uniform', -0.1, 0.6), ('infobatch', 0.0, 0.6)]
+    """
+    ref = {r["seed"]: _final(r) for r in full["runs"] if r["arm"] == REFERENCE}
+    if not ref:
+        raise ValueError("the full report holds no uniform runs: run `evidence --arms uniform` at N steps first")
+    out = []
+    for report in short:
+        steps = int(report["config"]["steps"])
+        by_arm: dict[str, dict[int, dict]] = {}
+        for r in report["runs"]:
+            by_arm.setdefault(r["arm"], {})[r["seed"]] = _final(r)
+        same = by_arm.get(REFERENCE, {})
+        for arm, runs in by_arm.items():
+            seeds = sorted(s for s in runs if s in ref)
+            if not seeds:
+                continue
+            entry = {"steps": steps, "arm": arm, "seeds": seeds,
+                     "exact_match": mean_ci([runs[s]["exact_match"] for s in seeds]),
+                     "target_loss": mean_ci([runs[s]["target_loss"] for s in seeds]),
+                     "rows_fraction": float(np.mean([runs[s]["rows"] / ref[s]["rows"] for s in seeds])),
+                     "seconds_vs_full": mean_ci([runs[s]["seconds"] / ref[s]["seconds"] for s in seeds]),
+                     "vs_full": {k: _paired(runs, ref, seeds, k) for k in ("exact_match", "target_loss")}}
+            both = [s for s in seeds if s in same]
+            if arm != REFERENCE and both:
+                entry["vs_same_budget"] = {k: _paired(runs, same, both, k) for k in ("exact_match", "target_loss")}
+                entry["seconds_vs_same_budget"] = mean_ci([runs[s]["seconds"] / same[s]["seconds"] for s in both])
+            out.append(entry)
+    return out
+
+
+def pruning_markdown(table: list[dict], full_steps: int, fmt_ci, fmt, render) -> str:
+    """The table of :func:`pruning_summary` (the evidence report's formatters passed in)."""
+    rows = [[f"{e['arm']} @ {e['steps']}", fmt(e["rows_fraction"], ".2f"), fmt_ci(e["exact_match"], ".3f"),
+             fmt_ci(e["vs_full"]["exact_match"], ".3f", True), fmt_ci(e["vs_full"]["target_loss"], ".4f", True),
+             fmt_ci(e.get("vs_same_budget", {}).get("exact_match"), ".3f", True),
+             fmt_ci(e.get("vs_same_budget", {}).get("target_loss"), ".4f", True),
+             fmt_ci(e["seconds_vs_full"], ".2f"), fmt_ci(e.get("seconds_vs_same_budget"), ".2f")]
+            for e in table]
+    head = ["arm @ steps", "rows vs full", "test EM", f"Δ EM vs uniform @ {full_steps}",
+            f"Δ target loss vs uniform @ {full_steps}", "Δ EM vs uniform, same steps",
+            "Δ target loss vs uniform, same steps", "train time vs full", "train time vs uniform, same steps"]
+    return (f"**Less compute.** Each arm at fewer steps (its own full schedule) against uniform at {full_steps} "
+            "steps and against uniform at the same steps: mean [95% CI] over seeds of the paired differences (arm "
+            "minus reference, same seed); training wall-clock as a ratio per seed.\n\n" + render(head, rows))
