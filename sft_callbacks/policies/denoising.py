@@ -60,6 +60,27 @@ def learnt_fraction(uid: np.ndarray, loss: np.ndarray, correct: np.ndarray, n: i
     return float(hits[seen][clean].sum() / count[seen][clean].sum())
 
 
+def trusted_at_epoch_end(visits: dict, n: int, start: int, first_step: int) -> bool:
+    """Whether the noise score can be trusted at the end of an epoch whose visits have steps ``>= first_step``: the
+    window of trust opened before the epoch began, ``start < first_step`` (the whole epoch, a visit of every row,
+    lies in it, and so does the end of the epoch before: never at the end of the first epoch, whose visits are each
+    row's first), and in that epoch the model answered the clean-looking half of the rows right more often than not
+    (it has learnt the task: before that the window's opening is read from noise).
+
+    Example:
+        >>> steps = np.repeat([1, 2, 3, 4], 4); uid = np.tile(np.arange(4), 4)
+        >>> visits = {"uid": uid, "step": steps, "loss": np.full(16, 0.1), "correct": np.ones(16, bool)}
+        >>> trusted_at_epoch_end(visits, 4, start=2, first_step=3), trusted_at_epoch_end(visits, 4, 3, 3)
+        (True, False)
+    """
+    uid, step = np.asarray(visits["uid"], dtype=np.int64), np.asarray(visits["step"], dtype=np.int64)
+    epoch = step >= first_step
+    if not epoch.any() or start >= first_step:
+        return False
+    return learnt_fraction(uid[epoch], np.asarray(visits["loss"])[epoch], np.asarray(visits["correct"])[epoch],
+                           n) >= 0.5
+
+
 def ramped_rate(epoch: float, rate: float, ramp_epochs: float) -> float:
     """The share excluded at this point of the run: ``rate`` reached linearly over the first ``ramp_epochs``
     (Co-teaching's R(T) = 1 - min(T / T_k, 1) * tau kept; before the model has learnt anything every loss is high).
@@ -161,8 +182,9 @@ class DenoisingCallback(SamplingPolicyCallback):
     Until it acts the run is the plain run, index for index (the sampler draws like the Trainer shuffles). It
     acts at the first epoch end at which the noise score can be trusted: the window of trust (the span of the run
     after the model has learnt the task and before it memorises the wrong answers, read from the run itself,
-    :func:`~sft_callbacks.policies.noise.window_of_trust`) has opened and holds a visit of every row; or at the
-    end of epoch ``act_after_epochs``. Then, per group (``group_column``):
+    :func:`~sft_callbacks.policies.noise.window_of_trust`) opened before the epoch just ended began
+    (:func:`trusted_at_epoch_end`), so never at the end of the first epoch; or at the end of epoch
+    ``act_after_epochs``. Then, per group (``group_column``):
 
     * the share to withhold is ``noise_rate`` if you give it, else the share a two-component mixture of the
       scores estimates, when that estimate can be trusted (at most 0.5, and the rows it flags wrong answers at
@@ -281,7 +303,7 @@ class DenoisingCallback(SamplingPolicyCallback):
         return keep.float()
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self._epoch_start = int(state.global_step)  # the visits of the epoch about to run have steps >= this
+        self._epoch_start = int(state.global_step)  # the epoch about to run begins after this step
         super().on_epoch_begin(args, state, control, **kwargs)
 
     def _groups(self, ctx_index, num_uids: int) -> np.ndarray:
@@ -314,18 +336,12 @@ class DenoisingCallback(SamplingPolicyCallback):
         return self._row_weights(ctx)
 
     def _ready(self, visits: dict, n: int, start: int, epochs_done: int) -> bool:
-        """Whether the score can be trusted now: the given epoch is done; or the window of trust opened before
-        the epoch that just ended began (so the whole epoch, a visit of every row, lies in it) and in that epoch
-        the model answered the clean-looking half of the rows right more often than not (it has learnt the task:
-        before that the window's opening is read from noise)."""
+        """Whether to act at this epoch end: the given epoch is done, or the score can be trusted
+        (:func:`trusted_at_epoch_end`; the tracker records a visit at the step it completes, ``global_step + 1``,
+        so the epoch's first visits carry the step after the one it began at)."""
         if self.config.act_after_epochs is not None:
             return epochs_done >= self.config.act_after_epochs
-        uid, step = np.asarray(visits["uid"], dtype=np.int64), np.asarray(visits["step"], dtype=np.int64)
-        epoch = step >= self._epoch_start
-        if not epoch.any() or start > self._epoch_start:
-            return False
-        return learnt_fraction(uid[epoch], np.asarray(visits["loss"])[epoch], np.asarray(visits["correct"])[epoch],
-                               n) >= 0.5
+        return trusted_at_epoch_end(visits, n, start, self._epoch_start + 1)
 
     def _act(self, ctx: PolicyContext, scores: np.ndarray, window: tuple[int, int | None]) -> None:
         groups = self._groups(ctx.index, len(scores))

@@ -126,6 +126,20 @@ def test_a_resume_keeps_what_was_withheld(tmp_path, tokenizer, make_model):
     assert drawn.size and not again.withheld[uid_of_row[drawn]].any()
 
 
+def test_the_score_is_trusted_once_the_window_holds_the_whole_epoch_and_the_task_is_learnt():
+    from sft_callbacks.policies.denoising import trusted_at_epoch_end
+
+    steps = np.repeat(np.arange(1, 9), 4)  # two epochs of 4 steps, each visiting the 4 rows once a step
+    uid = np.tile(np.arange(4), 8)
+    right = {"uid": uid, "step": steps, "loss": np.where(uid < 2, 0.1, 2.0), "correct": uid < 2}
+    assert trusted_at_epoch_end(right, 4, start=4, first_step=5)  # opened before the epoch's first visit
+    assert not trusted_at_epoch_end(right, 4, start=5, first_step=5)  # opened with it: not before the epoch began
+    assert not trusted_at_epoch_end(right, 4, start=1, first_step=1)  # never at the end of the first epoch
+    wrong = {**right, "correct": np.zeros(32, bool)}  # nothing answered right: the task is not learnt yet
+    assert not trusted_at_epoch_end(wrong, 4, start=1, first_step=5)
+    assert not trusted_at_epoch_end(right, 4, start=1, first_step=9)  # no visit of that epoch yet
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="readmit needs action='downweight'"):
         DenoisingCallback(readmit=True)
