@@ -10,6 +10,7 @@ the checkout's root on the path); the tests import these modules like any other 
 * :mod:`benchmarks.evidence_denoising`: the evidence report's denoising table (against the oracle and cleanlab).
 * :mod:`benchmarks.evidence_pruning`: fewer steps against the full budget (quality, rows, wall-clock).
 * :mod:`benchmarks.evidence_noise`: finding wrong answers on the evidence data, against cleanlab.
+* :mod:`benchmarks.markdown_cells`: the cells and tables of the markdown reports.
 * :mod:`benchmarks.scores`: AUROC, precision@k and cleanlab's out-of-sample scores.
 * :mod:`benchmarks.overhead`: ``scripts/bench_overhead.py``, the per-step overhead side by side.
 * :mod:`benchmarks.gpu_evidence`: ``scripts/gpu_evidence.py``, the GPU evidence in one prepared command.

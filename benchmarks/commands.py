@@ -448,8 +448,7 @@ def main(argv=None) -> int:
         full = json.loads(Path(args.full).read_text())
         table = evidence_pruning.pruning_summary(full, [json.loads(Path(p).read_text()) for p in args.short])
         steps = int(full["config"]["steps"])
-        text = evidence_pruning.pruning_markdown(table, steps, bench_evidence._ci, bench_evidence._f,
-                                                 bench_evidence._table)
+        text = evidence_pruning.pruning_markdown(table, steps)
         _write_report(args.out, args.markdown, {"benchmark": "evidence-pruning", "full_steps": steps,
                                                 "table": table}, text)
         return 0

@@ -44,6 +44,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import numpy as np
 
 from benchmarks.evidence_denoising import denoising_markdown, denoising_summary
+from benchmarks.markdown_cells import cell, cell_ci, md_table
 
 from sft_callbacks import SamplingPolicyCallback
 from sft_callbacks.engine.compat import checkpointing_off
@@ -883,17 +884,17 @@ def comparison_markdown(table: dict, before_label: str, after_label: str) -> str
     for arm, e in table.items():
         rows.append([f"`{arm}`" + (f" (before: `{e['before_arm']}`)" if e["before_arm"] != arm else ""),
                      ", ".join(map(str, e["seeds"])),
-                     _ci(e["before"]["target_loss"], ".4f"), _ci(e["after"]["target_loss"], ".4f"),
-                     _ci(e["after_minus_before"]["target_loss"], ".4f", True),
-                     _ci(e["before_vs_uniform"]["target_loss"], ".4f", True),
-                     _ci(e["after_vs_uniform"]["target_loss"], ".4f", True),
-                     _ci(e["before"]["exact_match"], ".3f"), _ci(e["after"]["exact_match"], ".3f"),
-                     _ci(e["after_minus_before"]["exact_match"], ".3f", True),
-                     _ci(e["after_vs_uniform"]["exact_match"], ".3f", True)])
+                     cell_ci(e["before"]["target_loss"], ".4f"), cell_ci(e["after"]["target_loss"], ".4f"),
+                     cell_ci(e["after_minus_before"]["target_loss"], ".4f", True),
+                     cell_ci(e["before_vs_uniform"]["target_loss"], ".4f", True),
+                     cell_ci(e["after_vs_uniform"]["target_loss"], ".4f", True),
+                     cell_ci(e["before"]["exact_match"], ".3f"), cell_ci(e["after"]["exact_match"], ".3f"),
+                     cell_ci(e["after_minus_before"]["exact_match"], ".3f", True),
+                     cell_ci(e["after_vs_uniform"]["exact_match"], ".3f", True)])
     head = ["arm", "seeds", f"target loss, {before_label}", f"{after_label}", "Δ after - before",
             f"Δ vs uniform, {before_label}", f"Δ vs uniform, {after_label}", f"test EM, {before_label}",
             f"{after_label}", "Δ after - before", f"Δ EM vs uniform, {after_label}"]
-    return _table(head, rows)
+    return md_table(head, rows)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -947,25 +948,6 @@ def screen_candidates(cfg: EvidenceConfig, pool_path: str, log=print) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _f(x, spec=".3f") -> str:
-    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
-
-
-def _ci(c: dict | None, spec=".3f", signed=False) -> str:
-    """``mean [lo, hi]`` of a :func:`mean_ci` entry."""
-    if not c or c.get("n", 0) == 0:
-        return "—"
-    s = "+" + spec if signed else spec
-    if not np.isfinite(c["lo"]):
-        return format(c["mean"], s)
-    return f"{format(c['mean'], s)} [{format(c['lo'], s)}, {format(c['hi'], s)}]"
-
-
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def markdown_report(report: dict) -> str:
     """The BENCHMARKS.md tables of one evidence run."""
     data, summary, cfg = report["data"], report["summary"], report["config"]
@@ -977,30 +959,30 @@ def markdown_report(report: dict) -> str:
     for r in report["runs"]:
         rows_by.setdefault(r["arm"], []).append(r)
     parts.append("**Data.** Train shares vs target (validation / test) shares, the share of corrupted training "
-                 f"answers ({_f(data.get('noise_rate'), '.1%')} overall), and the majority-answer baseline on the "
+                 f"answers ({cell(data.get('noise_rate'), '.1%')} overall), and the majority-answer baseline on the "
                  "test split.\n")
     noise_rates = data.get("noise_rates", {})
-    parts.append(_table(["domain", "train share", "target share", "corrupted", "labels", "majority answer",
+    parts.append(md_table(["domain", "train share", "target share", "corrupted", "labels", "majority answer",
                          "majority test EM"],
-                        [[d, _f(data["train_shares"][d], ".2f"), _f(data["target_shares"][d], ".2f"),
-                          _f(noise_rates.get(d), ".0%"), str(len(data["labels"][d])), data["majority"].get(d, {}).get("answer", "-"),
-                          _f(data["majority"].get(d, {}).get("test_accuracy"), ".2f")] for d in domains]))
+                        [[d, cell(data["train_shares"][d], ".2f"), cell(data["target_shares"][d], ".2f"),
+                          cell(noise_rates.get(d), ".0%"), str(len(data["labels"][d])), data["majority"].get(d, {}).get("answer", "-"),
+                          cell(data["majority"].get(d, {}).get("test_accuracy"), ".2f")] for d in domains]))
     if uniform:
         parts.append("\n**Does the uniform run learn every domain?** Test exact match (mean [95% CI] over seeds) "
                      "against the majority baseline + 10 points; format failures (answers outside the label set).\n")
         fmt = {d: mean_ci([r["format_failures_by_domain"][d] for r in rows_by["uniform"]]) for d in judged}
-        parts.append(_table(
+        parts.append(md_table(
             ["domain", "uniform test EM", "majority + 0.10", "learnt?", "format failures"],
-            [[d, _ci(uniform["mean"][f"em/{d}"], ".2f"), _f(data["majority"][d]["test_accuracy"] + 0.10, ".2f"),
+            [[d, cell_ci(uniform["mean"][f"em/{d}"], ".2f"), cell(data["majority"][d]["test_accuracy"] + 0.10, ".2f"),
               "yes" if uniform["mean"][f"em/{d}"]["mean"] >= data["majority"][d]["test_accuracy"] + 0.10 else "**no**",
-              _f(fmt[d]["mean"], ".2f")] for d in judged]))
+              cell(fmt[d]["mean"], ".2f")] for d in judged]))
     conv = {r["seed"]: convergence(r["curve"]) for r in rows_by.get("uniform", [])
             if r.get("curve") and "target_loss_se" in r["curve"][-1]}
     if conv:
         parts.append("\n**Has uniform converged?** Its last target loss against the lowest over the last third of the "
                      "run, and the last evaluation's standard error (converged: within one).\n")
-        parts.append(_table(["seed", "last", "lowest, last third", "standard error", "converged"],
-                            [[str(s), _f(c["last"], ".4f"), _f(c["lowest_last_third"], ".4f"), _f(c["se"], ".4f"),
+        parts.append(md_table(["seed", "last", "lowest, last third", "standard error", "converged"],
+                            [[str(s), cell(c["last"], ".4f"), cell(c["lowest_last_third"], ".4f"), cell(c["se"], ".4f"),
                               "yes" if c["converged"] else "**no**"] for s, c in sorted(conv.items())]))
     parts.append(f"\n**Arms.** Final target validation loss (token-weighted over the validation mix) and test exact "
                  f"match, mean [95% CI] over seeds {cfg['seeds']}; paired differences (arm minus reference, same "
@@ -1009,23 +991,23 @@ def markdown_report(report: dict) -> str:
     rows = []
     for arm, e in summary.items():
         steps = e.get("steps_to_uniform_final", [])
-        rows.append([arm, _ci(e["mean"]["target_loss"], ".4f"), _ci(e["vs_uniform"].get("target_loss"), ".4f", True),
-                     _ci(e["vs_static_target"].get("target_loss"), ".4f", True),
+        rows.append([arm, cell_ci(e["mean"]["target_loss"], ".4f"), cell_ci(e["vs_uniform"].get("target_loss"), ".4f", True),
+                     cell_ci(e["vs_static_target"].get("target_loss"), ".4f", True),
                      ", ".join("—" if s is None else str(s) for s in steps),
-                     _ci(e["mean"]["exact_match"], ".3f"), _ci(e["vs_uniform"].get("exact_match"), ".3f", True),
-                     _ci(e["vs_static_target"].get("exact_match"), ".3f", True)])
-    parts.append(_table(["arm", "target val loss", "Δ vs uniform", "Δ vs static_target", "steps to uniform's final",
+                     cell_ci(e["mean"]["exact_match"], ".3f"), cell_ci(e["vs_uniform"].get("exact_match"), ".3f", True),
+                     cell_ci(e["vs_static_target"].get("exact_match"), ".3f", True)])
+    parts.append(md_table(["arm", "target val loss", "Δ vs uniform", "Δ vs static_target", "steps to uniform's final",
                          "test EM", "Δ EM vs uniform", "Δ EM vs static_target"], rows))
     parts.append("\n**Per-domain validation loss** at the end: mean, and the paired difference against uniform "
                  "[95% CI].\n")
-    parts.append(_table(["arm"] + judged, [[arm] + [
-        f"{_f(e['mean'][f'loss/{d}']['mean'], '.3f')}" + ("" if arm == "uniform" else
-                                                         f" ({_ci(e['vs_uniform'].get(f'loss/{d}'), '.3f', True)})")
+    parts.append(md_table(["arm"] + judged, [[arm] + [
+        f"{cell(e['mean'][f'loss/{d}']['mean'], '.3f')}" + ("" if arm == "uniform" else
+                                                         f" ({cell_ci(e['vs_uniform'].get(f'loss/{d}'), '.3f', True)})")
         for d in judged] for arm, e in summary.items()]))
     parts.append("\n**Per-domain test exact match**: mean, and the paired difference against uniform [95% CI].\n")
-    parts.append(_table(["arm"] + judged, [[arm] + [
-        f"{_f(e['mean'][f'em/{d}']['mean'], '.2f')}" + ("" if arm == "uniform" else
-                                                       f" ({_ci(e['vs_uniform'].get(f'em/{d}'), '.2f', True)})")
+    parts.append(md_table(["arm"] + judged, [[arm] + [
+        f"{cell(e['mean'][f'em/{d}']['mean'], '.2f')}" + ("" if arm == "uniform" else
+                                                       f" ({cell_ci(e['vs_uniform'].get(f'em/{d}'), '.2f', True)})")
         for d in judged] for arm, e in summary.items()]))
     one_run = config_value(cfg, "steps") * config_value(cfg, "batch_size")  # rows a single run processes
     if any(r.get("rows_processed") not in (None, one_run) or r.get("withheld") for r in report["runs"]):
@@ -1035,19 +1017,19 @@ def markdown_report(report: dict) -> str:
         for arm, rs in rows_by.items():
             held = [r["withheld"] for r in rs if r.get("withheld")]
             removed = [r.get("dropped_rows") for r in rs if r.get("dropped_rows") is not None]
-            crow.append([arm, _f(float(np.mean([r.get("rows_processed", one_run) for r in rs])), ".0f"),
-                         _f(float(np.mean([h["rows"] for h in held] or removed or [0])), ".0f"),
-                         _f(float(np.nanmean([h["precision"] for h in held])), ".2f") if held else "—",
+            crow.append([arm, cell(float(np.mean([r.get("rows_processed", one_run) for r in rs])), ".0f"),
+                         cell(float(np.mean([h["rows"] for h in held] or removed or [0])), ".0f"),
+                         cell(float(np.nanmean([h["precision"] for h in held])), ".2f") if held else "—",
                          ", ".join(str(h["step"]) for h in held) if held else "—"])
-        parts.append(_table(["arm", "rows processed", "rows withheld / dropped", "withheld precision",
+        parts.append(md_table(["arm", "rows processed", "rows withheld / dropped", "withheld precision",
                              "acted at step"], crow))
-    denoising = denoising_summary(report["runs"])
+    denoising = report["denoising"] if "denoising" in report else denoising_summary(report["runs"])
     if denoising:
-        parts.append(denoising_markdown(denoising, _ci, _f, _table))
+        parts.append(denoising_markdown(denoising))
     parts.append("\n**Mixture actually drawn** (share of training draws per domain over the whole run, mean over "
                  "seeds).\n")
-    parts.append(_table(["arm"] + domains, [[arm] + [
-        _f(float(np.mean([r["drawn_shares"][d] for r in rs])), ".2f") for d in domains] for arm, rs in rows_by.items()]))
+    parts.append(md_table(["arm"] + domains, [[arm] + [
+        cell(float(np.mean([r["drawn_shares"][d] for r in rs])), ".2f") for d in domains] for arm, rs in rows_by.items()]))
     noise = report.get("noise")
     if noise:
         clean_acc = {d: uniform["mean"][f"em/{d}"]["mean"] for d in domains} if uniform else {}
@@ -1055,26 +1037,26 @@ def markdown_report(report: dict) -> str:
                      "AUROC of each score against the planted corruption, per domain (mean [95% CI] over seeds); "
                      "the uniform run's clean test accuracy on top: detection cannot beat what the model knows.\n")
         head = ["score"] + domains
-        rows = [["uniform clean test EM"] + [_f(clean_acc.get(d), ".2f") for d in domains]]
+        rows = [["uniform clean test EM"] + [cell(clean_acc.get(d), ".2f") for d in domains]]
         for name, by in noise["methods"].items():
-            rows.append([name] + [_ci(by[d]["auroc"], ".2f") for d in domains])
+            rows.append([name] + [cell_ci(by[d]["auroc"], ".2f") for d in domains])
         if noise.get("cleanlab"):
             cl = noise["cleanlab"]
             rows.append([f"cleanlab, {cl['folds']}-fold out-of-sample (seed {cl['seed']})"]
-                        + [_f(cl["by_domain"][d]["auroc"], ".2f") for d in domains])
-        parts.append(_table(head, rows))
+                        + [cell(cl["by_domain"][d]["auroc"], ".2f") for d in domains])
+        parts.append(md_table(head, rows))
         parts.append("\nPrecision at the noise rate (top k rows per domain, k = its corrupted count):\n")
-        rows = [[name] + [_ci(by[d]["p_at_noise"], ".2f") for d in domains] for name, by in noise["methods"].items()]
+        rows = [[name] + [cell_ci(by[d]["p_at_noise"], ".2f") for d in domains] for name, by in noise["methods"].items()]
         for name, by in noise["flags"].items():
-            rows.append([f"{name}: precision / recall"] + [f"{_f(by[d]['precision']['mean'], '.2f')} / "
-                                                            f"{_f(by[d]['recall']['mean'], '.2f')}" for d in domains])
+            rows.append([f"{name}: precision / recall"] + [f"{cell(by[d]['precision']['mean'], '.2f')} / "
+                                                            f"{cell(by[d]['recall']['mean'], '.2f')}" for d in domains])
         if noise.get("cleanlab"):
             cl = noise["cleanlab"]
-            rows.append(["cleanlab (out-of-sample)"] + [_f(cl["by_domain"][d]["p_at_noise"], ".2f") for d in domains])
+            rows.append(["cleanlab (out-of-sample)"] + [cell(cl["by_domain"][d]["p_at_noise"], ".2f") for d in domains])
             rows.append(["cleanlab find_label_issues: precision / recall"] + [
-                f"{_f(cl['by_domain'][d]['flag_precision'], '.2f')} / {_f(cl['by_domain'][d]['flag_recall'], '.2f')}"
+                f"{cell(cl['by_domain'][d]['flag_precision'], '.2f')} / {cell(cl['by_domain'][d]['flag_recall'], '.2f')}"
                 for d in domains])
-        parts.append(_table(head, rows))
+        parts.append(md_table(head, rows))
     parts.append(f"\n`{report.get('command', '')}` at commit `{report.get('commit')}`, {report.get('hardware')}, "
                  f"{report['total_seconds'] / 60:.1f} min in all.")
     return "\n".join(parts)

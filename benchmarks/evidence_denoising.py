@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmarks.markdown_cells import cell, cell_ci, md_table
+
 from sft_callbacks.evaluation import mean_ci
 
 PLAIN, ORACLE, CLEANLAB = "uniform", "clean", "cleanlab"
@@ -70,20 +72,20 @@ def denoising_summary(runs: list[dict]) -> dict:
     return out
 
 
-def denoising_markdown(summary: dict, fmt_ci, fmt, table) -> str:
-    """The table of :func:`denoising_summary` (the evidence report's formatters passed in)."""
+def denoising_markdown(summary: dict) -> str:
+    """The table of :func:`denoising_summary`."""
     rows = []
     for arm, e in summary.items():
         vs_plain, vs_cl = e.get(f"vs_{PLAIN}", {}), e.get(f"vs_{CLEANLAB}", {})
-        rows.append([arm, fmt_ci(e["exact_match"], ".3f"), fmt_ci(vs_plain.get("exact_match"), ".3f", True),
-                     fmt(e["gap_closed"], ".0%") if arm != PLAIN else "—",
-                     fmt_ci(vs_cl.get("exact_match"), ".3f", True),
-                     fmt_ci(vs_plain.get("target_loss"), ".4f", True),
-                     fmt(e["rows_processed"], ".0f"), fmt(e.get("compute_vs_cleanlab"), ".2f") + "x"
+        rows.append([arm, cell_ci(e["exact_match"], ".3f"), cell_ci(vs_plain.get("exact_match"), ".3f", True),
+                     cell(e["gap_closed"], ".0%") if arm != PLAIN else "—",
+                     cell_ci(vs_cl.get("exact_match"), ".3f", True),
+                     cell_ci(vs_plain.get("target_loss"), ".4f", True),
+                     cell(e["rows_processed"], ".0f"), cell(e.get("compute_vs_cleanlab"), ".2f") + "x"
                      if e.get("compute_vs_cleanlab") is not None else "—"])
     head = ["arm", "test EM", "Δ EM vs plain noisy run", "oracle gap closed", "Δ EM vs cleanlab",
             "Δ target loss vs plain", "rows processed", "compute vs cleanlab"]
     return ("\n**Denoising.** Test exact match (mean [95% CI] over seeds) and paired differences (arm minus "
             "reference, same seed) against the plain run on the noisy data (`uniform`) and cleanlab's pipeline; the "
             "share of the clean oracle's gap (`clean` minus `uniform`) each arm closes; training rows processed by "
-            "every run the arm needed.\n\n" + table(head, rows))
+            "every run the arm needed.\n\n" + md_table(head, rows))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmarks.markdown_cells import cell, cell_ci, md_table
+
 from sft_callbacks.evaluation import mean_ci
 
 REFERENCE = "uniform"
@@ -73,17 +75,17 @@ def pruning_summary(full: dict, short: list[dict]) -> list[dict]:
     return out
 
 
-def pruning_markdown(table: list[dict], full_steps: int, fmt_ci, fmt, render) -> str:
-    """The table of :func:`pruning_summary` (the evidence report's formatters passed in)."""
-    rows = [[f"{e['arm']} @ {e['steps']}", fmt(e["rows_fraction"], ".2f"), fmt_ci(e["exact_match"], ".3f"),
-             fmt_ci(e["vs_full"]["exact_match"], ".3f", True), fmt_ci(e["vs_full"]["target_loss"], ".4f", True),
-             fmt_ci(e.get("vs_same_budget", {}).get("exact_match"), ".3f", True),
-             fmt_ci(e.get("vs_same_budget", {}).get("target_loss"), ".4f", True),
-             fmt_ci(e["seconds_vs_full"], ".2f"), fmt_ci(e.get("seconds_vs_same_budget"), ".2f")]
+def pruning_markdown(table: list[dict], full_steps: int) -> str:
+    """The table of :func:`pruning_summary`."""
+    rows = [[f"{e['arm']} @ {e['steps']}", cell(e["rows_fraction"], ".2f"), cell_ci(e["exact_match"], ".3f"),
+             cell_ci(e["vs_full"]["exact_match"], ".3f", True), cell_ci(e["vs_full"]["target_loss"], ".4f", True),
+             cell_ci(e.get("vs_same_budget", {}).get("exact_match"), ".3f", True),
+             cell_ci(e.get("vs_same_budget", {}).get("target_loss"), ".4f", True),
+             cell_ci(e["seconds_vs_full"], ".2f"), cell_ci(e.get("seconds_vs_same_budget"), ".2f")]
             for e in table]
     head = ["arm @ steps", "rows vs full", "test EM", f"Δ EM vs uniform @ {full_steps}",
             f"Δ target loss vs uniform @ {full_steps}", "Δ EM vs uniform, same steps",
             "Δ target loss vs uniform, same steps", "train time vs full", "train time vs uniform, same steps"]
     return (f"**Less compute.** Each arm at fewer steps (its own full schedule) against uniform at {full_steps} "
             "steps and against uniform at the same steps: mean [95% CI] over seeds of the paired differences (arm "
-            "minus reference, same seed); training wall-clock as a ratio per seed.\n\n" + render(head, rows))
+            "minus reference, same seed); training wall-clock as a ratio per seed.\n\n" + md_table(head, rows))
