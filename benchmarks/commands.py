@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--markdown", default="bench_results/evidence_merged.md")
     pr = sub.add_parser("evidence-pruning", help="evidence runs at fewer steps against uniform at the full budget, "
                                                  "seed by seed: quality, rows processed and wall-clock")
-    pr.add_argument("--full", required=True, help="JSON report (or partial_runs.json) holding uniform at N steps")
+    pr.add_argument("--full", nargs="+", required=True,
+                    help="JSON reports (or partial_runs.json) holding uniform at N steps, e.g. one per seed")
     pr.add_argument("--short", nargs="+", required=True, help="JSON reports at fewer steps (uniform and the strategy)")
     pr.add_argument("--out", default="bench_results/evidence_pruning.json")
     pr.add_argument("--markdown", default="bench_results/evidence_pruning.md")
@@ -445,9 +446,12 @@ def main(argv=None) -> int:
     if args.benchmark == "evidence-pruning":
         from benchmarks import evidence_pruning
 
-        full = json.loads(Path(args.full).read_text())
+        full = [json.loads(Path(p).read_text()) for p in args.full]
         table = evidence_pruning.pruning_summary(full, [json.loads(Path(p).read_text()) for p in args.short])
-        steps = int(full["config"]["steps"])
+        steps = {int(f["config"]["steps"]) for f in full}
+        if len(steps) != 1:
+            raise SystemExit(f"--full: the reports are at different steps {sorted(steps)}: pass the runs at N only")
+        steps = steps.pop()
         text = evidence_pruning.pruning_markdown(table, steps)
         _write_report(args.out, args.markdown, {"benchmark": "evidence-pruning", "full_steps": steps,
                                                 "table": table}, text)

@@ -33,29 +33,30 @@ def _paired(a: dict, b: dict, seeds: list[int], key: str) -> dict:
     return mean_ci([a[s][key] - b[s][key] for s in seeds])
 
 
-def pruning_summary(full: dict, short: list[dict]) -> list[dict]:
+def pruning_summary(full: dict | list[dict], short: list[dict]) -> list[dict]:
     """One entry per (steps, arm) of the ``short`` reports, paired by seed with ``full``'s ``uniform`` runs.
 
+    ``full`` may be several reports at N steps (e.g. one per seed) and ``short`` several per budget: runs are
+    pooled by (steps, arm, seed); a seed recorded twice for the same (steps, arm) is an error, not a silent pick.
+
     Example:
-        >>> def rep(steps, arms):
+        >>> def rep(steps, arms, seeds=(0, 1)):
         ...     runs = [{"arm": a, "seed": s, "exact_match": em, "rows_processed": steps * 8,
         ...              "train_seconds": steps * f, "curve": [{"target_loss": 1 - em}]}
-        ...             for a, em, f in arms for s in (0, 1)]
+        ...             for a, em, f in arms for s in seeds]
         ...     return {"config": {"steps": steps}, "runs": runs}
         >>> table = pruning_summary(rep(225, [("uniform", 0.8, 1.0)]),
-        ...                         [rep(135, [("uniform", 0.7, 1.0), ("infobatch", 0.8, 1.0)])])
-        >>> [(e["arm"], round(e["vs_full"]["exact_match"]["mean"], 3), e["rows_fraction"]) for e in table]
-        [('uniform', -0.1, 0.6), ('infobatch', 0.0, 0.6)]
+        ...                         [rep(135, [("uniform", 0.7, 1.0), ("infobatch", 0.8, 1.0)], seeds=(0,)),
+        ...                          rep(135, [("uniform", 0.7, 1.0), ("infobatch", 0.8, 1.0)], seeds=(1,))])
+        >>> [(e["arm"], e["seeds"], round(e["vs_full"]["exact_match"]["mean"], 3), e["rows_fraction"]) for e in table]
+        [('uniform', [0, 1], -0.1, 0.6), ('infobatch', [0, 1], 0.0, 0.6)]
     """
-    ref = {r["seed"]: _final(r) for r in full["runs"] if r["arm"] == REFERENCE}
+    fulls = full if isinstance(full, list) else [full]
+    ref = _pooled(fulls).get(None, {}).get(REFERENCE, {})
     if not ref:
         raise ValueError("the full report holds no uniform runs: run `evidence --arms uniform` at N steps first")
     out = []
-    for report in short:
-        steps = int(report["config"]["steps"])
-        by_arm: dict[str, dict[int, dict]] = {}
-        for r in report["runs"]:
-            by_arm.setdefault(r["arm"], {})[r["seed"]] = _final(r)
+    for steps, by_arm in _pooled(short, by_steps=True).items():
         same = by_arm.get(REFERENCE, {})
         for arm, runs in by_arm.items():
             seeds = sorted(s for s in runs if s in ref)
@@ -72,6 +73,20 @@ def pruning_summary(full: dict, short: list[dict]) -> list[dict]:
                 entry["vs_same_budget"] = {k: _paired(runs, same, both, k) for k in ("exact_match", "target_loss")}
                 entry["seconds_vs_same_budget"] = mean_ci([runs[s]["seconds"] / same[s]["seconds"] for s in both])
             out.append(entry)
+    return out
+
+
+def _pooled(reports: list[dict], by_steps: bool = False) -> dict:
+    """``{steps or None: {arm: {seed: final metrics}}}`` over ``reports``, in order of first appearance."""
+    out: dict = {}
+    for report in reports:
+        key = int(report["config"]["steps"]) if by_steps else None
+        for r in report["runs"]:
+            seeds = out.setdefault(key, {}).setdefault(r["arm"], {})
+            if r["seed"] in seeds:
+                raise ValueError(f"{r['arm']} seed {r['seed']}" + (f" at {key} steps" if by_steps else "")
+                                 + " is recorded in two reports: pass each run once")
+            seeds[r["seed"]] = _final(r)
     return out
 
 

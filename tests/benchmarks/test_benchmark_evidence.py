@@ -489,3 +489,26 @@ def test_the_pruning_table_pairs_shorter_runs_with_the_full_uniform_run_on_the_t
     with pytest.raises(ValueError, match="no uniform runs"):
         from benchmarks.evidence_pruning import pruning_summary
         pruning_summary({"runs": []}, [])
+
+
+def test_the_pruning_table_pools_one_report_per_seed_and_refuses_a_run_recorded_twice():
+    from benchmarks.evidence_pruning import pruning_summary
+
+    def report(steps, seed, arms):
+        return {"config": {"steps": steps},
+                "runs": [{"arm": a, "seed": seed, "exact_match": em, "rows_processed": steps * 8,
+                          "train_seconds": float(steps), "curve": [{"target_loss": 1 - em}]} for a, em in arms]}
+
+    full = [report(225, s, [("uniform", 0.80 + 0.01 * s)]) for s in range(3)]
+    short = [report(135, s, [("uniform", 0.75), ("infobatch", 0.78 + 0.01 * s)]) for s in range(3)]
+    short.append(report(180, 0, [("infobatch", 0.90)]))
+    table = {(e["steps"], e["arm"]): e for e in pruning_summary(full, short)}
+    ib = table[(135, "infobatch")]
+    assert ib["seeds"] == [0, 1, 2]
+    assert ib["vs_full"]["exact_match"]["mean"] == pytest.approx(-0.02)
+    assert ib["vs_same_budget"]["exact_match"]["mean"] == pytest.approx(0.04)
+    assert table[(180, "infobatch")]["seeds"] == [0] and "vs_same_budget" not in table[(180, "infobatch")]
+    with pytest.raises(ValueError, match="infobatch seed 0 at 135 steps is recorded in two reports"):
+        pruning_summary(full, short + [report(135, 0, [("infobatch", 0.5)])])
+    with pytest.raises(ValueError, match="uniform seed 1 is recorded in two reports"):
+        pruning_summary(full + [full[1]], short)
