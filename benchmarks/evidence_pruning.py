@@ -51,12 +51,14 @@ def pruning_summary(full: dict | list[dict], short: list[dict]) -> list[dict]:
         >>> [(e["arm"], e["seeds"], round(e["vs_full"]["exact_match"]["mean"], 3), e["rows_fraction"]) for e in table]
         [('uniform', [0, 1], -0.1, 0.6), ('infobatch', [0, 1], 0.0, 0.6)]
     """
-    fulls = full if isinstance(full, list) else [full]
-    ref = _pooled(fulls).get(None, {}).get(REFERENCE, {})
+    fulls = _pooled(full if isinstance(full, list) else [full])
+    if len(fulls) > 1:
+        raise ValueError(f"the full reports are at different steps {sorted(fulls)}: pass the runs at N only")
+    ref = next(iter(fulls.values()), {}).get(REFERENCE, {})
     if not ref:
         raise ValueError("the full report holds no uniform runs: run `evidence --arms uniform` at N steps first")
     out = []
-    for steps, by_arm in _pooled(short, by_steps=True).items():
+    for steps, by_arm in _pooled(short).items():
         same = by_arm.get(REFERENCE, {})
         for arm, runs in by_arm.items():
             seeds = sorted(s for s in runs if s in ref)
@@ -76,16 +78,18 @@ def pruning_summary(full: dict | list[dict], short: list[dict]) -> list[dict]:
     return out
 
 
-def _pooled(reports: list[dict], by_steps: bool = False) -> dict:
-    """``{steps or None: {arm: {seed: final metrics}}}`` over ``reports``, in order of first appearance."""
+def _pooled(reports: list[dict]) -> dict:
+    """``{steps: {arm: {seed: final metrics}}}`` over ``reports``, in order of first appearance."""
     out: dict = {}
     for report in reports:
-        key = int(report["config"]["steps"]) if by_steps else None
+        if not report["runs"]:
+            continue
+        steps = int(report["config"]["steps"])
         for r in report["runs"]:
-            seeds = out.setdefault(key, {}).setdefault(r["arm"], {})
+            seeds = out.setdefault(steps, {}).setdefault(r["arm"], {})
             if r["seed"] in seeds:
-                raise ValueError(f"{r['arm']} seed {r['seed']}" + (f" at {key} steps" if by_steps else "")
-                                 + " is recorded in two reports: pass each run once")
+                raise ValueError(f"{r['arm']} seed {r['seed']} at {steps} steps is recorded in two reports: "
+                                 "pass each run once")
             seeds[r["seed"]] = _final(r)
     return out
 

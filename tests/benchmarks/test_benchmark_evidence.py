@@ -510,5 +510,7 @@ def test_the_pruning_table_pools_one_report_per_seed_and_refuses_a_run_recorded_
     assert table[(180, "infobatch")]["seeds"] == [0] and "vs_same_budget" not in table[(180, "infobatch")]
     with pytest.raises(ValueError, match="infobatch seed 0 at 135 steps is recorded in two reports"):
         pruning_summary(full, short + [report(135, 0, [("infobatch", 0.5)])])
-    with pytest.raises(ValueError, match="uniform seed 1 is recorded in two reports"):
+    with pytest.raises(ValueError, match="uniform seed 1 at 225 steps is recorded in two reports"):
         pruning_summary(full + [full[1]], short)
+    with pytest.raises(ValueError, match=r"full reports are at different steps \[180, 225\]"):
+        pruning_summary(full + [report(180, 3, [("uniform", 0.7)])], short)
