@@ -234,6 +234,7 @@ def sft_config(cfg: EvidenceConfig, output_dir: str, seed: int, steps: int, eval
         data_seed=seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        include_num_input_tokens_seen="all",  # padding-free: every input token is a real one (the step's cost)
     )
 
 
@@ -435,6 +436,7 @@ def run_arm(cfg: EvidenceConfig, data: dict, arm: str, seed: int, log=print) -> 
         "drawn_shares": _drawn_shares(dyn, train["domain"]),
         "epochs": float(trainer.state.epoch or 0.0),
         "rows_processed": processed,
+        "input_tokens": int(trainer.state.num_input_tokens_seen),  # of this training run (cleanlab: not its folds)
         **scores,
     }
     if arm == "cleanlab":

@@ -8,7 +8,8 @@ pruning strategy at the same budget. Per (budget, arm), over the paired seeds:
   same budget (mean [95% CI] of the paired differences);
 * rows processed as a fraction of the full run's, and training wall-clock: each run's against the full run's of
   the same seed, and the strategy's against the same-budget ``uniform``'s from the same invocation (its per-step
-  cost, measured side by side).
+  cost, measured side by side), split into input tokens per step (padding-free: the rows it keeps may be longer)
+  and time per token, where the runs counted their tokens.
 
 ``python scripts/benchmark.py evidence-pruning --full FULL.json --short SHORT.json [...]``.
 """
@@ -26,7 +27,8 @@ REFERENCE = "uniform"
 
 def _final(run: dict) -> dict:
     return {"exact_match": float(run["exact_match"]), "target_loss": float(run["curve"][-1]["target_loss"]),
-            "rows": float(run["rows_processed"]), "seconds": float(run["train_seconds"])}
+            "rows": float(run["rows_processed"]), "seconds": float(run["train_seconds"]),
+            "tokens": float(run["input_tokens"]) if run.get("input_tokens") else None}
 
 
 def _paired(a: dict, b: dict, seeds: list[int], key: str) -> dict:
@@ -74,6 +76,12 @@ def pruning_summary(full: dict | list[dict], short: list[dict]) -> list[dict]:
             if arm != REFERENCE and both:
                 entry["vs_same_budget"] = {k: _paired(runs, same, both, k) for k in ("exact_match", "target_loss")}
                 entry["seconds_vs_same_budget"] = mean_ci([runs[s]["seconds"] / same[s]["seconds"] for s in both])
+                counted = [s for s in both if runs[s]["tokens"] and same[s]["tokens"]]
+                if counted:  # the per-step cost split into the tokens a step holds and the time a token takes
+                    entry["tokens_vs_same_budget"] = mean_ci([runs[s]["tokens"] / same[s]["tokens"] for s in counted])
+                    entry["seconds_per_token_vs_same_budget"] = mean_ci(
+                        [(runs[s]["seconds"] / runs[s]["tokens"]) / (same[s]["seconds"] / same[s]["tokens"])
+                         for s in counted])
             out.append(entry)
     return out
 
@@ -100,11 +108,14 @@ def pruning_markdown(table: list[dict], full_steps: int) -> str:
              cell_ci(e["vs_full"]["exact_match"], ".3f", True), cell_ci(e["vs_full"]["target_loss"], ".4f", True),
              cell_ci(e.get("vs_same_budget", {}).get("exact_match"), ".3f", True),
              cell_ci(e.get("vs_same_budget", {}).get("target_loss"), ".4f", True),
-             cell_ci(e["seconds_vs_full"], ".2f"), cell_ci(e.get("seconds_vs_same_budget"), ".2f")]
+             cell_ci(e["seconds_vs_full"], ".2f"), cell_ci(e.get("seconds_vs_same_budget"), ".2f"),
+             cell_ci(e.get("tokens_vs_same_budget"), ".3f"), cell_ci(e.get("seconds_per_token_vs_same_budget"), ".3f")]
             for e in table]
     head = ["arm @ steps", "rows vs full", "test EM", f"Δ EM vs uniform @ {full_steps}",
             f"Δ target loss vs uniform @ {full_steps}", "Δ EM vs uniform, same steps",
-            "Δ target loss vs uniform, same steps", "train time vs full", "train time vs uniform, same steps"]
+            "Δ target loss vs uniform, same steps", "train time vs full", "train time vs uniform, same steps",
+            "input tokens vs uniform, same steps", "time per token vs uniform, same steps"]
     return (f"**Less compute.** Each arm at fewer steps (its own full schedule) against uniform at {full_steps} "
             "steps and against uniform at the same steps: mean [95% CI] over seeds of the paired differences (arm "
-            "minus reference, same seed); training wall-clock as a ratio per seed.\n\n" + md_table(head, rows))
+            "minus reference, same seed); training wall-clock, input tokens and time per token as ratios per seed "
+            "(tokens: runs that counted them).\n\n" + md_table(head, rows))

@@ -485,6 +485,13 @@ def test_the_pruning_table_pairs_shorter_runs_with_the_full_uniform_run_on_the_t
         [short[("infobatch", s)]["curve"][-1]["target_loss"] - short[("uniform", s)]["curve"][-1]["target_loss"]
          for s in (0, 1)]))
     assert "vs_same_budget" not in table["uniform"]
+    # each run counts the tokens it trained on, so the per-step cost splits into tokens per step and time per token
+    assert all(r["input_tokens"] > 12 * 8 for r in short.values())
+    tokens = [short[("infobatch", s)]["input_tokens"] / short[("uniform", s)]["input_tokens"] for s in (0, 1)]
+    assert ib["tokens_vs_same_budget"]["mean"] == pytest.approx(np.mean(tokens))
+    assert ib["seconds_per_token_vs_same_budget"]["mean"] == pytest.approx(np.mean(
+        [short[("infobatch", s)]["train_seconds"] / short[("uniform", s)]["train_seconds"] / t
+         for s, t in zip((0, 1), tokens)]))
     assert "**Less compute.**" in (tmp_path / "pruning.md").read_text()
     with pytest.raises(ValueError, match="no uniform runs"):
         from benchmarks.evidence_pruning import pruning_summary
@@ -508,6 +515,7 @@ def test_the_pruning_table_pools_one_report_per_seed_and_refuses_a_run_recorded_
     assert ib["vs_full"]["exact_match"]["mean"] == pytest.approx(-0.02)
     assert ib["vs_same_budget"]["exact_match"]["mean"] == pytest.approx(0.04)
     assert table[(180, "infobatch")]["seeds"] == [0] and "vs_same_budget" not in table[(180, "infobatch")]
+    assert "tokens_vs_same_budget" not in ib  # reports that did not count their tokens: no token split
     with pytest.raises(ValueError, match="infobatch seed 0 at 135 steps is recorded in two reports"):
         pruning_summary(full, short + [report(135, 0, [("infobatch", 0.5)])])
     with pytest.raises(ValueError, match="uniform seed 1 at 225 steps is recorded in two reports"):
