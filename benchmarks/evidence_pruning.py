@@ -32,7 +32,9 @@ def _final(run: dict) -> dict:
 
 
 def _paired(a: dict, b: dict, seeds: list[int], key: str) -> dict:
-    return mean_ci([a[s][key] - b[s][key] for s in seeds])
+    """The paired interval and each seed's difference (with two or three seeds the interval alone says little)."""
+    diffs = [a[s][key] - b[s][key] for s in seeds]
+    return {**mean_ci(diffs), "per_seed": diffs}
 
 
 def pruning_summary(full: dict | list[dict], short: list[dict]) -> list[dict]:

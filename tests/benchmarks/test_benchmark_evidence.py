@@ -514,6 +514,8 @@ def test_the_pruning_table_pools_one_report_per_seed_and_refuses_a_run_recorded_
     assert ib["seeds"] == [0, 1, 2]
     assert ib["vs_full"]["exact_match"]["mean"] == pytest.approx(-0.02)
     assert ib["vs_same_budget"]["exact_match"]["mean"] == pytest.approx(0.04)
+    assert ib["vs_full"]["exact_match"]["per_seed"] == pytest.approx([-0.02, -0.02, -0.02])
+    assert ib["vs_same_budget"]["exact_match"]["per_seed"] == pytest.approx([0.03, 0.04, 0.05])
     assert table[(180, "infobatch")]["seeds"] == [0] and "vs_same_budget" not in table[(180, "infobatch")]
     assert "tokens_vs_same_budget" not in ib  # reports that did not count their tokens: no token split
     with pytest.raises(ValueError, match="infobatch seed 0 at 135 steps is recorded in two reports"):
