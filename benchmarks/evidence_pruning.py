@@ -120,4 +120,18 @@ def pruning_markdown(table: list[dict], full_steps: int) -> str:
     return (f"**Less compute.** Each arm at fewer steps (its own full schedule) against uniform at {full_steps} "
             "steps and against uniform at the same steps: mean [95% CI] over seeds of the paired differences (arm "
             "minus reference, same seed); training wall-clock, input tokens and time per token as ratios per seed "
-            "(tokens: runs that counted them).\n\n" + md_table(head, rows))
+            "(tokens: runs that counted them).\n\n" + md_table(head, rows) + "\n\n" + _per_seed_markdown(table, full_steps))
+
+
+def _per_seed_markdown(table: list[dict], full_steps: int) -> str:
+    """Each seed's paired difference, in seed order: whether an arm is ahead on most seeds or on one."""
+    def seeds(d: dict | None, spec: str) -> str:
+        return ", ".join(f"{v:+{spec}}" for v in d["per_seed"]) if d else "—"
+
+    rows = [[f"{e['arm']} @ {e['steps']}", ", ".join(map(str, e["seeds"])),
+             seeds(e["vs_full"]["exact_match"], ".3f"), seeds(e["vs_full"]["target_loss"], ".4f"),
+             seeds(e.get("vs_same_budget", {}).get("exact_match"), ".3f"),
+             seeds(e.get("vs_same_budget", {}).get("target_loss"), ".4f")] for e in table]
+    head = ["arm @ steps", "seeds", f"Δ EM vs uniform @ {full_steps}", f"Δ target loss vs uniform @ {full_steps}",
+            "Δ EM vs uniform, same steps", "Δ target loss vs uniform, same steps"]
+    return "**Each seed's paired difference** (in the order of the seeds column):\n\n" + md_table(head, rows)

@@ -518,6 +518,10 @@ def test_the_pruning_table_pools_one_report_per_seed_and_refuses_a_run_recorded_
     assert ib["vs_same_budget"]["exact_match"]["per_seed"] == pytest.approx([0.03, 0.04, 0.05])
     assert table[(180, "infobatch")]["seeds"] == [0] and "vs_same_budget" not in table[(180, "infobatch")]
     assert "tokens_vs_same_budget" not in ib  # reports that did not count their tokens: no token split
+    from benchmarks.evidence_pruning import pruning_markdown
+    md = pruning_markdown(pruning_summary(full, short), 225)
+    assert "| infobatch @ 135 | 0, 1, 2 | -0.020, -0.020, -0.020 | +0.0200, +0.0200, +0.0200 | +0.030, +0.040, +0.050 |" in md
+    assert "| infobatch @ 180 | 0 | +0.100 | -0.1000 | — | — |" in md
     with pytest.raises(ValueError, match="infobatch seed 0 at 135 steps is recorded in two reports"):
         pruning_summary(full, short + [report(135, 0, [("infobatch", 0.5)])])
     with pytest.raises(ValueError, match="uniform seed 1 at 225 steps is recorded in two reports"):
