@@ -448,8 +448,7 @@ def main(argv=None) -> int:
 
         full = [json.loads(Path(p).read_text()) for p in args.full]
         table = evidence_pruning.pruning_summary(full, [json.loads(Path(p).read_text()) for p in args.short])
-        # one value: pruning_summary refuses full reports at several (and skips those without runs)
-        steps = next(int(f["config"]["steps"]) for f in full if f["runs"])
+        steps = evidence_pruning.full_steps(full)
         text = evidence_pruning.pruning_markdown(table, steps)
         _write_report(args.out, args.markdown, {"benchmark": "evidence-pruning", "full_steps": steps,
                                                 "table": table}, text)

@@ -55,12 +55,7 @@ def pruning_summary(full: dict | list[dict], short: list[dict]) -> list[dict]:
         >>> [(e["arm"], e["seeds"], round(e["vs_full"]["exact_match"]["mean"], 3), e["rows_fraction"]) for e in table]
         [('uniform', [0, 1], -0.1, 0.6), ('infobatch', [0, 1], 0.0, 0.6)]
     """
-    fulls = _pooled(full if isinstance(full, list) else [full])
-    if len(fulls) > 1:
-        raise ValueError(f"the full reports are at different steps {sorted(fulls)}: pass the runs at N only")
-    ref = next(iter(fulls.values()), {}).get(REFERENCE, {})
-    if not ref:
-        raise ValueError("the full report holds no uniform runs: run `evidence --arms uniform` at N steps first")
+    _, ref = _reference(full)
     out = []
     for steps, by_arm in _pooled(short).items():
         same = by_arm.get(REFERENCE, {})
@@ -86,6 +81,29 @@ def pruning_summary(full: dict | list[dict], short: list[dict]) -> list[dict]:
                          for s in counted])
             out.append(entry)
     return out
+
+
+def full_steps(full: dict | list[dict]) -> int:
+    """N: the steps of the full reports' ``uniform`` runs (reports without runs are skipped, as in the pooling).
+
+    Example:
+        >>> full_steps([{"config": {"steps": 180}, "runs": []}, {"config": {"steps": 225}, "runs": [
+        ...     {"arm": "uniform", "seed": 0, "exact_match": 0.8, "rows_processed": 1800, "train_seconds": 1.0,
+        ...      "curve": [{"target_loss": 0.2}]}]}])
+        225
+    """
+    return _reference(full)[0]
+
+
+def _reference(full: dict | list[dict]) -> tuple[int, dict]:
+    """N and ``{seed: final metrics}`` of the full reports' ``uniform`` runs, refusing reports at several N."""
+    fulls = _pooled(full if isinstance(full, list) else [full])
+    if len(fulls) > 1:
+        raise ValueError(f"the full reports are at different steps {sorted(fulls)}: pass the runs at N only")
+    steps, by_arm = next(iter(fulls.items()), (0, {}))
+    if not by_arm.get(REFERENCE):
+        raise ValueError("the full report holds no uniform runs: run `evidence --arms uniform` at N steps first")
+    return steps, by_arm[REFERENCE]
 
 
 def _pooled(reports: list[dict]) -> dict:
